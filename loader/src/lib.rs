@@ -1,0 +1,17 @@
+//! ferrite-loader: GGUF files on memmap2 — metadata, tensor table, zero-copy tensor views —
+//! and what a model needs from its metadata besides weights.
+//!
+//! A GGUF file is untrusted input: the parser bounds every allocation by the bytes that
+//! remain in the file, bounds nesting, uses checked arithmetic for sizes and names the
+//! byte offset of every problem it finds.
+
+pub mod error;
+pub mod gguf;
+pub mod types;
+pub mod value;
+pub mod writer;
+
+pub use error::{GgufError, MetadataError};
+pub use gguf::{Gguf, GgufFile, TensorInfo, TensorView};
+pub use types::GgmlType;
+pub use value::{Array, Metadata, Value, ValueType};
