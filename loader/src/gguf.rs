@@ -444,6 +444,11 @@ impl GgufFile {
         self.header.file_len
     }
 
+    /// The whole mapping (tensor ranges from `Gguf::tensor_range` index into it).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     /// A tensor's bytes, zero-copy.
     pub fn data(&self, t: &TensorInfo) -> &[u8] {
         &self.map[self.header.tensor_range(t)]

@@ -1,0 +1,571 @@
+//! The public API: load a model, apply its chat template, generate as an iterator of
+//! events, score text. The CLI and the server use only this.
+//!
+//! ```no_run
+//! use ferrite_engine::{Engine, LoadOptions, GenerateRequest, Event};
+//! let mut engine = Engine::load("model.gguf", &LoadOptions::default())?;
+//! let prompt = engine.chat_prompt(&[("user", "Hi!")])?;
+//! for event in engine.generate(GenerateRequest::new(prompt).max_tokens(32))? {
+//!     match event? {
+//!         Event::Token(t) => print!("{}", t.text),
+//!         Event::Done(d) => eprintln!("\n{:?}", d.finish_reason),
+//!     }
+//! }
+//! # Ok::<(), ferrite_engine::EngineError>(())
+//! ```
+
+use crate::backend::cpu::CpuBackend;
+use crate::config::ModelConfig;
+use crate::error::EngineError;
+use crate::model::{Batch, Model};
+use crate::sampler::{Sampled, Sampler, SamplerParams};
+use ferrite_loader::chat::{ChatRequest, ChatTemplate};
+use ferrite_loader::tokenizer::{StreamDecoder, Tokenizer};
+use ferrite_loader::GgufFile;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tokens per forward pass when a prompt is processed (bounds activation memory).
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Which device runs the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The best available: a GPU backend when one is built and finds a device, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// WGSL compute shaders through wgpu.
+    Wgpu,
+    /// CUDA kernels through cudarc.
+    Cuda,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => BackendKind::Auto,
+            "cpu" => BackendKind::Cpu,
+            "wgpu" => BackendKind::Wgpu,
+            "cuda" => BackendKind::Cuda,
+            _ => return Err(format!("unknown backend {s} (auto, cpu, wgpu, cuda)")),
+        })
+    }
+}
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Worker threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Context length (default: the training context, capped at 4096).
+    pub ctx: Option<usize>,
+    /// Device.
+    pub backend: BackendKind,
+}
+
+/// A prompt: text (tokenized with the model's BOS rule and special tokens parsed) or ids.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Text.
+    Text(String),
+    /// Token ids, used as given.
+    Tokens(Vec<u32>),
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// At most this many new tokens.
+    pub max_tokens: usize,
+    /// Sampling.
+    pub sampler: SamplerParams,
+    /// Generation stops before any of these strings (not included in the output).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    /// Greedy generation of up to 256 tokens.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        GenerateRequest {
+            prompt: Prompt::Text(prompt.into()),
+            max_tokens: 256,
+            sampler: SamplerParams::greedy(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+
+    /// Sets the token budget.
+    pub fn max_tokens(mut self, n: usize) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    /// Sets the sampler.
+    pub fn sampler(mut self, s: SamplerParams) -> Self {
+        self.sampler = s;
+        self
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// The token budget or the context ran out.
+    Length,
+}
+
+/// Prompt and generation speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Of those, tokens whose KV entries were reused from the previous generation.
+    pub prompt_cached: usize,
+    /// Time to process them.
+    pub prompt_ms: f64,
+    /// Tokens generated.
+    pub gen_tokens: usize,
+    /// Time to generate them (first sampled token to last).
+    pub gen_ms: f64,
+}
+
+impl Timings {
+    /// Prompt tokens per second.
+    pub fn prompt_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / (self.prompt_ms / 1e3).max(1e-9)
+    }
+    /// Generated tokens per second.
+    pub fn gen_tps(&self) -> f64 {
+        self.gen_tokens as f64 / (self.gen_ms / 1e3).max(1e-9)
+    }
+}
+
+/// One generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEvent {
+    /// Token id.
+    pub id: u32,
+    /// Text completed by this token (may be empty while a UTF-8 character or a possible stop
+    /// string is held back; it is released with a later token or at the end).
+    pub text: String,
+    /// Log-probability of the token.
+    pub logprob: f32,
+    /// Top log-probabilities, if asked for.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// The end of a generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DoneEvent {
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Text held back until the end (a partial stop string that did not complete).
+    pub text: String,
+    /// Speed.
+    pub timings: Timings,
+}
+
+/// Events of a generation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A token.
+    Token(TokenEvent),
+    /// The end.
+    Done(DoneEvent),
+}
+
+/// Perplexity as llama-perplexity computes it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Perplexity {
+    /// exp(mean NLL).
+    pub ppl: f64,
+    /// Its standard error.
+    pub stderr: f64,
+    /// Chunks scored.
+    pub chunks: usize,
+    /// Tokens scored.
+    pub scored: usize,
+    /// Running PPL after each chunk.
+    pub per_chunk: Vec<f64>,
+}
+
+/// A loaded model with its tokenizer and chat template.
+#[derive(Debug)]
+pub struct Engine {
+    file: Arc<GgufFile>,
+    model: Model<CpuBackend>,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    template_warning: Option<String>,
+    pool: rayon::ThreadPool,
+    ctx: usize,
+    load_time: Duration,
+    /// Tokens whose keys and values sequence `SEQ` holds (reused by the next prompt that
+    /// starts with them).
+    cached: Vec<u32>,
+}
+
+const SEQ: u32 = 0;
+
+impl Engine {
+    /// Loads a GGUF model.
+    pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Engine, EngineError> {
+        let t0 = Instant::now();
+        let file = Arc::new(GgufFile::open(path)?);
+        let cfg = ModelConfig::from_gguf(&file)?;
+        let tokenizer = Tokenizer::from_metadata(file.metadata()).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let (template, template_warning) = match ChatTemplate::from_metadata(file.metadata(), |id| {
+            tokenizer.token_text(id).map(str::to_string)
+        }) {
+            Ok(Some(t)) => (t, None),
+            Ok(None) => (ChatTemplate::chatml(), Some("the model has no chat template: using ChatML".to_string())),
+            Err(e) => return Err(EngineError::Template(e.to_string())),
+        };
+        let ctx = opts.ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
+        let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("ferrite-{i}"))
+            .build()
+            .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?;
+        let backend = match opts.backend {
+            BackendKind::Auto | BackendKind::Cpu => CpuBackend::new(),
+            other => {
+                return Err(EngineError::BackendUnavailable {
+                    name: format!("{other:?}").to_lowercase(),
+                    why: "this build of ferrite has no GPU backend yet; use --backend cpu or auto".into(),
+                })
+            }
+        };
+        let model = Model::load(backend, &file, cfg, ctx)?;
+        Ok(Engine { file, model, tokenizer, template, template_warning, pool, ctx, load_time: t0.elapsed(), cached: Vec::new() })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.cfg
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The mapped file.
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+
+    /// Context length.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Time spent loading.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        use crate::backend::Backend;
+        self.model.backend().name()
+    }
+
+    /// A warning about the chat template (none in the file: ChatML is used).
+    pub fn template_warning(&self) -> Option<&str> {
+        self.template_warning.as_deref()
+    }
+
+    /// Renders a chat with the model's template.
+    pub fn apply_chat_template(&self, req: &ChatRequest) -> Result<String, EngineError> {
+        self.template.render(req).map_err(|e| EngineError::Template(e.to_string()))
+    }
+
+    /// Renders `(role, content)` messages with a generation prompt.
+    pub fn chat_prompt(&self, messages: &[(&str, &str)]) -> Result<String, EngineError> {
+        let req = ChatRequest {
+            messages: messages.iter().map(|(r, c)| serde_json::json!({"role": r, "content": c})).collect(),
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        self.apply_chat_template(&req)
+    }
+
+    /// Tokenizes a prompt as llama.cpp does: the model's BOS rule, special tokens parsed.
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(text, true, true)
+    }
+
+    /// Runs `tokens` from an empty context and returns the logits of the rows for which
+    /// `want(i)` holds, in order (teacher forcing, scoring).
+    pub fn eval(&mut self, tokens: &[u32], want: impl Fn(usize) -> bool) -> Result<Vec<Vec<f32>>, EngineError> {
+        if tokens.len() > self.ctx {
+            return Err(EngineError::ContextOverflow { prompt: tokens.len(), ctx: self.ctx });
+        }
+        self.model.tables.remove(SEQ);
+        self.cached.clear();
+        let n_vocab = self.model.cfg.n_vocab;
+        let mut out = Vec::new();
+        let mut batch = Batch::default();
+        for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            batch.clear();
+            for (j, &t) in chunk.iter().enumerate() {
+                batch.push(t, SEQ, want(c * PREFILL_CHUNK + j));
+            }
+            let model = &mut self.model;
+            let logits = self.pool.install(|| model.forward(&batch))?;
+            out.extend(logits.chunks_exact(n_vocab).map(<[f32]>::to_vec));
+        }
+        self.model.tables.remove(SEQ);
+        Ok(out)
+    }
+
+    /// Perplexity of `tokens` in chunks of `n_ctx`, as llama-perplexity computes it: each chunk
+    /// from an empty cache, its first token replaced by BOS when the model adds one, scored
+    /// on the predictions of its second half.
+    pub fn perplexity(&mut self, tokens: &[u32], n_ctx: usize, mut progress: impl FnMut(usize, usize, f64)) -> Result<Perplexity, EngineError> {
+        if n_ctx < 4 || n_ctx > self.ctx {
+            return Err(EngineError::Invalid(format!("perplexity context {n_ctx} must be in 4..={}", self.ctx)));
+        }
+        let n_chunks = tokens.len() / n_ctx;
+        if n_chunks == 0 {
+            return Err(EngineError::Invalid(format!("need at least {n_ctx} tokens, the text has {}", tokens.len())));
+        }
+        let first = n_ctx / 2;
+        let bos = self.tokenizer.add_bos().then(|| self.tokenizer.bos()).flatten();
+        let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
+        let mut per_chunk = Vec::with_capacity(n_chunks);
+        for c in 0..n_chunks {
+            let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+            let targets = chunk.clone();
+            if let Some(b) = bos {
+                chunk[0] = b;
+            }
+            let rows = self.eval(&chunk, |i| i >= first && i < n_ctx - 1)?;
+            for (j, row) in rows.iter().enumerate() {
+                let target = targets[first + j + 1] as usize;
+                let (_, lse) = crate::sampler::top_logprobs(row, 0);
+                let lp = (row[target] - lse) as f64;
+                nll -= lp;
+                nll2 += lp * lp;
+                count += 1;
+            }
+            let ppl = (nll / count as f64).exp();
+            per_chunk.push(ppl);
+            progress(c + 1, n_chunks, ppl);
+        }
+        let mean = nll / count as f64;
+        let var = nll2 / count as f64 - mean * mean;
+        let ppl = mean.exp();
+        let stderr = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
+        Ok(Perplexity { ppl, stderr, chunks: n_chunks, scored: count, per_chunk })
+    }
+
+    /// Starts a generation: the prompt is processed in batches, then tokens come one at a
+    /// time from the returned iterator.
+    pub fn generate(&mut self, req: GenerateRequest) -> Result<Generation<'_>, EngineError> {
+        let prompt = match &req.prompt {
+            Prompt::Text(t) => self.tokenize(t),
+            Prompt::Tokens(t) => t.clone(),
+        };
+        if prompt.is_empty() {
+            return Err(EngineError::Invalid("the prompt is empty".into()));
+        }
+        if prompt.len() >= self.ctx {
+            return Err(EngineError::ContextOverflow { prompt: prompt.len(), ctx: self.ctx });
+        }
+        let mut sampler = Sampler::new(req.sampler.clone());
+        for &t in &prompt {
+            sampler.accept(t);
+        }
+        // Reuse the cached prefix; at least the last prompt token runs, for its logits.
+        let common = self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.model.tables.truncate(SEQ, common);
+        self.cached.truncate(common);
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        let mut logits = Vec::new();
+        let todo = &prompt[common..];
+        let n_chunks = todo.len().div_ceil(PREFILL_CHUNK);
+        for (c, chunk) in todo.chunks(PREFILL_CHUNK).enumerate() {
+            batch.clear();
+            for (j, &t) in chunk.iter().enumerate() {
+                batch.push(t, SEQ, c + 1 == n_chunks && j + 1 == chunk.len());
+            }
+            let model = &mut self.model;
+            match self.pool.install(|| model.forward(&batch)) {
+                Ok(l) => logits = l,
+                Err(e) => {
+                    self.model.tables.remove(SEQ);
+                    self.cached.clear();
+                    return Err(e);
+                }
+            }
+            self.cached.extend_from_slice(chunk);
+        }
+        let timings = Timings {
+            prompt_tokens: prompt.len(),
+            prompt_cached: common,
+            prompt_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..Default::default()
+        };
+        let decoder = StreamDecoder::new(false);
+        Ok(Generation {
+            engine: self,
+            logits,
+            sampler,
+            decoder,
+            pending: String::new(),
+            n_past: prompt.len(),
+            generated: 0,
+            max_tokens: req.max_tokens,
+            stop: req.stop,
+            ignore_eos: req.ignore_eos,
+            timings,
+            gen_start: None,
+            stop_hit: false,
+            done: false,
+            batch,
+        })
+    }
+}
+
+/// A running generation: an iterator of events that ends after `Event::Done`.
+#[derive(Debug)]
+pub struct Generation<'a> {
+    engine: &'a mut Engine,
+    logits: Vec<f32>,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    pending: String,
+    n_past: usize,
+    generated: usize,
+    max_tokens: usize,
+    stop: Vec<String>,
+    ignore_eos: bool,
+    timings: Timings,
+    gen_start: Option<Instant>,
+    stop_hit: bool,
+    done: bool,
+    batch: Batch,
+}
+
+impl Generation<'_> {
+    fn finish(&mut self, reason: FinishReason, flush: bool) -> Event {
+        self.done = true;
+        if let Some(t) = self.gen_start {
+            self.timings.gen_ms = t.elapsed().as_secs_f64() * 1e3;
+        }
+        self.timings.gen_tokens = self.generated;
+        let mut text = std::mem::take(&mut self.pending);
+        if flush {
+            text.push_str(&self.decoder.finish());
+        }
+        Event::Done(DoneEvent { finish_reason: reason, text, timings: self.timings })
+    }
+
+    /// Splits `pending` into text safe to emit now and text that could still begin a stop
+    /// string; returns the emit part, or `None` and the text before a completed stop string.
+    fn release(&mut self) -> (String, bool) {
+        for s in &self.stop {
+            if s.is_empty() {
+                continue;
+            }
+            if let Some(i) = self.pending.find(s.as_str()) {
+                let out = self.pending[..i].to_string();
+                self.pending.clear();
+                return (out, true);
+            }
+        }
+        let hold = self
+            .stop
+            .iter()
+            .map(|s| longest_suffix_prefix(&self.pending, s))
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - hold;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, false)
+    }
+
+    fn step(&mut self) -> Result<Event, EngineError> {
+        if self.stop_hit {
+            return Ok(self.finish(FinishReason::Stop, false));
+        }
+        if self.generated >= self.max_tokens {
+            return Ok(self.finish(FinishReason::Length, true));
+        }
+        if self.gen_start.is_none() {
+            self.gen_start = Some(Instant::now());
+        }
+        let Sampled { token, logprob, top } = self.sampler.sample(&self.logits);
+        self.sampler.accept(token);
+        self.generated += 1;
+        let tok = &self.engine.tokenizer;
+        if !self.ignore_eos && tok.is_eog(token) {
+            let ev = self.finish(FinishReason::Stop, true);
+            return Ok(ev);
+        }
+        let piece = self.decoder.push(tok, token);
+        self.pending.push_str(&piece);
+        let (text, stopped) = self.release();
+        if stopped {
+            // The text before the stop string goes out with this token; Done comes next.
+            self.stop_hit = true;
+            return Ok(Event::Token(TokenEvent { id: token, text, logprob, top_logprobs: top }));
+        }
+        // Feed the token back unless this was the last one we may produce.
+        if self.generated < self.max_tokens && self.n_past + 1 < self.engine.ctx {
+            self.batch.clear();
+            self.batch.push(token, SEQ, true);
+            let model = &mut self.engine.model;
+            let batch = &self.batch;
+            self.logits = self.engine.pool.install(|| model.forward(batch))?;
+            self.engine.cached.push(token);
+            self.n_past += 1;
+        } else if self.n_past + 1 >= self.engine.ctx {
+            self.max_tokens = self.generated; // context full: the next step reports Length
+        }
+        Ok(Event::Token(TokenEvent { id: token, text, logprob, top_logprobs: top }))
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop` (at a char boundary).
+fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+    let max = stop.len().saturating_sub(1).min(text.len());
+    (1..=max).rev().find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])).unwrap_or(0)
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<Event, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.step();
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+}

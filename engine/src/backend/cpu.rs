@@ -1,0 +1,364 @@
+//! The CPU backend: the reference every other backend is checked against. Weights stay in
+//! the memory mapping; matmuls quantize activations once per call and run integer dot
+//! products over output rows in parallel (ferrite-kernels); the other ops are plain loops
+//! parallelized with rayon where the work is large enough to pay.
+
+use super::{Activation, AttnBatch, AttnParams, Backend, RopeParams};
+use crate::error::EngineError;
+use ferrite_kernels::cpu as k;
+use ferrite_kernels::quant::QuantType;
+use ferrite_loader::GgufFile;
+use half::f16;
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// The CPU backend.
+#[derive(Debug, Default)]
+pub struct CpuBackend {
+    scratch: Mutex<k::Scratch>,
+}
+
+impl CpuBackend {
+    /// A backend using rayon's global pool (size it with `rayon::ThreadPoolBuilder`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// A weight on the CPU: a matrix borrowed from the mapping, or a small vector as f32.
+#[derive(Debug)]
+pub enum CpuWeight {
+    /// A matrix of `n_out` rows of `n_in` values, in the file's format.
+    Matrix {
+        /// The mapped file.
+        file: Arc<GgufFile>,
+        /// Byte range of the data.
+        range: Range<usize>,
+        /// Block format.
+        ty: QuantType,
+        /// Values per row.
+        n_in: usize,
+        /// Rows.
+        n_out: usize,
+    },
+    /// A vector (norm weights, biases), dequantized once.
+    Vector(Vec<f32>),
+}
+
+impl CpuWeight {
+    fn vector(&self) -> &[f32] {
+        match self {
+            CpuWeight::Vector(v) => v,
+            CpuWeight::Matrix { .. } => panic!("a matrix used where a vector is expected"),
+        }
+    }
+}
+
+/// KV storage: per layer, f16 keys and values by slot.
+#[derive(Debug)]
+pub struct CpuKv {
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
+    kv_width: usize,
+    v_width: usize,
+}
+
+fn quant_type(name: &str, ggml_id: u32) -> Result<QuantType, EngineError> {
+    QuantType::from_ggml_id(ggml_id).ok_or_else(|| EngineError::Tensor {
+        name: name.to_string(),
+        what: format!("tensor type id {ggml_id} has no CPU kernel"),
+    })
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Weight = CpuWeight;
+    type Kv = CpuKv;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight, EngineError> {
+        let view = file.tensor(name)?;
+        let info = view.info;
+        let ty = quant_type(name, info.ty.id())?;
+        if info.dims.len() <= 1 {
+            let mut v = vec![0f32; info.n_elements as usize];
+            ty.dequantize_row(view.data, &mut v)
+                .map_err(|e| EngineError::Tensor { name: name.into(), what: e.to_string() })?;
+            return Ok(CpuWeight::Vector(v));
+        }
+        if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
+            return Err(EngineError::Tensor { name: name.into(), what: format!("expected a matrix, dims {:?}", info.dims) });
+        }
+        if !k::has_matmul(ty) {
+            return Err(EngineError::Tensor { name: name.into(), what: format!("{} matrices have no CPU kernel yet", ty.name()) });
+        }
+        Ok(CpuWeight::Matrix {
+            file: file.clone(),
+            range: file.header().tensor_range(info),
+            ty,
+            n_in: info.dims[0] as usize,
+            n_out: info.dims[1] as usize,
+        })
+    }
+
+    fn alloc(&self, len: usize) -> Vec<f32> {
+        vec![0.0; len]
+    }
+
+    fn alloc_kv(&self, n_layers: usize, n_slots: usize, kv_width: usize, v_width: usize) -> Result<CpuKv, EngineError> {
+        let k_len = n_slots.checked_mul(kv_width).ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
+        let v_len = n_slots.checked_mul(v_width).ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
+        Ok(CpuKv {
+            k: (0..n_layers).map(|_| vec![f16::ZERO; k_len]).collect(),
+            v: (0..n_layers).map(|_| vec![f16::ZERO; v_len]).collect(),
+            kv_width,
+            v_width,
+        })
+    }
+
+    fn write(&self, buf: &mut Vec<f32>, data: &[f32]) {
+        if buf.len() < data.len() {
+            buf.resize(data.len(), 0.0);
+        }
+        buf[..data.len()].copy_from_slice(data);
+    }
+
+    fn read(&self, buf: &Vec<f32>, len: usize) -> Vec<f32> {
+        buf[..len].to_vec()
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32, out: &mut Vec<f32>) -> Result<(), EngineError> {
+        let CpuWeight::Matrix { file, range, ty, n_in, n_out } = table else {
+            return Err(EngineError::Invalid("embedding table is not a matrix".into()));
+        };
+        let row_bytes = ty.row_bytes(*n_in).expect("validated at load");
+        let data = &file.bytes()[range.clone()];
+        ensure_len(out, ids.len() * n_in);
+        for (i, &id) in ids.iter().enumerate() {
+            if id as usize >= *n_out {
+                return Err(EngineError::BadToken { id, n_vocab: *n_out });
+            }
+            let src = &data[id as usize * row_bytes..(id as usize + 1) * row_bytes];
+            let dst = &mut out[i * n_in..(i + 1) * n_in];
+            ty.dequantize_row(src, dst).expect("row length validated at load");
+            if scale != 1.0 {
+                dst.iter_mut().for_each(|x| *x *= scale);
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
+        let CpuWeight::Matrix { file, range, ty, n_in, n_out } = w else {
+            panic!("matmul with a vector weight");
+        };
+        ensure_len(out, n * n_out);
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        k::matmul(*ty, &file.bytes()[range.clone()], *n_in, *n_out, &x[..n * n_in], n, &mut out[..n * n_out], &mut scratch);
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &CpuWeight, n: usize) {
+        let b = bias.vector();
+        for row in x[..n * b.len()].chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+        }
+    }
+
+    fn rms_norm(&self, x: &mut Vec<f32>, weight: &CpuWeight, n_rows: usize, width: usize, eps: f32) {
+        let w = weight.vector();
+        x[..n_rows * width].par_chunks_mut(width).with_min_len(64).for_each(|row| {
+            let s = rms_scale(row, eps);
+            row.iter_mut().zip(w).for_each(|(x, w)| *x = (*x * s) * w);
+        });
+    }
+
+    fn rms_norm_to(&self, x: &Vec<f32>, weight: &CpuWeight, n_rows: usize, width: usize, eps: f32, out: &mut Vec<f32>) {
+        let w = weight.vector();
+        ensure_len(out, n_rows * width);
+        out[..n_rows * width].par_chunks_mut(width).zip(x[..n_rows * width].par_chunks(width)).with_min_len(16).for_each(
+            |(o, row)| {
+                let s = rms_scale(row, eps);
+                o.iter_mut().zip(row).zip(w).for_each(|((o, x), w)| *o = (*x * s) * w);
+            },
+        );
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams) {
+        let width = n_heads * head_dim;
+        x[..positions.len() * width].par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
+            let (cos, sin) = rope_cache(pos, p);
+            for head in row.chunks_exact_mut(head_dim) {
+                rope_head(head, &cos, &sin, p);
+            }
+        });
+    }
+
+    fn kv_store(&self, kv: &mut CpuKv, layer: usize, k: &Vec<f32>, v: &Vec<f32>, slots: &[u32]) {
+        let (kw, vw) = (kv.kv_width, kv.v_width);
+        for (i, &s) in slots.iter().enumerate() {
+            let s = s as usize;
+            for (d, x) in kv.k[layer][s * kw..(s + 1) * kw].iter_mut().zip(&k[i * kw..(i + 1) * kw]) {
+                *d = f16::from_f32(*x);
+            }
+            for (d, x) in kv.v[layer][s * vw..(s + 1) * vw].iter_mut().zip(&v[i * vw..(i + 1) * vw]) {
+                *d = f16::from_f32(*x);
+            }
+        }
+    }
+
+    fn attention(&self, q: &Vec<f32>, kv: &CpuKv, layer: usize, batch: &AttnBatch, p: &AttnParams, out: &mut Vec<f32>) {
+        let n = batch.positions.len();
+        let (qw, ow) = (p.n_head * p.head_dim, p.n_head * p.head_dim_v);
+        ensure_len(out, n * ow);
+        let group = p.n_head / p.n_head_kv;
+        let (keys, values) = (&kv.k[layer], &kv.v[layer]);
+        out[..n * ow].par_chunks_mut(p.head_dim_v).enumerate().for_each(|(job, o)| {
+            let (row, h) = (job / p.n_head, job % p.n_head);
+            let g = h / group;
+            let qh = &q[row * qw + h * p.head_dim..row * qw + (h + 1) * p.head_dim];
+            let pos = batch.positions[row] as usize;
+            let table = &batch.tables[batch.table_of_row[row] as usize];
+            let first = match p.window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            attend(qh, keys, values, table, first..pos + 1, g, kv.kv_width, kv.v_width, p, o);
+        });
+    }
+
+    fn gated_act(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: Activation) {
+        gate[..len].par_chunks_mut(4096).zip(up[..len].par_chunks(4096)).for_each(|(g, u)| match act {
+            Activation::Silu => g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u),
+            Activation::GeluTanh => g.iter_mut().zip(u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+        });
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {
+        x[..len].iter_mut().zip(&y[..len]).for_each(|(x, y)| *x += y);
+    }
+
+    fn get_rows(&self, x: &Vec<f32>, rows: &[u32], width: usize, out: &mut Vec<f32>) {
+        ensure_len(out, rows.len() * width);
+        for (j, &r) in rows.iter().enumerate() {
+            let r = r as usize;
+            out[j * width..(j + 1) * width].copy_from_slice(&x[r * width..(r + 1) * width]);
+        }
+    }
+}
+
+fn ensure_len(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// 1/√(mean(x²) + eps), summed in f64 as ggml does.
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    let sum: f64 = row.iter().map(|&x| (x * x) as f64).sum();
+    let mean = (sum / row.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// SiLU as ggml computes it.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// cos/sin for each rotated pair of a position, with YaRN where enabled (ggml's rope_yarn).
+fn rope_cache(pos: u32, p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
+    let half = p.n_dims / 2;
+    let theta_scale = p.base.powf(-2.0 / p.n_dims as f32);
+    let corr = yarn_corr_dims(p);
+    let mut cos = Vec::with_capacity(half);
+    let mut sin = Vec::with_capacity(half);
+    let mut theta_extrap = pos as f32;
+    for i in 0..half {
+        let theta_interp = p.freq_scale * theta_extrap;
+        let mut theta = theta_interp;
+        let mut mscale = p.attn_factor;
+        if p.ext_factor != 0.0 {
+            let ramp = yarn_ramp(corr.0, corr.1, 2 * i) * p.ext_factor;
+            theta = theta_interp * (1.0 - ramp) + theta_extrap * ramp;
+            mscale *= 1.0 + 0.1 * (1.0 / p.freq_scale).ln();
+        }
+        cos.push(theta.cos() * mscale);
+        sin.push(theta.sin() * mscale);
+        theta_extrap *= theta_scale;
+    }
+    (cos, sin)
+}
+
+fn yarn_corr_dim(n_dims: usize, n_ctx_orig: usize, n_rot: f32, base: f32) -> f32 {
+    n_dims as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln())
+}
+
+fn yarn_corr_dims(p: &RopeParams) -> (f32, f32) {
+    if p.ext_factor == 0.0 {
+        return (0.0, 0.0);
+    }
+    let start = yarn_corr_dim(p.n_dims, p.n_ctx_orig, p.beta_fast, p.base).floor().max(0.0);
+    let end = yarn_corr_dim(p.n_dims, p.n_ctx_orig, p.beta_slow, p.base).ceil().min(p.n_dims as f32 - 1.0);
+    (start, end)
+}
+
+fn yarn_ramp(low: f32, high: f32, i0: usize) -> f32 {
+    let y = ((i0 / 2) as f32 - low) / (high - low).max(0.001);
+    1.0 - y.clamp(0.0, 1.0)
+}
+
+fn rope_head(x: &mut [f32], cos: &[f32], sin: &[f32], p: &RopeParams) {
+    let half = p.n_dims / 2;
+    for i in 0..half {
+        let (a, b) = if p.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * cos[i] - x1 * sin[i];
+        x[b] = x0 * sin[i] + x1 * cos[i];
+    }
+}
+
+/// One head's attention over keys `range` of a sequence, online softmax (no score matrix).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    table: &[u32],
+    range: Range<usize>,
+    g: usize,
+    kv_width: usize,
+    v_width: usize,
+    p: &AttnParams,
+    out: &mut [f32],
+) {
+    let bs = crate::kv_cache::BLOCK_SIZE;
+    let mut m = f32::NEG_INFINITY;
+    let mut l = 0f32;
+    let mut acc = vec![0f32; p.head_dim_v];
+    for t in range {
+        let slot = table[t / bs] as usize * bs + t % bs;
+        let k = &keys[slot * kv_width + g * p.head_dim..slot * kv_width + (g + 1) * p.head_dim];
+        let s = q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum::<f32>() * p.scale;
+        let v = &values[slot * v_width + g * p.head_dim_v..slot * v_width + (g + 1) * p.head_dim_v];
+        if s > m {
+            let c = (m - s).exp();
+            l *= c;
+            acc.iter_mut().for_each(|a| *a *= c);
+            m = s;
+        }
+        let e = (s - m).exp();
+        l += e;
+        acc.iter_mut().zip(v).for_each(|(a, v)| *a += e * v.to_f32());
+    }
+    let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+    out.iter_mut().zip(&acc).for_each(|(o, a)| *o = a * inv);
+}

@@ -1,0 +1,129 @@
+//! The Backend op set: what a forward pass may ask of a device. The model code is written
+//! once against this trait; the CPU backend is the reference the GPU backends must match.
+//!
+//! Activations are rows of f32 (`n_rows × width`, row-major) in the backend's own buffers;
+//! weights are uploaded once; the KV cache lives on the device, addressed by slots that the
+//! paged block tables hand out.
+
+pub mod cpu;
+
+use crate::error::EngineError;
+use ferrite_loader::GgufFile;
+use std::sync::Arc;
+
+/// Rope parameters for one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeParams {
+    /// Rotated dimensions per head (the rest pass through).
+    pub n_dims: usize,
+    /// Base frequency.
+    pub base: f32,
+    /// NeoX layout (halves) instead of adjacent pairs.
+    pub neox: bool,
+    /// Linear position scale (1 / factor) applied to positions (YaRN: the interpolation part).
+    pub freq_scale: f32,
+    /// YaRN extrapolation mix (0 disables YaRN).
+    pub ext_factor: f32,
+    /// YaRN attention magnitude factor.
+    pub attn_factor: f32,
+    /// YaRN ramp bound.
+    pub beta_fast: f32,
+    /// YaRN ramp bound.
+    pub beta_slow: f32,
+    /// Training context before extension (YaRN).
+    pub n_ctx_orig: usize,
+}
+
+/// Where each row of a batch attends: its sequence's block table and its position.
+#[derive(Clone, Debug, Default)]
+pub struct AttnBatch {
+    /// Position of each row in its sequence.
+    pub positions: Vec<u32>,
+    /// For each row, the index of its sequence's table in `tables`.
+    pub table_of_row: Vec<u32>,
+    /// Block tables of the sequences in the batch.
+    pub tables: Vec<Vec<u32>>,
+    /// KV slot each row's key and value are written to.
+    pub slots: Vec<u32>,
+}
+
+/// Attention shape for one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnParams {
+    /// Query heads.
+    pub n_head: usize,
+    /// KV heads.
+    pub n_head_kv: usize,
+    /// Key/query head size.
+    pub head_dim: usize,
+    /// Value head size.
+    pub head_dim_v: usize,
+    /// Scale applied to q·k.
+    pub scale: f32,
+    /// Keys older than `pos - window` are ignored (sliding-window layers).
+    pub window: Option<usize>,
+}
+
+/// Gated FFN activation (re-exported from the config).
+pub use crate::config::Activation;
+
+/// A compute device.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Activation buffer (f32 rows).
+    type Buf: Send + std::fmt::Debug;
+    /// An uploaded weight tensor.
+    type Weight: Send + Sync + std::fmt::Debug;
+    /// KV cache storage for all layers.
+    type Kv: Send + std::fmt::Debug;
+
+    /// Short name (`cpu`, `wgpu`, `cuda`).
+    fn name(&self) -> &'static str;
+
+    /// Uploads (or, on the CPU, borrows) a weight tensor from the file.
+    fn weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight, EngineError>;
+
+    /// A zeroed buffer of `len` f32.
+    fn alloc(&self, len: usize) -> Self::Buf;
+
+    /// KV storage: `n_layers × n_slots` entries of `n_head_kv × head_dim` keys and values.
+    fn alloc_kv(&self, n_layers: usize, n_slots: usize, kv_width: usize, v_width: usize) -> Result<Self::Kv, EngineError>;
+
+    /// Copies host data into a buffer (first `data.len()` values).
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]);
+
+    /// Reads the first `len` values of a buffer back to the host.
+    fn read(&self, buf: &Self::Buf, len: usize) -> Vec<f32>;
+
+    /// `out[i] = table[ids[i]] · scale` (one row of the embedding per id).
+    fn embed(&self, table: &Self::Weight, ids: &[u32], scale: f32, out: &mut Self::Buf) -> Result<(), EngineError>;
+
+    /// `out = x · Wᵀ` for `n` rows: x is `n × in`, W is `out × in`, out is `n × out`.
+    fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize, out: &mut Self::Buf);
+
+    /// Adds a bias vector to each of `n` rows.
+    fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Weight, n: usize);
+
+    /// RMSNorm of `n_rows` rows of `width` values, times `weight`, in place.
+    fn rms_norm(&self, x: &mut Self::Buf, weight: &Self::Weight, n_rows: usize, width: usize, eps: f32);
+
+    /// `out = rms_norm(x)` (x kept) for the pre-norms.
+    fn rms_norm_to(&self, x: &Self::Buf, weight: &Self::Weight, n_rows: usize, width: usize, eps: f32, out: &mut Self::Buf);
+
+    /// Rotates `n_heads` heads of `head_dim` in each of `positions.len()` rows, in place.
+    fn rope(&self, x: &mut Self::Buf, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams);
+
+    /// Writes each row's key and value into the layer's KV slots.
+    fn kv_store(&self, kv: &mut Self::Kv, layer: usize, k: &Self::Buf, v: &Self::Buf, slots: &[u32]);
+
+    /// Causal attention of each query row over its sequence's cached keys and values.
+    fn attention(&self, q: &Self::Buf, kv: &Self::Kv, layer: usize, batch: &AttnBatch, p: &AttnParams, out: &mut Self::Buf);
+
+    /// `gate = act(gate) · up` over `len` values.
+    fn gated_act(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize, act: Activation);
+
+    /// `x += y` over `len` values.
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize);
+
+    /// Gathers rows: `out[j] = x[rows[j]]`, rows of `width`.
+    fn get_rows(&self, x: &Self::Buf, rows: &[u32], width: usize, out: &mut Self::Buf);
+}

@@ -1,0 +1,20 @@
+//! ferrite-engine: model configuration, backends, architectures, KV cache, sampler and the
+//! generation API. The CLI and the server are thin layers over this crate.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod info;
+pub mod kv_cache;
+pub mod model;
+pub mod sampler;
+
+pub use api::{
+    BackendKind, DoneEvent, Engine, Event, FinishReason, GenerateRequest, Generation, LoadOptions, Perplexity, Prompt,
+    TokenEvent, Timings,
+};
+pub use config::{Activation, Arch, ModelConfig, RopeScaling, RopeStyle};
+pub use error::EngineError;
+pub use info::ModelInfo;
+pub use sampler::{Sampler, SamplerParams};

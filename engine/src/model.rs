@@ -1,0 +1,371 @@
+//! The transformer forward pass, written once for every supported family (llama, qwen2,
+//! qwen3, gemma3) against the Backend op set. Families differ only by `ModelConfig`.
+
+use crate::backend::{AttnBatch, AttnParams, Backend, RopeParams};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::EngineError;
+use crate::kv_cache::{BlockTables, SeqId, BLOCK_SIZE};
+use ferrite_loader::GgufFile;
+use std::sync::Arc;
+
+/// One transformer block's weights.
+struct Layer<W> {
+    attn_norm: W,
+    wq: W,
+    wk: W,
+    wv: W,
+    bq: Option<W>,
+    bk: Option<W>,
+    bv: Option<W>,
+    q_norm: Option<W>,
+    k_norm: Option<W>,
+    wo: W,
+    post_attn_norm: Option<W>,
+    ffn_norm: W,
+    w_gate: W,
+    w_up: W,
+    w_down: W,
+    post_ffn_norm: Option<W>,
+}
+
+/// A model's weights on a backend.
+struct Weights<B: Backend> {
+    tok_embd: B::Weight,
+    layers: Vec<Layer<B::Weight>>,
+    out_norm: B::Weight,
+    output: Option<B::Weight>,
+}
+
+impl<B: Backend> Weights<B> {
+    /// Loads every tensor the config needs, with clear errors for missing ones.
+    pub fn load(backend: &B, file: &Arc<GgufFile>, cfg: &ModelConfig) -> Result<Self, EngineError> {
+        let w = |name: &str| backend.weight(file, name);
+        let opt = |name: &str| -> Result<Option<B::Weight>, EngineError> {
+            if file.try_tensor(name).is_some() {
+                backend.weight(file, name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: w(&n("attn_norm.weight"))?,
+                wq: w(&n("attn_q.weight"))?,
+                wk: w(&n("attn_k.weight"))?,
+                wv: w(&n("attn_v.weight"))?,
+                bq: opt(&n("attn_q.bias"))?,
+                bk: opt(&n("attn_k.bias"))?,
+                bv: opt(&n("attn_v.bias"))?,
+                q_norm: if cfg.qk_norm { Some(w(&n("attn_q_norm.weight"))?) } else { None },
+                k_norm: if cfg.qk_norm { Some(w(&n("attn_k_norm.weight"))?) } else { None },
+                wo: w(&n("attn_output.weight"))?,
+                post_attn_norm: if cfg.post_norms { Some(w(&n("post_attention_norm.weight"))?) } else { None },
+                ffn_norm: w(&n("ffn_norm.weight"))?,
+                w_gate: w(&n("ffn_gate.weight"))?,
+                w_up: w(&n("ffn_up.weight"))?,
+                w_down: w(&n("ffn_down.weight"))?,
+                post_ffn_norm: if cfg.post_norms { Some(w(&n("post_ffw_norm.weight"))?) } else { None },
+            });
+        }
+        Ok(Weights {
+            tok_embd: w("token_embd.weight")?,
+            layers,
+            out_norm: w("output_norm.weight")?,
+            output: if cfg.tied_embeddings { None } else { Some(w("output.weight")?) },
+        })
+    }
+}
+
+/// Scratch buffers for one batch size, reused across steps.
+struct Scratch<B: Backend> {
+    cap: usize,
+    x: B::Buf,
+    h: B::Buf,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    attn: B::Buf,
+    gate: B::Buf,
+    up: B::Buf,
+    sel: B::Buf,
+    logits: B::Buf,
+}
+
+/// A batch of tokens for one forward pass: each row is (sequence, token). Rows of one
+/// sequence must be consecutive positions following what the cache already holds.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// Sequence of each token.
+    pub seq_ids: Vec<SeqId>,
+    /// Rows whose logits are wanted.
+    pub logits: Vec<bool>,
+}
+
+impl Batch {
+    /// Adds a token.
+    pub fn push(&mut self, token: u32, seq: SeqId, want_logits: bool) {
+        self.tokens.push(token);
+        self.seq_ids.push(seq);
+        self.logits.push(want_logits);
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Empties the batch, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.seq_ids.clear();
+        self.logits.clear();
+    }
+}
+
+/// A model on a backend, with its KV cache.
+pub struct Model<B: Backend> {
+    /// Shape and numerics.
+    pub cfg: ModelConfig,
+    backend: B,
+    weights: Weights<B>,
+    kv: B::Kv,
+    /// Block tables of the paged KV cache.
+    pub tables: BlockTables,
+    scratch: Option<Scratch<B>>,
+    attn: AttnBatch,
+    ropes: Vec<RopeParams>,
+}
+
+impl<B: Backend> std::fmt::Debug for Model<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("backend", &self.backend.name()).field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads weights onto `backend` and allocates a KV cache of `kv_tokens` tokens (rounded up
+    /// to whole blocks).
+    pub fn load(backend: B, file: &Arc<GgufFile>, cfg: ModelConfig, kv_tokens: usize) -> Result<Self, EngineError> {
+        let weights = Weights::load(&backend, file, &cfg)?;
+        let n_blocks = kv_tokens.div_ceil(BLOCK_SIZE).max(1);
+        let kv = backend.alloc_kv(
+            cfg.n_layers,
+            n_blocks * BLOCK_SIZE,
+            cfg.n_head_kv * cfg.head_dim,
+            cfg.n_head_kv * cfg.head_dim_v,
+        )?;
+        let ropes = (0..cfg.n_layers).map(|il| rope_params(&cfg, il)).collect();
+        Ok(Model {
+            cfg,
+            backend,
+            weights,
+            kv,
+            tables: BlockTables::new(n_blocks),
+            scratch: None,
+            attn: AttnBatch::default(),
+            ropes,
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn ensure_scratch(&mut self, n: usize) {
+        if self.scratch.as_ref().is_some_and(|s| s.cap >= n) {
+            return;
+        }
+        let c = &self.cfg;
+        let b = &self.backend;
+        let q_w = c.n_head * c.head_dim;
+        let kv_w = c.n_head_kv * c.head_dim;
+        let v_w = c.n_head_kv * c.head_dim_v;
+        let wide = c.n_embd.max(c.n_head * c.head_dim_v);
+        self.scratch = Some(Scratch {
+            cap: n,
+            x: b.alloc(n * c.n_embd),
+            h: b.alloc(n * wide),
+            q: b.alloc(n * q_w),
+            k: b.alloc(n * kv_w),
+            v: b.alloc(n * v_w),
+            attn: b.alloc(n * c.n_head * c.head_dim_v),
+            gate: b.alloc(n * c.n_ff),
+            up: b.alloc(n * c.n_ff),
+            sel: b.alloc(n * c.n_embd),
+            logits: b.alloc(n * c.n_vocab),
+        });
+    }
+
+    /// Runs one batch through the model, storing its keys and values in the cache, and
+    /// returns the logits of the rows that asked for them (`n_vocab` each, in row order).
+    pub fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, EngineError> {
+        let n = batch.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        for &t in &batch.tokens {
+            if t as usize >= self.cfg.n_vocab {
+                return Err(EngineError::BadToken { id: t, n_vocab: self.cfg.n_vocab });
+            }
+        }
+        self.plan_attention(batch)?;
+        self.ensure_scratch(n);
+        let c = self.cfg.clone();
+        let b = &self.backend;
+        let s = self.scratch.as_mut().expect("allocated above");
+        let w = &self.weights;
+
+        b.embed(&w.tok_embd, &batch.tokens, c.embed_scale.unwrap_or(1.0), &mut s.x)?;
+        for (il, l) in w.layers.iter().enumerate() {
+            // Attention block.
+            b.rms_norm_to(&s.x, &l.attn_norm, n, c.n_embd, c.rms_eps, &mut s.h);
+            b.matmul(&l.wq, &s.h, n, &mut s.q);
+            b.matmul(&l.wk, &s.h, n, &mut s.k);
+            b.matmul(&l.wv, &s.h, n, &mut s.v);
+            if let Some(bias) = &l.bq {
+                b.add_bias(&mut s.q, bias, n);
+            }
+            if let Some(bias) = &l.bk {
+                b.add_bias(&mut s.k, bias, n);
+            }
+            if let Some(bias) = &l.bv {
+                b.add_bias(&mut s.v, bias, n);
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                b.rms_norm(&mut s.q, qn, n * c.n_head, c.head_dim, c.rms_eps);
+                b.rms_norm(&mut s.k, kn, n * c.n_head_kv, c.head_dim, c.rms_eps);
+            }
+            let rp = self.ropes[il];
+            b.rope(&mut s.q, &self.attn.positions, c.n_head, c.head_dim, &rp);
+            b.rope(&mut s.k, &self.attn.positions, c.n_head_kv, c.head_dim, &rp);
+            b.kv_store(&mut self.kv, il, &s.k, &s.v, &self.attn.slots);
+            let ap = AttnParams {
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                head_dim: c.head_dim,
+                head_dim_v: c.head_dim_v,
+                scale: c.attn_scale,
+                window: if c.is_swa_layer(il) { c.sliding_window } else { None },
+            };
+            b.attention(&s.q, &self.kv, il, &self.attn, &ap, &mut s.attn);
+            b.matmul(&l.wo, &s.attn, n, &mut s.h);
+            if let Some(pn) = &l.post_attn_norm {
+                b.rms_norm(&mut s.h, pn, n, c.n_embd, c.rms_eps);
+            }
+            b.add(&mut s.x, &s.h, n * c.n_embd);
+
+            // Feed-forward block.
+            b.rms_norm_to(&s.x, &l.ffn_norm, n, c.n_embd, c.rms_eps, &mut s.h);
+            b.matmul(&l.w_gate, &s.h, n, &mut s.gate);
+            b.matmul(&l.w_up, &s.h, n, &mut s.up);
+            b.gated_act(&mut s.gate, &s.up, n * c.n_ff, c.activation);
+            b.matmul(&l.w_down, &s.gate, n, &mut s.h);
+            if let Some(pn) = &l.post_ffn_norm {
+                b.rms_norm(&mut s.h, pn, n, c.n_embd, c.rms_eps);
+            }
+            b.add(&mut s.x, &s.h, n * c.n_embd);
+        }
+
+        // Logits only for the rows that need them.
+        let rows: Vec<u32> = (0..n as u32).filter(|&i| batch.logits[i as usize]).collect();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        b.get_rows(&s.x, &rows, c.n_embd, &mut s.sel);
+        b.rms_norm(&mut s.sel, &w.out_norm, rows.len(), c.n_embd, c.rms_eps);
+        let head = w.output.as_ref().unwrap_or(&w.tok_embd);
+        b.matmul(head, &s.sel, rows.len(), &mut s.logits);
+        Ok(b.read(&s.logits, rows.len() * c.n_vocab))
+    }
+
+    /// Assigns KV slots to the batch's rows and gathers the block tables attention needs.
+    /// All or nothing: if the cache is full, no sequence changes.
+    fn plan_attention(&mut self, batch: &Batch) -> Result<(), EngineError> {
+        let a = &mut self.attn;
+        a.positions.clear();
+        a.table_of_row.clear();
+        a.tables.clear();
+        a.slots.clear();
+        let mut seqs: Vec<SeqId> = Vec::new();
+        let mut counts: Vec<usize> = Vec::new();
+        for &s in &batch.seq_ids {
+            match seqs.iter().position(|&x| x == s) {
+                Some(i) => counts[i] += 1,
+                None => {
+                    seqs.push(s);
+                    counts.push(1);
+                }
+            }
+        }
+        let need: usize = seqs
+            .iter()
+            .zip(&counts)
+            .map(|(&s, &c)| {
+                let len = self.tables.seq_len(s);
+                (len + c).div_ceil(BLOCK_SIZE) - len.div_ceil(BLOCK_SIZE)
+            })
+            .sum();
+        if need > self.tables.n_free() {
+            return Err(crate::kv_cache::KvFull { needed: need, free: self.tables.n_free(), total: self.tables.n_blocks() }.into());
+        }
+        let mut next_pos: Vec<usize> = seqs.iter().map(|&s| self.tables.seq_len(s)).collect();
+        let mut slots_of: Vec<std::vec::IntoIter<u32>> = Vec::with_capacity(seqs.len());
+        for (&s, &c) in seqs.iter().zip(&counts) {
+            slots_of.push(self.tables.append(s, c).expect("room checked above").into_iter());
+        }
+        for &s in &seqs {
+            a.tables.push(self.tables.table(s).to_vec());
+        }
+        for &s in &batch.seq_ids {
+            let i = seqs.iter().position(|&x| x == s).expect("collected above");
+            a.positions.push(next_pos[i] as u32);
+            next_pos[i] += 1;
+            a.table_of_row.push(i as u32);
+            a.slots.push(slots_of[i].next().expect("one slot per row"));
+        }
+        Ok(())
+    }
+}
+
+/// Rope parameters of a layer: its base (sliding layers have their own) and scaling.
+fn rope_params(c: &ModelConfig, layer: usize) -> RopeParams {
+    let base = if c.is_swa_layer(layer) { c.rope_base_swa } else { c.rope_base };
+    let mut p = RopeParams {
+        n_dims: c.rope_dim,
+        base,
+        neox: c.rope_style == crate::config::RopeStyle::Neox,
+        freq_scale: 1.0,
+        ext_factor: 0.0,
+        attn_factor: 1.0,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        n_ctx_orig: c.n_ctx_train,
+    };
+    // Gemma 3's sliding layers never use the global scaling.
+    if !c.is_swa_layer(layer) {
+        match c.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => p.freq_scale = 1.0 / factor,
+            RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow } => {
+                p.freq_scale = 1.0 / factor;
+                p.ext_factor = 1.0;
+                p.beta_fast = beta_fast;
+                p.beta_slow = beta_slow;
+                if original_context > 0 {
+                    p.n_ctx_orig = original_context;
+                }
+            }
+        }
+    }
+    p
+}

@@ -1,0 +1,304 @@
+//! Token sampling: penalties, top-k, top-p, min-p, temperature, seeded draws, and the
+//! log-probabilities of the chosen and the top-N tokens (from the raw model distribution,
+//! before any sampler transform, as OpenAI-style APIs report them).
+
+use std::collections::{HashMap, VecDeque};
+
+/// Sampling settings. Defaults are greedy-compatible (temperature 0 means greedy).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SamplerParams {
+    /// ≤ 0: greedy (argmax).
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: off).
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p (1: off).
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p × the most likely one (0: off).
+    pub min_p: f32,
+    /// llama.cpp-style repetition penalty (1: off).
+    pub repeat_penalty: f32,
+    /// OpenAI presence penalty (0: off).
+    pub presence_penalty: f32,
+    /// OpenAI frequency penalty (0: off).
+    pub frequency_penalty: f32,
+    /// Penalties look at this many recent tokens (0: none, usize::MAX: all).
+    pub penalty_last_n: usize,
+    /// RNG seed: the same seed gives the same output.
+    pub seed: u64,
+    /// Number of top log-probabilities to report per token (0: none).
+    pub n_logprobs: usize,
+}
+
+impl Default for SamplerParams {
+    fn default() -> Self {
+        SamplerParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: 0xF3E2_1D0C,
+            n_logprobs: 0,
+        }
+    }
+}
+
+impl SamplerParams {
+    /// Greedy decoding.
+    pub fn greedy() -> Self {
+        SamplerParams { temperature: 0.0, ..Default::default() }
+    }
+}
+
+/// The outcome of one sampling step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    /// The chosen token.
+    pub token: u32,
+    /// Its log-probability under the raw model distribution.
+    pub logprob: f32,
+    /// The `n_logprobs` most likely tokens and their log-probabilities, best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// xoshiro256** seeded by SplitMix64: small, fast, and stable across versions (a sampling
+/// RNG must give the same stream for the same seed forever).
+#[derive(Clone, Debug)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    /// A generator for a seed.
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// A sampler with its own RNG and token history.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    /// Settings.
+    pub params: SamplerParams,
+    rng: Rng,
+    history: VecDeque<u32>,
+    cand: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    /// A sampler for these settings.
+    pub fn new(params: SamplerParams) -> Self {
+        Sampler { rng: Rng::new(params.seed), params, history: VecDeque::new(), cand: Vec::new() }
+    }
+
+    /// Records a token (prompt or generated) for the penalties.
+    pub fn accept(&mut self, token: u32) {
+        if self.params.penalty_last_n == 0 {
+            return;
+        }
+        self.history.push_back(token);
+        while self.history.len() > self.params.penalty_last_n {
+            self.history.pop_front();
+        }
+    }
+
+    /// Chooses the next token from a row of logits.
+    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        let p = &self.params;
+        let (top, lse) = top_logprobs(logits, p.n_logprobs);
+        let token = if p.temperature <= 0.0 && !self.has_penalties() {
+            argmax(logits)
+        } else {
+            self.sample_filtered(logits)
+        };
+        Sampled { token, logprob: logits[token as usize] - lse, top }
+    }
+
+    fn has_penalties(&self) -> bool {
+        let p = &self.params;
+        !self.history.is_empty() && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+    }
+
+    fn sample_filtered(&mut self, logits: &[f32]) -> u32 {
+        let p = self.params.clone();
+        self.cand.clear();
+        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        if self.has_penalties() {
+            let mut counts: HashMap<u32, u32> = HashMap::new();
+            for &t in &self.history {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (&t, &c) in &counts {
+                if let Some(e) = self.cand.get_mut(t as usize) {
+                    if e.1 > 0.0 {
+                        e.1 /= p.repeat_penalty;
+                    } else {
+                        e.1 *= p.repeat_penalty;
+                    }
+                    e.1 -= c as f32 * p.frequency_penalty + p.presence_penalty;
+                }
+            }
+        }
+        if p.temperature <= 0.0 {
+            return self.cand.iter().fold((0u32, f32::NEG_INFINITY), |b, &(i, l)| if l > b.1 { (i, l) } else { b }).0;
+        }
+        // Sort by logit, best first (stable on ties: lower id first).
+        let k = if p.top_k == 0 { self.cand.len() } else { p.top_k.min(self.cand.len()) };
+        if k < self.cand.len() {
+            self.cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.cand.truncate(k);
+        }
+        self.cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Probabilities at temperature 1 for top-p and min-p, as llama.cpp's chain does before
+        // the temperature step.
+        let max = self.cand[0].1;
+        let mut probs: Vec<f32> = self.cand.iter().map(|&(_, l)| (l - max).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        let mut keep = self.cand.len();
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, &pr) in probs.iter().enumerate() {
+                acc += pr;
+                if acc >= p.top_p {
+                    keep = keep.min(i + 1);
+                    break;
+                }
+            }
+        }
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p;
+            keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
+        }
+        self.cand.truncate(keep.max(1));
+        // Temperature, then a draw.
+        let weights: Vec<f64> = self.cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut r = self.rng.next_f64() * total;
+        for (i, w) in weights.iter().enumerate() {
+            if r < *w {
+                return self.cand[i].0;
+            }
+            r -= w;
+        }
+        self.cand[self.cand.len() - 1].0
+    }
+}
+
+/// Index of the largest logit (lowest index on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `n` largest log-softmax values, best first, and the log-sum-exp of the row.
+pub fn top_logprobs(logits: &[f32], n: usize) -> (Vec<(u32, f32)>, f32) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    if n == 0 {
+        return (Vec::new(), lse);
+    }
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let n = n.min(idx.len());
+    idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.truncate(n);
+    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    (idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect(), lse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect()
+    }
+
+    #[test]
+    fn greedy_is_argmax() {
+        let l = logits();
+        let mut s = Sampler::new(SamplerParams { n_logprobs: 3, ..SamplerParams::greedy() });
+        let out = s.sample(&l);
+        assert_eq!(out.token, argmax(&l));
+        assert_eq!(out.top.len(), 3);
+        assert_eq!(out.top[0].0, out.token);
+        assert!(out.top[0].1 >= out.top[1].1 && out.top[1].1 >= out.top[2].1);
+        let total: f64 = l.iter().map(|&x| ((x - l[out.token as usize] + out.logprob) as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-3, "log-probs normalize: {total}");
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let l = logits();
+        let run = |seed| {
+            let mut s = Sampler::new(SamplerParams { temperature: 1.0, seed, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() });
+            (0..50).map(|_| s.sample(&l).token).collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_filters_hold() {
+        let l = logits();
+        let mut s = Sampler::new(SamplerParams { temperature: 5.0, top_k: 1, ..Default::default() });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&l).token, argmax(&l));
+        }
+        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, ..Default::default() });
+        let best = l[argmax(&l) as usize];
+        for _ in 0..200 {
+            let t = s.sample(&l).token as usize;
+            assert!((l[t] - best).exp() >= 0.5 - 1e-6, "min-p keeps only likely tokens");
+        }
+    }
+
+    #[test]
+    fn penalties_change_the_choice() {
+        let mut l = vec![0.0f32; 10];
+        l[3] = 2.0;
+        l[4] = 1.9;
+        let mut s = Sampler::new(SamplerParams { repeat_penalty: 1.5, ..SamplerParams::greedy() });
+        assert_eq!(s.sample(&l).token, 3);
+        s.accept(3);
+        assert_eq!(s.sample(&l).token, 4, "2.0/1.5 < 1.9");
+        let mut s = Sampler::new(SamplerParams { presence_penalty: 0.5, ..SamplerParams::greedy() });
+        s.accept(3);
+        assert_eq!(s.sample(&l).token, 4);
+    }
+}

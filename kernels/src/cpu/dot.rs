@@ -1,0 +1,347 @@
+//! Dot products of one weight row with one activation row, per block format, on 8-bit
+//! quantized activations as ggml does (integer sums inside a block, one float multiply per
+//! block). Written as plain loops that LLVM vectorizes; `matmul` compiles them a second
+//! time with AVX2 enabled and picks that copy at run time.
+
+use crate::quant::*;
+use half::{bf16, f16};
+
+/// A weight block format with a dot product against an activation format.
+pub trait VecDot: QuantBlock + Sync {
+    /// The block type activations are quantized to for this weight type.
+    type Act: bytemuck::Pod + Send + Sync;
+    /// Values per activation block (the weight block size or a divisor of it).
+    const ACT_ELEMS: usize;
+    /// Quantizes one activation row (length a multiple of `ACT_ELEMS`).
+    fn quantize_act(x: &[f32], out: &mut [Self::Act]);
+    /// Σ w·a over a row.
+    fn dot(w: &[Self], a: &[Self::Act]) -> f32;
+}
+
+fn quantize_with<B: QuantizeBlock>(x: &[f32], out: &mut [B]) {
+    if std::env::var_os("FERRITE_SIMDQ").is_some() && (B::NAME == "Q8_0" || B::NAME == "Q8_1") {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+        let bs = std::mem::size_of::<B>();
+        for (o, src) in bytes.chunks_exact_mut(bs).zip(x.chunks_exact(32)) {
+            let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max / 127.0;
+            let id = if max != 0.0 { 127.0 / max } else { 0.0 };
+            let qs: Vec<i8> = src.iter().map(|v| (v * id).round_ties_even() as i8).collect();
+            o[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+            let off = if bs == 36 {
+                let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+                o[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_bits().to_le_bytes());
+                4
+            } else { 2 };
+            for (b, q) in o[off..].iter_mut().zip(&qs) { *b = *q as u8; }
+        }
+        return;
+    }
+    if let Some(v) = std::env::var_os("FERRITE_ACT_EXPERIMENT") {
+        let g: usize = v.to_str().unwrap().parse().unwrap();
+        let mut y = x.to_vec();
+        for c in y.chunks_mut(g) {
+            let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            c.iter_mut().for_each(|v| *v = (*v * id).round() * d);
+        }
+        for (o, src) in out.iter_mut().zip(y.chunks_exact(B::BLOCK_ELEMS)) {
+            *o = B::quantize(src);
+        }
+        return;
+    }
+    for (o, src) in out.iter_mut().zip(x.chunks_exact(B::BLOCK_ELEMS)) {
+        *o = B::quantize(src);
+    }
+}
+
+impl VecDot for BlockQ4_0 {
+    type Act = BlockQ8_0;
+    const ACT_ELEMS: usize = QK;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut s = 0i32;
+            for j in 0..QK / 2 {
+                let lo = (x.qs[j] & 0x0f) as i32 - 8;
+                let hi = (x.qs[j] >> 4) as i32 - 8;
+                s += lo * y.qs[j] as i32 + hi * y.qs[j + QK / 2] as i32;
+            }
+            sum += s as f32 * (x.d() * y.d());
+        }
+        sum
+    }
+}
+
+impl VecDot for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    const ACT_ELEMS: usize = QK;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8_1]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut s = 0i32;
+            for j in 0..QK / 2 {
+                s += (x.qs[j] & 0x0f) as i32 * y.qs[j] as i32
+                    + (x.qs[j] >> 4) as i32 * y.qs[j + QK / 2] as i32;
+            }
+            sum += (x.d() * y.d()) * s as f32 + x.m() * y.s();
+        }
+        sum
+    }
+}
+
+/// The 5th bits of a Q5 block's 32 values, as 0 or 16.
+#[inline(always)]
+fn q5_high(qh: [u8; 4], j: usize) -> (i32, i32) {
+    let qh = u32::from_le_bytes(qh);
+    ((((qh >> j) << 4) & 0x10) as i32, ((qh >> (j + 12)) & 0x10) as i32)
+}
+
+impl VecDot for BlockQ5_0 {
+    type Act = BlockQ8_0;
+    const ACT_ELEMS: usize = QK;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut s = 0i32;
+            for j in 0..QK / 2 {
+                let (h0, h1) = q5_high(x.qh, j);
+                let lo = ((x.qs[j] & 0x0f) as i32 | h0) - 16;
+                let hi = ((x.qs[j] >> 4) as i32 | h1) - 16;
+                s += lo * y.qs[j] as i32 + hi * y.qs[j + QK / 2] as i32;
+            }
+            sum += s as f32 * (x.d() * y.d());
+        }
+        sum
+    }
+}
+
+impl VecDot for BlockQ5_1 {
+    type Act = BlockQ8_1;
+    const ACT_ELEMS: usize = QK;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8_1]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut s = 0i32;
+            for j in 0..QK / 2 {
+                let (h0, h1) = q5_high(x.qh, j);
+                s += ((x.qs[j] & 0x0f) as i32 | h0) * y.qs[j] as i32
+                    + ((x.qs[j] >> 4) as i32 | h1) * y.qs[j + QK / 2] as i32;
+            }
+            sum += (x.d() * y.d()) * s as f32 + x.m() * y.s();
+        }
+        sum
+    }
+}
+
+impl VecDot for BlockQ8_0 {
+    type Act = BlockQ8_0;
+    const ACT_ELEMS: usize = QK;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let s: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+            sum += s as f32 * (x.d() * y.d());
+        }
+        sum
+    }
+}
+
+impl VecDot for BlockIQ4NL {
+    type Act = BlockQ8_0;
+    const ACT_ELEMS: usize = QK;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut s = 0i32;
+            for j in 0..QK / 2 {
+                s += KVALUES_IQ4NL[(x.qs[j] & 0x0f) as usize] as i32 * y.qs[j] as i32
+                    + KVALUES_IQ4NL[(x.qs[j] >> 4) as usize] as i32 * y.qs[j + QK / 2] as i32;
+            }
+            sum += s as f32 * (x.d() * y.d());
+        }
+        sum
+    }
+}
+
+/// Σ over the 8 sub-blocks of (min_j × the activation sums of sub-block j): the part of a
+/// K-quant dot product that the block minimums contribute.
+#[inline(always)]
+fn k_mins(bsums: &[i16; QK_K / 16], mins: &[u8; 8]) -> i32 {
+    (0..8).map(|j| mins[j] as i32 * (bsums[2 * j] as i32 + bsums[2 * j + 1] as i32)).sum()
+}
+
+impl VecDot for BlockQ4K {
+    type Act = BlockQ8K;
+    const ACT_ELEMS: usize = QK_K;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut scales = [0u8; 8];
+            let mut mins = [0u8; 8];
+            for j in 0..8 {
+                (scales[j], mins[j]) = x.scale_min(j);
+            }
+            let mut sumi = 0i32;
+            for j in 0..8 {
+                let q = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
+                let yq = &y.qs[j * 32..j * 32 + 32];
+                let shift = if j % 2 == 0 { 0 } else { 4 };
+                let s: i32 = q.iter().zip(yq).map(|(&q, &v)| ((q >> shift) & 0x0f) as i32 * v as i32).sum();
+                sumi += scales[j] as i32 * s;
+            }
+            let yd = y.d();
+            sum += yd * x.d() * sumi as f32 - yd * x.dmin() * k_mins(&y.bsums(), &mins) as f32;
+        }
+        sum
+    }
+}
+
+impl VecDot for BlockQ5K {
+    type Act = BlockQ8K;
+    const ACT_ELEMS: usize = QK_K;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut scales = [0u8; 8];
+            let mut mins = [0u8; 8];
+            for j in 0..8 {
+                (scales[j], mins[j]) = x.scale_min(j);
+            }
+            let mut sumi = 0i32;
+            for j in 0..8 {
+                let q = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
+                let yq = &y.qs[j * 32..j * 32 + 32];
+                let shift = if j % 2 == 0 { 0 } else { 4 };
+                let s: i32 = q
+                    .iter()
+                    .zip(&x.qh)
+                    .zip(yq)
+                    .map(|((&q, &h), &v)| ((((q >> shift) & 0x0f) | (((h >> j) & 1) << 4)) as i32) * v as i32)
+                    .sum();
+                sumi += scales[j] as i32 * s;
+            }
+            let yd = y.d();
+            sum += yd * x.d() * sumi as f32 - yd * x.dmin() * k_mins(&y.bsums(), &mins) as f32;
+        }
+        sum
+    }
+}
+
+impl VecDot for BlockQ6K {
+    type Act = BlockQ8K;
+    const ACT_ELEMS: usize = QK_K;
+    fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
+        quantize_with(x, out)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
+        let mut sum = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            // Unpack to 256 signed 6-bit values, then one integer sum per 16-value scale.
+            let mut q = [0i8; QK_K];
+            for n in 0..2 {
+                let (ql, qh) = (&x.ql[64 * n..64 * n + 64], &x.qh[32 * n..32 * n + 32]);
+                let out = &mut q[128 * n..128 * n + 128];
+                for l in 0..32 {
+                    out[l] = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8 - 32;
+                    out[l + 32] = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                    out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                    out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                }
+            }
+            let mut sumi = 0i32;
+            for (s, (qc, yc)) in q.chunks_exact(16).zip(y.qs.chunks_exact(16)).enumerate() {
+                let d: i32 = qc.iter().zip(yc).map(|(&a, &b)| a as i32 * b as i32).sum();
+                sumi += x.scales[s] as i32 * d;
+            }
+            sum += x.d() * y.d() * sumi as f32;
+        }
+        sum
+    }
+}
+
+impl VecDot for BlockF32 {
+    type Act = f32;
+    const ACT_ELEMS: usize = 1;
+    fn quantize_act(x: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(x)
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[f32]) -> f32 {
+        dot_f32(w.iter().map(|b| f32::from_le_bytes(b.0)), a)
+    }
+}
+
+/// f32 dot in 8 independent lanes, so that it vectorizes without `-ffast-math`.
+#[inline(always)]
+fn dot_f32(w: impl Iterator<Item = f32>, a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (w, a)) in w.zip(a).enumerate() {
+        acc[i % 8] += w * a;
+    }
+    acc.iter().sum()
+}
+
+impl VecDot for BlockF16 {
+    type Act = f32;
+    const ACT_ELEMS: usize = 1;
+    /// ggml rounds activations to f16 for f16 weights; so do we, to agree with it.
+    fn quantize_act(x: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f16::from_f32(v).to_f32();
+        }
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[f32]) -> f32 {
+        dot_f32(w.iter().map(|b| f16::from_le_bytes(b.0).to_f32()), a)
+    }
+}
+
+impl VecDot for BlockBF16 {
+    type Act = f32;
+    const ACT_ELEMS: usize = 1;
+    /// ggml rounds activations to bf16 for bf16 weights; so do we, to agree with it.
+    fn quantize_act(x: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = bf16::from_f32(v).to_f32();
+        }
+    }
+    #[inline(always)]
+    fn dot(w: &[Self], a: &[f32]) -> f32 {
+        dot_f32(w.iter().map(|b| bf16::from_le_bytes(b.0).to_f32()), a)
+    }
+}

@@ -1,0 +1,91 @@
+//! The `ferrite` command line: a thin layer over the engine's public API.
+
+mod cli_gen;
+mod cli_info;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferrite", version, about = "Run open LLMs from GGUF files on your own hardware")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what a GGUF model is and what it needs to run.
+    Info {
+        /// The GGUF file.
+        model: PathBuf,
+        /// Context length for the memory estimate (default: the model's training context).
+        #[arg(long)]
+        ctx: Option<u64>,
+        /// Print JSON for machines.
+        #[arg(long)]
+        json: bool,
+        /// Also list every metadata key and every tensor.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Generate text from a prompt, streamed to stdout (speed on stderr).
+    Run {
+        #[command(flatten)]
+        model: cli_gen::ModelArgs,
+        /// The prompt.
+        #[arg(short = 'p', long)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        /// System prompt (with --chat).
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sample: cli_gen::SampleArgs,
+    },
+    /// Multi-turn chat with the model's template (interactive, or one turn per stdin line).
+    Chat {
+        #[command(flatten)]
+        model: cli_gen::ModelArgs,
+        /// System prompt.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        sample: cli_gen::SampleArgs,
+    },
+    /// Perplexity of a text file, as llama-perplexity computes it (-c: chunk length, default 512).
+    Perplexity {
+        #[command(flatten)]
+        model: cli_gen::ModelArgs,
+        /// The text file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Score at most this many chunks.
+        #[arg(long)]
+        chunks: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { model, ctx, json, verbose } => cli_info::run(&model, ctx, json, verbose),
+        Command::Run { model, prompt, chat, system, sample } => cli_gen::run(&model, &sample, prompt, chat, system),
+        Command::Chat { model, system, sample } => cli_gen::chat(&model, &sample, system),
+        Command::Perplexity { mut model, file, chunks } => {
+            // As in llama-perplexity, -c is the chunk length (and so the context).
+            let chunk = *model.ctx.get_or_insert(512);
+            cli_gen::perplexity(&model, &file, chunk, chunks)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrite: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The `ferrite` binary's contracts: `info --json` figures (cross-checked against what the
+//! `gguf` Python package reports for the same file), and one clear stderr line with a
+//! non-zero exit for a bad file.
+
+mod common;
+
+use std::process::Command;
+
+fn ferrite() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferrite"))
+}
+
+#[test]
+fn info_json_matches_gguf_python() {
+    let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let out = ferrite().args(["info", "--json", "--ctx", "2048"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Figures as `gguf.GGUFReader` (gguf 0.19) reports them for this file.
+    assert_eq!(v["file_size"], 98_362_432);
+    assert_eq!(v["n_params"], 134_515_008);
+    assert_eq!(v["n_tensors"], 272);
+    assert_eq!(v["architecture"], "llama");
+    assert_eq!(v["context_length"], 8192);
+    assert_eq!(v["n_layers"], 30);
+    assert_eq!(v["n_head"], 9);
+    assert_eq!(v["n_head_kv"], 3);
+    assert_eq!(v["head_dim"], 64);
+    assert_eq!(v["tokenizer"]["model"], "gpt2");
+    assert_eq!(v["tokenizer"]["vocab_size"], 49152);
+    assert_eq!(v["tokenizer"]["merges"], 48900);
+    assert_eq!(v["chat_template"], true);
+    assert_eq!(v["rope"]["freq_base"], 100000.0);
+    let types: Vec<(String, u64, u64)> = v["tensor_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["type"].as_str().unwrap().to_string(), t["count"].as_u64().unwrap(), t["bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        types,
+        vec![("Q4_1".into(), 210, 66_355_200), ("Q8_0".into(), 1, 30_081_024), ("F32".into(), 61, 140_544)]
+    );
+    // KV cache at 2048: 30 layers × 2048 × 3 heads × (64 + 64) × 2 bytes.
+    assert_eq!(v["memory"]["kv_cache_bytes"], 30u64 * 2048 * 3 * 128 * 2);
+    assert_eq!(v["memory"]["weights_bytes"], 66_355_200u64 + 30_081_024 + 140_544);
+}
+
+#[test]
+fn info_human_output() {
+    let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let out = ferrite().arg("info").arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    for want in ["architecture   llama", "parameters     134.5 M (272 tensors)", "gpt2 (byte-level BPE)", "chat template  yes"] {
+        assert!(s.contains(want), "missing {want:?} in:\n{s}");
+    }
+}
+
+#[test]
+fn bad_files_give_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("ferrite-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("not-gguf.gguf", b"hello world, not a model", "not a GGUF file"),
+        ("truncated.gguf", b"GGUF\x03\x00\x00\x00\x01", "truncated"),
+        ("empty.gguf", b"", "truncated"),
+    ];
+    for (name, bytes, want) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        for args in [&["info"][..], &["info", "--json"][..], &["run", "-p", "hi"][..]] {
+            let mut cmd = ferrite();
+            cmd.args(&args[..1]);
+            cmd.arg(&p);
+            cmd.args(&args[1..]);
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name} {args:?} must fail");
+            assert_eq!(err.trim_end().lines().count(), 1, "{name} {args:?}: one line: {err}");
+            assert!(err.contains(want) && err.contains("at byte"), "{name} {args:?}: {err}");
+            assert!(out.stdout.is_empty());
+        }
+    }
+    let out = ferrite().args(["info", "/nonexistent/model.gguf"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+    std::fs::remove_dir_all(&dir).ok();
+}
