@@ -12,9 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut engine = Engine::load(&model, &LoadOptions::default())?;
     let prompt = engine.chat_prompt(&[("user", &question)])?;
-    let request = GenerateRequest::new(prompt)
-        .max_tokens(128)
-        .sampler(SamplerParams { temperature: 0.7, seed: 42, ..Default::default() });
+    let request = GenerateRequest::new(prompt).max_tokens(128).sampler(SamplerParams {
+        temperature: 0.7,
+        seed: 42,
+        ..Default::default()
+    });
 
     for event in engine.generate(request)? {
         match event? {

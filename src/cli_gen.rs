@@ -98,7 +98,11 @@ impl SampleArgs {
 }
 
 /// Streams a generation to stdout; returns the text and why it ended.
-fn stream(engine: &mut Engine, req: GenerateRequest, quiet_stats: bool) -> Result<(String, FinishReason), String> {
+fn stream(
+    engine: &mut Engine,
+    req: GenerateRequest,
+    quiet_stats: bool,
+) -> Result<(String, FinishReason), String> {
     let mut out = std::io::stdout().lock();
     let mut text = String::new();
     for ev in engine.generate(req).map_err(|e| e.to_string())? {
@@ -132,7 +136,13 @@ fn stream(engine: &mut Engine, req: GenerateRequest, quiet_stats: bool) -> Resul
     Ok((text, FinishReason::Stop))
 }
 
-pub fn run(m: &ModelArgs, s: &SampleArgs, prompt: String, chat: bool, system: Option<String>) -> Result<(), String> {
+pub fn run(
+    m: &ModelArgs,
+    s: &SampleArgs,
+    prompt: String,
+    chat: bool,
+    system: Option<String>,
+) -> Result<(), String> {
     let mut engine = m.load()?;
     let prompt = if chat {
         let mut msgs = Vec::new();
@@ -157,7 +167,10 @@ pub fn chat(m: &ModelArgs, s: &SampleArgs, system: Option<String>) -> Result<(),
         messages.push(serde_json::json!({"role": "system", "content": sys}));
     }
     if interactive {
-        eprintln!("ferrite chat: {} — type a message; /reset clears the conversation, /exit or Ctrl-D quits.", m.model.display());
+        eprintln!(
+            "ferrite chat: {} — type a message; /reset clears the conversation, /exit or Ctrl-D quits.",
+            m.model.display()
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -179,7 +192,8 @@ pub fn chat(m: &ModelArgs, s: &SampleArgs, system: Option<String>) -> Result<(),
             _ => {}
         }
         messages.push(serde_json::json!({"role": "user", "content": line}));
-        let req = ChatRequest { messages: messages.clone(), add_generation_prompt: true, ..Default::default() };
+        let req =
+            ChatRequest { messages: messages.clone(), add_generation_prompt: true, ..Default::default() };
         let prompt = engine.apply_chat_template(&req).map_err(|e| e.to_string())?;
         let (reply, _) = stream(&mut engine, s.request(prompt), !interactive)?;
         println!();
@@ -188,7 +202,12 @@ pub fn chat(m: &ModelArgs, s: &SampleArgs, system: Option<String>) -> Result<(),
     Ok(())
 }
 
-pub fn perplexity(m: &ModelArgs, file: &PathBuf, n_ctx: usize, max_chunks: Option<usize>) -> Result<(), String> {
+pub fn perplexity(
+    m: &ModelArgs,
+    file: &PathBuf,
+    n_ctx: usize,
+    max_chunks: Option<usize>,
+) -> Result<(), String> {
     let mut engine = m.load()?;
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let t0 = std::time::Instant::now();

@@ -47,7 +47,13 @@ pub fn run(path: &Path, ctx: Option<u64>, json: bool, verbose: bool) -> Result<(
     }
     let mut s = String::new();
     let w = &mut s;
-    let _ = writeln!(w, "file           {} ({}, GGUF v{})", info.file, human_bytes(info.file_size), info.gguf_version);
+    let _ = writeln!(
+        w,
+        "file           {} ({}, GGUF v{})",
+        info.file,
+        human_bytes(info.file_size),
+        info.gguf_version
+    );
     let _ = writeln!(
         w,
         "architecture   {}{}",
@@ -64,7 +70,12 @@ pub fn run(path: &Path, ctx: Option<u64>, json: bool, verbose: bool) -> Result<(
     }
     let _ = writeln!(w, "context        {}", opt(&info.context_length));
     let _ = writeln!(w, "layers         {}", opt(&info.n_layers));
-    let _ = writeln!(w, "embedding      {}  (ffn {})", opt(&info.embedding_length), opt(&info.feed_forward_length));
+    let _ = writeln!(
+        w,
+        "embedding      {}  (ffn {})",
+        opt(&info.embedding_length),
+        opt(&info.feed_forward_length)
+    );
     let _ = writeln!(
         w,
         "heads          {} query, {} kv, head dim {}{}",
@@ -111,7 +122,7 @@ pub fn run(path: &Path, ctx: Option<u64>, json: bool, verbose: bool) -> Result<(
     let m = &info.memory;
     let _ = writeln!(
         w,
-        "memory @ {:<6} {} = weights {} + KV cache {} (f16)",
+        "memory @ {:<6} {} = weights {} + KV cache {} (f16 values held as f32)",
         m.ctx,
         human_bytes(m.total_bytes),
         human_bytes(m.weights_bytes),

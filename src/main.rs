@@ -73,7 +73,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { model, ctx, json, verbose } => cli_info::run(&model, ctx, json, verbose),
-        Command::Run { model, prompt, chat, system, sample } => cli_gen::run(&model, &sample, prompt, chat, system),
+        Command::Run { model, prompt, chat, system, sample } => {
+            cli_gen::run(&model, &sample, prompt, chat, system)
+        }
         Command::Chat { model, system, sample } => cli_gen::chat(&model, &sample, system),
         Command::Perplexity { mut model, file, chunks } => {
             // As in llama-perplexity, -c is the chunk length (and so the context).

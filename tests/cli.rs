@@ -35,14 +35,20 @@ fn info_json_matches_gguf_python() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["type"].as_str().unwrap().to_string(), t["count"].as_u64().unwrap(), t["bytes"].as_u64().unwrap()))
+        .map(|t| {
+            (
+                t["type"].as_str().unwrap().to_string(),
+                t["count"].as_u64().unwrap(),
+                t["bytes"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         types,
         vec![("Q4_1".into(), 210, 66_355_200), ("Q8_0".into(), 1, 30_081_024), ("F32".into(), 61, 140_544)]
     );
-    // KV cache at 2048: 30 layers × 2048 × 3 heads × (64 + 64) × 2 bytes.
-    assert_eq!(v["memory"]["kv_cache_bytes"], 30u64 * 2048 * 3 * 128 * 2);
+    // KV cache at 2048: 30 layers × 2048 × 3 heads × (64 + 64) × 4 bytes.
+    assert_eq!(v["memory"]["kv_cache_bytes"], 30u64 * 2048 * 3 * 128 * 4);
     assert_eq!(v["memory"]["weights_bytes"], 66_355_200u64 + 30_081_024 + 140_544);
 }
 
@@ -52,7 +58,12 @@ fn info_human_output() {
     let out = ferrite().arg("info").arg(&path).output().unwrap();
     assert!(out.status.success());
     let s = String::from_utf8(out.stdout).unwrap();
-    for want in ["architecture   llama", "parameters     134.5 M (272 tensors)", "gpt2 (byte-level BPE)", "chat template  yes"] {
+    for want in [
+        "architecture   llama",
+        "parameters     134.5 M (272 tensors)",
+        "gpt2 (byte-level BPE)",
+        "chat template  yes",
+    ] {
         assert!(s.contains(want), "missing {want:?} in:\n{s}");
     }
 }

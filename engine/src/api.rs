@@ -225,16 +225,20 @@ impl Engine {
         let t0 = Instant::now();
         let file = Arc::new(GgufFile::open(path)?);
         let cfg = ModelConfig::from_gguf(&file)?;
-        let tokenizer = Tokenizer::from_metadata(file.metadata()).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let tokenizer =
+            Tokenizer::from_metadata(file.metadata()).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let (template, template_warning) = match ChatTemplate::from_metadata(file.metadata(), |id| {
             tokenizer.token_text(id).map(str::to_string)
         }) {
             Ok(Some(t)) => (t, None),
-            Ok(None) => (ChatTemplate::chatml(), Some("the model has no chat template: using ChatML".to_string())),
+            Ok(None) => {
+                (ChatTemplate::chatml(), Some("the model has no chat template: using ChatML".to_string()))
+            }
             Err(e) => return Err(EngineError::Template(e.to_string())),
         };
         let ctx = opts.ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
-        let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads =
+            opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("ferrite-{i}"))
@@ -250,7 +254,17 @@ impl Engine {
             }
         };
         let model = Model::load(backend, &file, cfg, ctx)?;
-        Ok(Engine { file, model, tokenizer, template, template_warning, pool, ctx, load_time: t0.elapsed(), cached: Vec::new() })
+        Ok(Engine {
+            file,
+            model,
+            tokenizer,
+            template,
+            template_warning,
+            pool,
+            ctx,
+            load_time: t0.elapsed(),
+            cached: Vec::new(),
+        })
     }
 
     /// The model's configuration.
@@ -316,7 +330,11 @@ impl Engine {
 
     /// Runs `tokens` from an empty context and returns the logits of the rows for which
     /// `want(i)` holds, in order (teacher forcing, scoring).
-    pub fn eval(&mut self, tokens: &[u32], want: impl Fn(usize) -> bool) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub fn eval(
+        &mut self,
+        tokens: &[u32],
+        want: impl Fn(usize) -> bool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         if tokens.len() > self.ctx {
             return Err(EngineError::ContextOverflow { prompt: tokens.len(), ctx: self.ctx });
         }
@@ -338,16 +356,74 @@ impl Engine {
         Ok(out)
     }
 
+    /// Teacher forcing as a generation would see it: the prompt runs as one batch (chunks of
+    /// `PREFILL_CHUNK`), then each token of `continuation` runs alone. Returns the logits that
+    /// predict each continuation token: the last prompt row, then every continuation row but
+    /// the last (so `continuation.len()` rows).
+    pub fn teacher_force(
+        &mut self,
+        prompt: &[u32],
+        continuation: &[u32],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::Invalid("the prompt is empty".into()));
+        }
+        if prompt.len() + continuation.len() > self.ctx {
+            return Err(EngineError::ContextOverflow {
+                prompt: prompt.len() + continuation.len(),
+                ctx: self.ctx,
+            });
+        }
+        self.model.tables.remove(SEQ);
+        self.cached.clear();
+        let mut rows = Vec::with_capacity(continuation.len());
+        if continuation.is_empty() {
+            return Ok(rows);
+        }
+        let mut batch = Batch::default();
+        let n_chunks = prompt.len().div_ceil(PREFILL_CHUNK);
+        for (c, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
+            batch.clear();
+            for (j, &t) in chunk.iter().enumerate() {
+                batch.push(t, SEQ, c + 1 == n_chunks && j + 1 == chunk.len());
+            }
+            let model = &mut self.model;
+            let l = self.pool.install(|| model.forward(&batch))?;
+            if !l.is_empty() {
+                rows.push(l);
+            }
+        }
+        for &t in &continuation[..continuation.len() - 1] {
+            batch.clear();
+            batch.push(t, SEQ, true);
+            let model = &mut self.model;
+            rows.push(self.pool.install(|| model.forward(&batch))?);
+        }
+        self.model.tables.remove(SEQ);
+        Ok(rows)
+    }
+
     /// Perplexity of `tokens` in chunks of `n_ctx`, as llama-perplexity computes it: each chunk
     /// from an empty cache, its first token replaced by BOS when the model adds one, scored
     /// on the predictions of its second half.
-    pub fn perplexity(&mut self, tokens: &[u32], n_ctx: usize, mut progress: impl FnMut(usize, usize, f64)) -> Result<Perplexity, EngineError> {
+    pub fn perplexity(
+        &mut self,
+        tokens: &[u32],
+        n_ctx: usize,
+        mut progress: impl FnMut(usize, usize, f64),
+    ) -> Result<Perplexity, EngineError> {
         if n_ctx < 4 || n_ctx > self.ctx {
-            return Err(EngineError::Invalid(format!("perplexity context {n_ctx} must be in 4..={}", self.ctx)));
+            return Err(EngineError::Invalid(format!(
+                "perplexity context {n_ctx} must be in 4..={}",
+                self.ctx
+            )));
         }
         let n_chunks = tokens.len() / n_ctx;
         if n_chunks == 0 {
-            return Err(EngineError::Invalid(format!("need at least {n_ctx} tokens, the text has {}", tokens.len())));
+            return Err(EngineError::Invalid(format!(
+                "need at least {n_ctx} tokens, the text has {}",
+                tokens.len()
+            )));
         }
         let first = n_ctx / 2;
         let bos = self.tokenizer.add_bos().then(|| self.tokenizer.bos()).flatten();
@@ -397,7 +473,8 @@ impl Engine {
             sampler.accept(t);
         }
         // Reuse the cached prefix; at least the last prompt token runs, for its logits.
-        let common = self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let common =
+            self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
         self.model.tables.truncate(SEQ, common);
         self.cached.truncate(common);
         let t0 = Instant::now();
@@ -495,12 +572,7 @@ impl Generation<'_> {
                 return (out, true);
             }
         }
-        let hold = self
-            .stop
-            .iter()
-            .map(|s| longest_suffix_prefix(&self.pending, s))
-            .max()
-            .unwrap_or(0);
+        let hold = self.stop.iter().map(|s| longest_suffix_prefix(&self.pending, s)).max().unwrap_or(0);
         let cut = self.pending.len() - hold;
         let out = self.pending[..cut].to_string();
         self.pending.drain(..cut);
@@ -552,7 +624,10 @@ impl Generation<'_> {
 /// Length of the longest suffix of `text` that is a proper prefix of `stop` (at a char boundary).
 fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = stop.len().saturating_sub(1).min(text.len());
-    (1..=max).rev().find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])).unwrap_or(0)
+    (1..=max)
+        .rev()
+        .find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..]))
+        .unwrap_or(0)
 }
 
 impl Iterator for Generation<'_> {

@@ -166,7 +166,8 @@ impl ModelConfig {
         let rope_dim = md.opt(&k("rope.dimension_count"), Metadata::usize)?.unwrap_or(head_dim);
         let rope_scaling = read_rope_scaling(md, &arch_name)?;
         let gemma = arch == Arch::Gemma3;
-        let sliding_window = if gemma { md.opt(&k("attention.sliding_window"), Metadata::usize)? } else { None };
+        let sliding_window =
+            if gemma { md.opt(&k("attention.sliding_window"), Metadata::usize)? } else { None };
         Ok(ModelConfig {
             arch,
             n_layers: md.usize(&k("block_count"))?,
@@ -180,7 +181,11 @@ impl ModelConfig {
             n_ctx_train: md.usize(&k("context_length"))?,
             rms_eps: md.f32(&k("attention.layer_norm_rms_epsilon"))?,
             rope_base: md.opt(&k("rope.freq_base"), Metadata::f32)?.unwrap_or(10_000.0),
-            rope_base_swa: if gemma { 10_000.0 } else { md.opt(&k("rope.freq_base"), Metadata::f32)?.unwrap_or(10_000.0) },
+            rope_base_swa: if gemma {
+                10_000.0
+            } else {
+                md.opt(&k("rope.freq_base"), Metadata::f32)?.unwrap_or(10_000.0)
+            },
             rope_dim,
             rope_style: if arch == Arch::Llama { RopeStyle::Normal } else { RopeStyle::Neox },
             rope_scaling,

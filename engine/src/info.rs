@@ -6,8 +6,9 @@ use ferrite_loader::{GgmlType, GgufFile, Metadata, Value};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// Bytes per element of the KV cache (f16, as llama.cpp's default).
-pub const KV_BYTES_PER_ELEM: u64 = 2;
+/// Bytes per element of the KV cache: the CPU backend rounds entries to f16 (as llama.cpp's
+/// default cache does) but stores them as f32 so attention needs no conversion.
+pub const KV_BYTES_PER_ELEM: u64 = 4;
 
 /// One tensor type's share of the file.
 #[derive(Clone, Debug, Serialize)]
@@ -66,7 +67,7 @@ pub struct MemoryInfo {
     pub ctx: u64,
     /// Weights (tensor data, memory-mapped).
     pub weights_bytes: u64,
-    /// KV cache: layers × ctx × kv heads × (key + value head size) × 2 bytes (f16).
+    /// KV cache: layers × ctx × kv heads × (key + value head size) × `KV_BYTES_PER_ELEM`.
     pub kv_cache_bytes: u64,
     /// Sum.
     pub total_bytes: u64,
@@ -145,7 +146,7 @@ impl ModelInfo {
             s.elements += t.n_elements;
         }
         let mut tensor_types: Vec<TypeShare> = shares.into_values().collect();
-        tensor_types.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        tensor_types.sort_by_key(|t| std::cmp::Reverse(t.bytes));
 
         let n_embd = num(ak("embedding_length"));
         let n_head = num(ak("attention.head_count"));
@@ -186,7 +187,10 @@ impl ModelInfo {
             sliding_window: num(ak("attention.sliding_window")),
             rope: RopeInfo {
                 freq_base: md.f32(&ak("rope.freq_base")).ok(),
-                freq_base_swa: config.as_ref().filter(|c| c.sliding_window.is_some()).map(|c| c.rope_base_swa),
+                freq_base_swa: config
+                    .as_ref()
+                    .filter(|c| c.sliding_window.is_some())
+                    .map(|c| c.rope_base_swa),
                 dimension_count: num(ak("rope.dimension_count")).or(head_dim),
                 style: config.as_ref().map(|c| format!("{:?}", c.rope_style).to_lowercase()),
                 scaling_type: md.str(&ak("rope.scaling.type")).ok().map(str::to_string),
@@ -202,7 +206,12 @@ impl ModelInfo {
                 add_bos_token: md.bool("tokenizer.ggml.add_bos_token").ok(),
             },
             chat_template: md.contains("tokenizer.chat_template"),
-            memory: MemoryInfo { ctx, weights_bytes, kv_cache_bytes, total_bytes: weights_bytes + kv_cache_bytes },
+            memory: MemoryInfo {
+                ctx,
+                weights_bytes,
+                kv_cache_bytes,
+                total_bytes: weights_bytes + kv_cache_bytes,
+            },
             metadata: summarize(md),
         }
     }

@@ -11,8 +11,8 @@ pub mod model;
 pub mod sampler;
 
 pub use api::{
-    BackendKind, DoneEvent, Engine, Event, FinishReason, GenerateRequest, Generation, LoadOptions, Perplexity, Prompt,
-    TokenEvent, Timings,
+    BackendKind, DoneEvent, Engine, Event, FinishReason, GenerateRequest, Generation, LoadOptions,
+    Perplexity, Prompt, Timings, TokenEvent,
 };
 pub use config::{Activation, Arch, ModelConfig, RopeScaling, RopeStyle};
 pub use error::EngineError;

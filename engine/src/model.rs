@@ -61,7 +61,11 @@ impl<B: Backend> Weights<B> {
                 q_norm: if cfg.qk_norm { Some(w(&n("attn_q_norm.weight"))?) } else { None },
                 k_norm: if cfg.qk_norm { Some(w(&n("attn_k_norm.weight"))?) } else { None },
                 wo: w(&n("attn_output.weight"))?,
-                post_attn_norm: if cfg.post_norms { Some(w(&n("post_attention_norm.weight"))?) } else { None },
+                post_attn_norm: if cfg.post_norms {
+                    Some(w(&n("post_attention_norm.weight"))?)
+                } else {
+                    None
+                },
                 ffn_norm: w(&n("ffn_norm.weight"))?,
                 w_gate: w(&n("ffn_gate.weight"))?,
                 w_up: w(&n("ffn_up.weight"))?,
@@ -147,14 +151,22 @@ pub struct Model<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for Model<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("backend", &self.backend.name()).field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("Model")
+            .field("backend", &self.backend.name())
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
 impl<B: Backend> Model<B> {
     /// Loads weights onto `backend` and allocates a KV cache of `kv_tokens` tokens (rounded up
     /// to whole blocks).
-    pub fn load(backend: B, file: &Arc<GgufFile>, cfg: ModelConfig, kv_tokens: usize) -> Result<Self, EngineError> {
+    pub fn load(
+        backend: B,
+        file: &Arc<GgufFile>,
+        cfg: ModelConfig,
+        kv_tokens: usize,
+    ) -> Result<Self, EngineError> {
         let weights = Weights::load(&backend, file, &cfg)?;
         let n_blocks = kv_tokens.div_ceil(BLOCK_SIZE).max(1);
         let kv = backend.alloc_kv(
@@ -256,6 +268,8 @@ impl<B: Backend> Model<B> {
                 head_dim_v: c.head_dim_v,
                 scale: c.attn_scale,
                 window: if c.is_swa_layer(il) { c.sliding_window } else { None },
+                f16_accum: n < crate::backend::F16_ATTN_MAX_ROWS,
+                single_row: n == 1,
             };
             b.attention(&s.q, &self.kv, il, &self.attn, &ap, &mut s.attn);
             b.matmul(&l.wo, &s.attn, n, &mut s.h);
@@ -316,7 +330,12 @@ impl<B: Backend> Model<B> {
             })
             .sum();
         if need > self.tables.n_free() {
-            return Err(crate::kv_cache::KvFull { needed: need, free: self.tables.n_free(), total: self.tables.n_blocks() }.into());
+            return Err(crate::kv_cache::KvFull {
+                needed: need,
+                free: self.tables.n_free(),
+                total: self.tables.n_blocks(),
+            }
+            .into());
         }
         let mut next_pos: Vec<usize> = seqs.iter().map(|&s| self.tables.seq_len(s)).collect();
         let mut slots_of: Vec<std::vec::IntoIter<u32>> = Vec::with_capacity(seqs.len());

@@ -145,7 +145,8 @@ impl Sampler {
 
     fn has_penalties(&self) -> bool {
         let p = &self.params;
-        !self.history.is_empty() && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+        !self.history.is_empty()
+            && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
     }
 
     fn sample_filtered(&mut self, logits: &[f32]) -> u32 {
@@ -169,7 +170,11 @@ impl Sampler {
             }
         }
         if p.temperature <= 0.0 {
-            return self.cand.iter().fold((0u32, f32::NEG_INFINITY), |b, &(i, l)| if l > b.1 { (i, l) } else { b }).0;
+            return self
+                .cand
+                .iter()
+                .fold((0u32, f32::NEG_INFINITY), |b, &(i, l)| if l > b.1 { (i, l) } else { b })
+                .0;
         }
         // Sort by logit, best first (stable on ties: lower id first).
         let k = if p.top_k == 0 { self.cand.len() } else { p.top_k.min(self.cand.len()) };
@@ -201,7 +206,8 @@ impl Sampler {
         }
         self.cand.truncate(keep.max(1));
         // Temperature, then a draw.
-        let weights: Vec<f64> = self.cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
+        let weights: Vec<f64> =
+            self.cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
         let total: f64 = weights.iter().sum();
         let mut r = self.rng.next_f64() * total;
         for (i, w) in weights.iter().enumerate() {
@@ -235,7 +241,9 @@ pub fn top_logprobs(logits: &[f32], n: usize) -> (Vec<(u32, f32)>, f32) {
     }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let n = n.min(idx.len());
-    idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.select_nth_unstable_by(n - 1, |&a, &b| {
+        logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b))
+    });
     idx.truncate(n);
     idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
     (idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect(), lse)
@@ -266,7 +274,14 @@ mod tests {
     fn same_seed_same_tokens() {
         let l = logits();
         let run = |seed| {
-            let mut s = Sampler::new(SamplerParams { temperature: 1.0, seed, top_k: 0, top_p: 1.0, min_p: 0.0, ..Default::default() });
+            let mut s = Sampler::new(SamplerParams {
+                temperature: 1.0,
+                seed,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                ..Default::default()
+            });
             (0..50).map(|_| s.sample(&l).token).collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
@@ -280,7 +295,13 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(s.sample(&l).token, argmax(&l));
         }
-        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            ..Default::default()
+        });
         let best = l[argmax(&l) as usize];
         for _ in 0..200 {
             let t = s.sample(&l).token as usize;

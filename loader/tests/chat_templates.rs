@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferrite_loader::chat::{
-    message, strftime, RenderLimits, CHATML_WARNING, MAX_NAMESPACE_DEPTH, MAX_TEMPLATE_BYTES,
+    message, strftime, RenderLimits, CHATML_WARNING, MAX_NAMESPACE_DEPTH, MAX_TAG_CODE_BYTES,
+    MAX_TEMPLATE_BYTES,
 };
 use ferrite_loader::writer::GgufWriter;
 use ferrite_loader::{ChatError, ChatRequest, ChatTemplate, Gguf, Value as MdValue};
@@ -494,6 +495,21 @@ fn output_is_capped() {
     assert_eq!(tmpl.render(&ChatRequest::new(vec![])).unwrap_err(), ChatError::OutputTooLarge { limit: 10 });
 }
 
+#[test]
+fn work_that_fuel_does_not_see_hits_the_timeout() {
+    // minijinja charges comparing two lists by their top level: comparing `[a]` with `[b]`
+    // costs one item however long `a` and `b` are, so this spins almost for free. The
+    // render is given up at the timeout (its thread finishes in the background).
+    let limits = RenderLimits { timeout: Duration::from_millis(500), ..RenderLimits::default() };
+    let src = "{% set a = [range(20000) | list] %}{% set b = [range(20000) | list] %}\
+               {% for i in range(20000) %}{% if a == b %}{% endif %}{% endfor %}";
+    let tmpl = ChatTemplate::with_limits(src, "", "", limits).unwrap();
+    let start = Instant::now();
+    let err = tmpl.render(&ChatRequest::new(vec![])).unwrap_err();
+    assert_eq!(err, ChatError::Timeout { limit: limits.timeout });
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}
+
 /// Renders on a thread with a small stack: the render must not depend on the caller's.
 fn render_on_small_stack(source: &'static str) -> Result<String, ChatError> {
     std::thread::Builder::new()
@@ -546,22 +562,41 @@ fn deeply_nested_values_are_refused_not_a_stack_overflow() {
 
 #[test]
 fn hostile_sources_compile_or_fail_cleanly() {
-    // minijinja's parser and compiler recurse once per link of these chains; at the size
-    // limit they must still compile (or fail) on the engine's stack, never overflow it.
-    let room = MAX_TEMPLATE_BYTES - 10;
+    // minijinja's parser and compiler recurse once per link of these chains; at the limit
+    // for one tag they must compile (or fail) on the engine's stack, never overflow it, and
+    // past it they are refused.
+    let room = MAX_TAG_CODE_BYTES - 32;
     let chains = [
         format!("{{{{ {}1 }}}}", "-".repeat(room)),
-        format!("{{{{ {}1 }}}}", "not ".repeat(room / 4)),
+        format!("{{{{ {}1 }}}}", "not ".repeat(room / 3)),
         format!("{{{{ 1{} }}}}", "+1".repeat(room / 2)),
         format!("{{{{ x{} }}}}", ".a".repeat(room / 2)),
         format!("{{{{ 'x'{} }}}}", "|trim".repeat(room / 5)),
+        format!(
+            "{{% set y = [1]{} %}}{{{{ (y ~ '') | length > 0 }}}}{{{{ y == y }}}}",
+            "|batch(1)".repeat(room / 9)
+        ),
     ];
     for src in &chains {
-        assert!(src.len() <= MAX_TEMPLATE_BYTES);
-        if let Ok(t) = ChatTemplate::new(src, "", "") {
-            let _ = t.render(&ChatRequest::new(vec![]));
-        }
+        let t = ChatTemplate::new(src, "", "").unwrap_or_else(|e| panic!("{e}"));
+        let _ = t.render(&ChatRequest::new(vec![]));
     }
+    let over = format!("{{{{ {}1 }}}}", "-".repeat(MAX_TAG_CODE_BYTES));
+    let err = ChatTemplate::new(&over, "", "").unwrap_err();
+    assert!(err.to_string().contains("bytes of code"), "{err}");
+    // Long string literals are text, not code.
+    let long_text = format!("{{{{ '{}' | length }}}}", "x".repeat(100_000));
+    assert_eq!(small(&long_text).render(&ChatRequest::new(vec![])).unwrap(), "100000");
+    // Through recursion, each level nesting as deep as one tag allows.
+    let recursive = format!(
+        "{{% for x in [1] recursive %}}{{% set y = [x]{} %}}{{{{ (y ~ '') | length > 0 }}}}{{{{ y == y }}}}\
+         {{{{ [y, y] | sort | length }}}}{{{{ [y] | unique | length }}}}{{{{ loop([y]) }}}}{{% endfor %}}",
+        "|batch(1)".repeat((MAX_TAG_CODE_BYTES - 40) / 9)
+    );
+    let err = small(&recursive).render(&ChatRequest::new(vec![])).unwrap_err();
+    let stopped = matches!(err, ChatError::OutOfFuel { .. }) || err.to_string().contains("recursion limit");
+    assert!(stopped, "{err}");
+
     let too_big = "x".repeat(MAX_TEMPLATE_BYTES + 1);
     assert!(matches!(ChatTemplate::new(&too_big, "", ""), Err(ChatError::Syntax(_))));
 

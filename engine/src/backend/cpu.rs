@@ -6,6 +6,7 @@
 use super::{Activation, AttnBatch, AttnParams, Backend, RopeParams};
 use crate::error::EngineError;
 use ferrite_kernels::cpu as k;
+use ferrite_kernels::cpu::vec;
 use ferrite_kernels::quant::QuantType;
 use ferrite_loader::GgufFile;
 use half::f16;
@@ -55,11 +56,12 @@ impl CpuWeight {
     }
 }
 
-/// KV storage: per layer, f16 keys and values by slot.
+/// KV storage: per layer, keys and values by slot. Values are rounded to f16 as llama.cpp's
+/// f16 cache rounds them, but held as f32 so that attention reads them without conversion.
 #[derive(Debug)]
 pub struct CpuKv {
-    k: Vec<Vec<f16>>,
-    v: Vec<Vec<f16>>,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     kv_width: usize,
     v_width: usize,
 }
@@ -91,10 +93,16 @@ impl Backend for CpuBackend {
             return Ok(CpuWeight::Vector(v));
         }
         if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
-            return Err(EngineError::Tensor { name: name.into(), what: format!("expected a matrix, dims {:?}", info.dims) });
+            return Err(EngineError::Tensor {
+                name: name.into(),
+                what: format!("expected a matrix, dims {:?}", info.dims),
+            });
         }
         if !k::has_matmul(ty) {
-            return Err(EngineError::Tensor { name: name.into(), what: format!("{} matrices have no CPU kernel yet", ty.name()) });
+            return Err(EngineError::Tensor {
+                name: name.into(),
+                what: format!("{} matrices have no CPU kernel yet", ty.name()),
+            });
         }
         Ok(CpuWeight::Matrix {
             file: file.clone(),
@@ -109,12 +117,22 @@ impl Backend for CpuBackend {
         vec![0.0; len]
     }
 
-    fn alloc_kv(&self, n_layers: usize, n_slots: usize, kv_width: usize, v_width: usize) -> Result<CpuKv, EngineError> {
-        let k_len = n_slots.checked_mul(kv_width).ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
-        let v_len = n_slots.checked_mul(v_width).ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
+    fn alloc_kv(
+        &self,
+        n_layers: usize,
+        n_slots: usize,
+        kv_width: usize,
+        v_width: usize,
+    ) -> Result<CpuKv, EngineError> {
+        let k_len = n_slots
+            .checked_mul(kv_width)
+            .ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
+        let v_len = n_slots
+            .checked_mul(v_width)
+            .ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
         Ok(CpuKv {
-            k: (0..n_layers).map(|_| vec![f16::ZERO; k_len]).collect(),
-            v: (0..n_layers).map(|_| vec![f16::ZERO; v_len]).collect(),
+            k: (0..n_layers).map(|_| vec![0f32; k_len]).collect(),
+            v: (0..n_layers).map(|_| vec![0f32; v_len]).collect(),
             kv_width,
             v_width,
         })
@@ -131,7 +149,13 @@ impl Backend for CpuBackend {
         buf[..len].to_vec()
     }
 
-    fn embed(&self, table: &CpuWeight, ids: &[u32], scale: f32, out: &mut Vec<f32>) -> Result<(), EngineError> {
+    fn embed(
+        &self,
+        table: &CpuWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), EngineError> {
         let CpuWeight::Matrix { file, range, ty, n_in, n_out } = table else {
             return Err(EngineError::Invalid("embedding table is not a matrix".into()));
         };
@@ -158,7 +182,16 @@ impl Backend for CpuBackend {
         };
         ensure_len(out, n * n_out);
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        k::matmul(*ty, &file.bytes()[range.clone()], *n_in, *n_out, &x[..n * n_in], n, &mut out[..n * n_out], &mut scratch);
+        k::matmul(
+            *ty,
+            &file.bytes()[range.clone()],
+            *n_in,
+            *n_out,
+            &x[..n * n_in],
+            n,
+            &mut out[..n * n_out],
+            &mut scratch,
+        );
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &CpuWeight, n: usize) {
@@ -176,25 +209,37 @@ impl Backend for CpuBackend {
         });
     }
 
-    fn rms_norm_to(&self, x: &Vec<f32>, weight: &CpuWeight, n_rows: usize, width: usize, eps: f32, out: &mut Vec<f32>) {
+    fn rms_norm_to(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        n_rows: usize,
+        width: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) {
         let w = weight.vector();
         ensure_len(out, n_rows * width);
-        out[..n_rows * width].par_chunks_mut(width).zip(x[..n_rows * width].par_chunks(width)).with_min_len(16).for_each(
-            |(o, row)| {
+        out[..n_rows * width]
+            .par_chunks_mut(width)
+            .zip(x[..n_rows * width].par_chunks(width))
+            .with_min_len(16)
+            .for_each(|(o, row)| {
                 let s = rms_scale(row, eps);
                 o.iter_mut().zip(row).zip(w).for_each(|((o, x), w)| *o = (*x * s) * w);
-            },
-        );
+            });
     }
 
     fn rope(&self, x: &mut Vec<f32>, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams) {
         let width = n_heads * head_dim;
-        x[..positions.len() * width].par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
-            let (cos, sin) = rope_cache(pos, p);
-            for head in row.chunks_exact_mut(head_dim) {
-                rope_head(head, &cos, &sin, p);
-            }
-        });
+        x[..positions.len() * width].par_chunks_mut(width).zip(positions.par_iter()).for_each(
+            |(row, &pos)| {
+                let (cos, sin) = rope_cache(pos, p);
+                for head in row.chunks_exact_mut(head_dim) {
+                    rope_head(head, &cos, &sin, p);
+                }
+            },
+        );
     }
 
     fn kv_store(&self, kv: &mut CpuKv, layer: usize, k: &Vec<f32>, v: &Vec<f32>, slots: &[u32]) {
@@ -202,15 +247,23 @@ impl Backend for CpuBackend {
         for (i, &s) in slots.iter().enumerate() {
             let s = s as usize;
             for (d, x) in kv.k[layer][s * kw..(s + 1) * kw].iter_mut().zip(&k[i * kw..(i + 1) * kw]) {
-                *d = f16::from_f32(*x);
+                *d = f16::from_f32(*x).to_f32();
             }
             for (d, x) in kv.v[layer][s * vw..(s + 1) * vw].iter_mut().zip(&v[i * vw..(i + 1) * vw]) {
-                *d = f16::from_f32(*x);
+                *d = f16::from_f32(*x).to_f32();
             }
         }
     }
 
-    fn attention(&self, q: &Vec<f32>, kv: &CpuKv, layer: usize, batch: &AttnBatch, p: &AttnParams, out: &mut Vec<f32>) {
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        kv: &CpuKv,
+        layer: usize,
+        batch: &AttnBatch,
+        p: &AttnParams,
+        out: &mut Vec<f32>,
+    ) {
         let n = batch.positions.len();
         let (qw, ow) = (p.n_head * p.head_dim, p.n_head * p.head_dim_v);
         ensure_len(out, n * ow);
@@ -330,8 +383,8 @@ fn rope_head(x: &mut [f32], cos: &[f32], sin: &[f32], p: &RopeParams) {
 #[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
-    keys: &[f16],
-    values: &[f16],
+    keys: &[f32],
+    values: &[f32],
     table: &[u32],
     range: Range<usize>,
     g: usize,
@@ -341,24 +394,86 @@ fn attend(
     out: &mut [f32],
 ) {
     let bs = crate::kv_cache::BLOCK_SIZE;
+    let key = |t: usize| {
+        let slot = table[t / bs] as usize * bs + t % bs;
+        (
+            &keys[slot * kv_width + g * p.head_dim..slot * kv_width + (g + 1) * p.head_dim],
+            &values[slot * v_width + g * p.head_dim_v..slot * v_width + (g + 1) * p.head_dim_v],
+        )
+    };
+    if p.f16_accum {
+        // llama.cpp splits the keys of a single-row batch across its threads once there are
+        // 512 or more (the reference ran with 2), each half accumulated in f16, merged in f32.
+        if p.single_row && range.len() >= SPLIT_KV_MIN {
+            let mid = range.start + range.len().div_ceil(SPLIT_KV_PARTS);
+            let (m0, l0, a0) = attend_f16_partial(q, range.start..mid, &key, p);
+            let (m1, l1, a1) = attend_f16_partial(q, mid..range.end, &key, p);
+            let m = m0.max(m1);
+            let (c0, c1) = ((m0 - m).exp(), (m1 - m).exp());
+            let l = l0 * c0 + l1 * c1;
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            for ((o, x0), x1) in out.iter_mut().zip(&a0).zip(&a1) {
+                *o = (x0 * c0 + x1 * c1) * inv;
+            }
+            return;
+        }
+        let (_, l, acc) = attend_f16_partial(q, range, &key, p);
+        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+        out.iter_mut().zip(&acc).for_each(|(o, a)| *o = a * inv);
+        return;
+    }
     let mut m = f32::NEG_INFINITY;
     let mut l = 0f32;
     let mut acc = vec![0f32; p.head_dim_v];
     for t in range {
-        let slot = table[t / bs] as usize * bs + t % bs;
-        let k = &keys[slot * kv_width + g * p.head_dim..slot * kv_width + (g + 1) * p.head_dim];
-        let s = q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum::<f32>() * p.scale;
-        let v = &values[slot * v_width + g * p.head_dim_v..slot * v_width + (g + 1) * p.head_dim_v];
+        let (k, v) = key(t);
+        let s = vec::dot(q, k) * p.scale;
         if s > m {
             let c = (m - s).exp();
             l *= c;
-            acc.iter_mut().for_each(|a| *a *= c);
+            vec::scale(&mut acc, c);
             m = s;
         }
         let e = (s - m).exp();
         l += e;
-        acc.iter_mut().zip(v).for_each(|(a, v)| *a += e * v.to_f32());
+        vec::axpy(&mut acc, e, v);
     }
     let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
     out.iter_mut().zip(&acc).for_each(|(o, a)| *o = a * inv);
+}
+
+/// Keys from which a single-row batch is split in two (llama.cpp's split-KV decode).
+const SPLIT_KV_MIN: usize = 512;
+/// Parts of a split-KV decode: the reference ran llama.cpp with 2 threads.
+const SPLIT_KV_PARTS: usize = 2;
+
+/// llama.cpp's CPU flash attention for small batches: q rounded to f16, and the running
+/// softmax·V sum kept in f16, rounded after every scale and every multiply-add. Returns the
+/// running max, the softmax denominator and the unnormalized sum.
+fn attend_f16_partial<'a>(
+    q: &[f32],
+    range: Range<usize>,
+    key: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
+    p: &AttnParams,
+) -> (f32, f32, Vec<f32>) {
+    let round = |x: f32| f16::from_f32(x).to_f32();
+    let q16: Vec<f32> = q.iter().map(|&x| round(x)).collect();
+    let mut m = f32::NEG_INFINITY;
+    let mut l = 0f32;
+    let mut acc = vec![0f32; p.head_dim_v];
+    for t in range {
+        let (k, v) = key(t);
+        let s = vec::dot(&q16, k) * p.scale;
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > m {
+            ms = (m - s).exp();
+            m = s;
+            acc.iter_mut().for_each(|a| *a = round(*a * ms));
+        } else {
+            vs = (s - m).exp();
+        }
+        acc.iter_mut().zip(v).for_each(|(a, v)| *a = round(v.mul_add(vs, *a)));
+        l = l * ms + vs;
+    }
+    (m, l, acc)
 }

@@ -62,7 +62,16 @@ pub struct AttnParams {
     pub scale: f32,
     /// Keys older than `pos - window` are ignored (sliding-window layers).
     pub window: Option<usize>,
+    /// Round queries to f16 and accumulate softmax·V in f16, as llama.cpp's CPU flash
+    /// attention does for batches of fewer than 64 rows (token generation included); larger
+    /// batches use its f32 tiled path. Agreement with llama.cpp needs the same rounding.
+    pub f16_accum: bool,
+    /// The batch has one row (token generation): llama.cpp then splits long key ranges.
+    pub single_row: bool,
 }
+
+/// Batches with fewer rows than this attend in llama.cpp's f16-accumulating mode.
+pub const F16_ATTN_MAX_ROWS: usize = 64;
 
 /// Gated FFN activation (re-exported from the config).
 pub use crate::config::Activation;
@@ -86,7 +95,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn alloc(&self, len: usize) -> Self::Buf;
 
     /// KV storage: `n_layers × n_slots` entries of `n_head_kv × head_dim` keys and values.
-    fn alloc_kv(&self, n_layers: usize, n_slots: usize, kv_width: usize, v_width: usize) -> Result<Self::Kv, EngineError>;
+    fn alloc_kv(
+        &self,
+        n_layers: usize,
+        n_slots: usize,
+        kv_width: usize,
+        v_width: usize,
+    ) -> Result<Self::Kv, EngineError>;
 
     /// Copies host data into a buffer (first `data.len()` values).
     fn write(&self, buf: &mut Self::Buf, data: &[f32]);
@@ -95,7 +110,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn read(&self, buf: &Self::Buf, len: usize) -> Vec<f32>;
 
     /// `out[i] = table[ids[i]] · scale` (one row of the embedding per id).
-    fn embed(&self, table: &Self::Weight, ids: &[u32], scale: f32, out: &mut Self::Buf) -> Result<(), EngineError>;
+    fn embed(
+        &self,
+        table: &Self::Weight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut Self::Buf,
+    ) -> Result<(), EngineError>;
 
     /// `out = x · Wᵀ` for `n` rows: x is `n × in`, W is `out × in`, out is `n × out`.
     fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize, out: &mut Self::Buf);
@@ -107,7 +128,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn rms_norm(&self, x: &mut Self::Buf, weight: &Self::Weight, n_rows: usize, width: usize, eps: f32);
 
     /// `out = rms_norm(x)` (x kept) for the pre-norms.
-    fn rms_norm_to(&self, x: &Self::Buf, weight: &Self::Weight, n_rows: usize, width: usize, eps: f32, out: &mut Self::Buf);
+    fn rms_norm_to(
+        &self,
+        x: &Self::Buf,
+        weight: &Self::Weight,
+        n_rows: usize,
+        width: usize,
+        eps: f32,
+        out: &mut Self::Buf,
+    );
 
     /// Rotates `n_heads` heads of `head_dim` in each of `positions.len()` rows, in place.
     fn rope(&self, x: &mut Self::Buf, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams);
@@ -116,7 +145,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn kv_store(&self, kv: &mut Self::Kv, layer: usize, k: &Self::Buf, v: &Self::Buf, slots: &[u32]);
 
     /// Causal attention of each query row over its sequence's cached keys and values.
-    fn attention(&self, q: &Self::Buf, kv: &Self::Kv, layer: usize, batch: &AttnBatch, p: &AttnParams, out: &mut Self::Buf);
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        kv: &Self::Kv,
+        layer: usize,
+        batch: &AttnBatch,
+        p: &AttnParams,
+        out: &mut Self::Buf,
+    );
 
     /// `gate = act(gate) · up` over `len` values.
     fn gated_act(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize, act: Activation);

@@ -16,51 +16,64 @@ pub trait VecDot: QuantBlock + Sync {
     fn quantize_act(x: &[f32], out: &mut [Self::Act]);
     /// Σ w·a over a row.
     fn dot(w: &[Self], a: &[Self::Act]) -> f32;
+    /// The values the quantized activations stand for (what `dot` multiplies by).
+    fn act_values(a: &[Self::Act], out: &mut [f32]);
+}
+
+/// `act_values` for block-quantized activations.
+fn act_blocks_to_f32<A: QuantBlock>(a: &[A], out: &mut [f32]) {
+    for (b, o) in a.iter().zip(out.chunks_exact_mut(A::BLOCK_ELEMS)) {
+        b.dequantize(o);
+    }
 }
 
 fn quantize_with<B: QuantizeBlock>(x: &[f32], out: &mut [B]) {
-    if std::env::var_os("FERRITE_SIMDQ").is_some() && (B::NAME == "Q8_0" || B::NAME == "Q8_1") {
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
-        let bs = std::mem::size_of::<B>();
-        for (o, src) in bytes.chunks_exact_mut(bs).zip(x.chunks_exact(32)) {
-            let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = max / 127.0;
-            let id = if max != 0.0 { 127.0 / max } else { 0.0 };
-            let qs: Vec<i8> = src.iter().map(|v| (v * id).round_ties_even() as i8).collect();
-            o[..2].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
-            let off = if bs == 36 {
-                let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-                o[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_bits().to_le_bytes());
-                4
-            } else { 2 };
-            for (b, q) in o[off..].iter_mut().zip(&qs) { *b = *q as u8; }
-        }
-        return;
-    }
-    if let Some(v) = std::env::var_os("FERRITE_ACT_EXPERIMENT") {
-        let g: usize = v.to_str().unwrap().parse().unwrap();
-        let mut y = x.to_vec();
-        for c in y.chunks_mut(g) {
-            let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            c.iter_mut().for_each(|v| *v = (*v * id).round() * d);
-        }
-        for (o, src) in out.iter_mut().zip(y.chunks_exact(B::BLOCK_ELEMS)) {
-            *o = B::quantize(src);
-        }
-        return;
-    }
     for (o, src) in out.iter_mut().zip(x.chunks_exact(B::BLOCK_ELEMS)) {
         *o = B::quantize(src);
+    }
+}
+
+/// Q8_0/Q8_1 activation codes as llama.cpp's x86 build computes them (its AVX2 quantizer,
+/// not ggml's scalar reference): `id = 127 / max|x|` and round-half-to-even. The stored
+/// scale is `max / 127` in f16. Matching this exactly matters: models with massive
+/// activations (SmolLM2's token 0 carries values near 3000) turn a single different
+/// rounding into visibly different log-probabilities.
+#[inline]
+fn q8_codes(src: &[f32]) -> (f32, [i8; QK]) {
+    let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max / 127.0;
+    let id = if max != 0.0 { 127.0 / max } else { 0.0 };
+    (d, std::array::from_fn(|j| (src[j] * id).round_ties_even() as i8))
+}
+
+fn quantize_q8_0_x86(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (d, qs) = q8_codes(src);
+        *o = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs };
+    }
+}
+
+fn quantize_q8_1_x86(x: &[f32], out: &mut [BlockQ8_1]) {
+    for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let (d, qs) = q8_codes(src);
+        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+        // The f32 `d`, not its f16 rounding, as ggml does.
+        *o = BlockQ8_1 {
+            d: f16::from_f32(d).to_le_bytes(),
+            s: f16::from_f32(d * sum as f32).to_le_bytes(),
+            qs,
+        };
     }
 }
 
 impl VecDot for BlockQ4_0 {
     type Act = BlockQ8_0;
     const ACT_ELEMS: usize = QK;
+    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_with(x, out)
+        quantize_q8_0_x86(x, out)
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
@@ -81,8 +94,11 @@ impl VecDot for BlockQ4_0 {
 impl VecDot for BlockQ4_1 {
     type Act = BlockQ8_1;
     const ACT_ELEMS: usize = QK;
+    fn act_values(a: &[BlockQ8_1], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8_1]) {
-        quantize_with(x, out)
+        quantize_q8_1_x86(x, out)
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
@@ -109,8 +125,11 @@ fn q5_high(qh: [u8; 4], j: usize) -> (i32, i32) {
 impl VecDot for BlockQ5_0 {
     type Act = BlockQ8_0;
     const ACT_ELEMS: usize = QK;
+    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_with(x, out)
+        quantize_q8_0_x86(x, out)
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
@@ -132,8 +151,11 @@ impl VecDot for BlockQ5_0 {
 impl VecDot for BlockQ5_1 {
     type Act = BlockQ8_1;
     const ACT_ELEMS: usize = QK;
+    fn act_values(a: &[BlockQ8_1], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8_1]) {
-        quantize_with(x, out)
+        quantize_q8_1_x86(x, out)
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
@@ -154,8 +176,11 @@ impl VecDot for BlockQ5_1 {
 impl VecDot for BlockQ8_0 {
     type Act = BlockQ8_0;
     const ACT_ELEMS: usize = QK;
+    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_with(x, out)
+        quantize_q8_0_x86(x, out)
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
@@ -171,8 +196,11 @@ impl VecDot for BlockQ8_0 {
 impl VecDot for BlockIQ4NL {
     type Act = BlockQ8_0;
     const ACT_ELEMS: usize = QK;
+    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_with(x, out)
+        quantize_q8_0_x86(x, out)
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
@@ -199,6 +227,9 @@ fn k_mins(bsums: &[i16; QK_K / 16], mins: &[u8; 8]) -> i32 {
 impl VecDot for BlockQ4K {
     type Act = BlockQ8K;
     const ACT_ELEMS: usize = QK_K;
+    fn act_values(a: &[BlockQ8K], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
         quantize_with(x, out)
     }
@@ -206,18 +237,17 @@ impl VecDot for BlockQ4K {
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
         let mut sum = 0f32;
         for (x, y) in w.iter().zip(a) {
-            let mut scales = [0u8; 8];
-            let mut mins = [0u8; 8];
-            for j in 0..8 {
-                (scales[j], mins[j]) = x.scale_min(j);
+            let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
+            for (j, (s, m)) in scales.iter_mut().zip(&mut mins).enumerate() {
+                (*s, *m) = x.scale_min(j);
             }
             let mut sumi = 0i32;
-            for j in 0..8 {
+            for (j, &sc) in scales.iter().enumerate() {
                 let q = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
                 let yq = &y.qs[j * 32..j * 32 + 32];
                 let shift = if j % 2 == 0 { 0 } else { 4 };
                 let s: i32 = q.iter().zip(yq).map(|(&q, &v)| ((q >> shift) & 0x0f) as i32 * v as i32).sum();
-                sumi += scales[j] as i32 * s;
+                sumi += sc as i32 * s;
             }
             let yd = y.d();
             sum += yd * x.d() * sumi as f32 - yd * x.dmin() * k_mins(&y.bsums(), &mins) as f32;
@@ -229,6 +259,9 @@ impl VecDot for BlockQ4K {
 impl VecDot for BlockQ5K {
     type Act = BlockQ8K;
     const ACT_ELEMS: usize = QK_K;
+    fn act_values(a: &[BlockQ8K], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
         quantize_with(x, out)
     }
@@ -236,13 +269,12 @@ impl VecDot for BlockQ5K {
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
         let mut sum = 0f32;
         for (x, y) in w.iter().zip(a) {
-            let mut scales = [0u8; 8];
-            let mut mins = [0u8; 8];
-            for j in 0..8 {
-                (scales[j], mins[j]) = x.scale_min(j);
+            let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
+            for (j, (s, m)) in scales.iter_mut().zip(&mut mins).enumerate() {
+                (*s, *m) = x.scale_min(j);
             }
             let mut sumi = 0i32;
-            for j in 0..8 {
+            for (j, &sc) in scales.iter().enumerate() {
                 let q = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
                 let yq = &y.qs[j * 32..j * 32 + 32];
                 let shift = if j % 2 == 0 { 0 } else { 4 };
@@ -252,7 +284,7 @@ impl VecDot for BlockQ5K {
                     .zip(yq)
                     .map(|((&q, &h), &v)| ((((q >> shift) & 0x0f) | (((h >> j) & 1) << 4)) as i32) * v as i32)
                     .sum();
-                sumi += scales[j] as i32 * s;
+                sumi += sc as i32 * s;
             }
             let yd = y.d();
             sum += yd * x.d() * sumi as f32 - yd * x.dmin() * k_mins(&y.bsums(), &mins) as f32;
@@ -264,6 +296,9 @@ impl VecDot for BlockQ5K {
 impl VecDot for BlockQ6K {
     type Act = BlockQ8K;
     const ACT_ELEMS: usize = QK_K;
+    fn act_values(a: &[BlockQ8K], out: &mut [f32]) {
+        act_blocks_to_f32(a, out)
+    }
     fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
         quantize_with(x, out)
     }
@@ -297,6 +332,9 @@ impl VecDot for BlockQ6K {
 impl VecDot for BlockF32 {
     type Act = f32;
     const ACT_ELEMS: usize = 1;
+    fn act_values(a: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(a)
+    }
     fn quantize_act(x: &[f32], out: &mut [f32]) {
         out.copy_from_slice(x)
     }
@@ -319,6 +357,9 @@ fn dot_f32(w: impl Iterator<Item = f32>, a: &[f32]) -> f32 {
 impl VecDot for BlockF16 {
     type Act = f32;
     const ACT_ELEMS: usize = 1;
+    fn act_values(a: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(a)
+    }
     /// ggml rounds activations to f16 for f16 weights; so do we, to agree with it.
     fn quantize_act(x: &[f32], out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
@@ -334,6 +375,9 @@ impl VecDot for BlockF16 {
 impl VecDot for BlockBF16 {
     type Act = f32;
     const ACT_ELEMS: usize = 1;
+    fn act_values(a: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(a)
+    }
     /// ggml rounds activations to bf16 for bf16 weights; so do we, to agree with it.
     fn quantize_act(x: &[f32], out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
