@@ -321,8 +321,21 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU, tanh approximation.
+/// GELU, tanh approximation, as ggml's CPU backend evaluates it: through a table indexed by
+/// the f16-rounded input that holds f16 results (`GGML_GELU_FP16`), exact outside ±10.
 pub fn gelu_tanh(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let xh = f16::from_f32(x).to_f32();
+    f16::from_f32(gelu_tanh_exact(xh)).to_f32()
+}
+
+/// GELU, tanh approximation, in f32.
+pub fn gelu_tanh_exact(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
@@ -476,4 +489,167 @@ fn attend_f16_partial<'a>(
         l = l * ms + vs;
     }
     (m, l, acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::BLOCK_SIZE;
+
+    /// A small deterministic generator (values in [-1, 1), never all zero).
+    fn rand_vec(seed: &mut u64, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Naive attention of one query row over keys `first..=pos`, in f64.
+    fn naive(
+        q: &[f32],
+        keys: &[Vec<f32>],
+        values: &[Vec<f32>],
+        first: usize,
+        pos: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let scores: Vec<f64> = (first..=pos)
+            .map(|t| q.iter().zip(&keys[t]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64)
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let z: f64 = w.iter().sum();
+        let dv = values[0].len();
+        (0..dv)
+            .map(|d| ((first..=pos).zip(&w).map(|(t, w)| w * values[t][d] as f64).sum::<f64>() / z) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn attention_matches_naive_reference() {
+        let b = CpuBackend::new();
+        let mut seed = 7u64;
+        // (heads, kv heads, head dim, keys, window, f16 mode, split-KV decode)
+        for &(n_head, n_head_kv, hd, seq_len, window, f16_accum, single_row) in &[
+            (4usize, 2usize, 16usize, 45usize, None, false, false),
+            (3, 1, 8, 70, Some(20usize), false, false),
+            (4, 4, 32, 33, None, true, false),
+            (2, 1, 24, 600, None, true, false),
+            (2, 1, 24, 700, Some(650), true, true),
+        ] {
+            let (kw, vw) = (n_head_kv * hd, n_head_kv * hd);
+            let n_blocks = seq_len.div_ceil(BLOCK_SIZE) + 1;
+            let mut kv = b.alloc_kv(1, n_blocks * BLOCK_SIZE, kw, vw).unwrap();
+            // A scattered block table: blocks in reverse order.
+            let table: Vec<u32> = (0..seq_len.div_ceil(BLOCK_SIZE) as u32).rev().collect();
+            let slot = |t: usize| table[t / BLOCK_SIZE] * BLOCK_SIZE as u32 + (t % BLOCK_SIZE) as u32;
+            let keys_f: Vec<f32> = rand_vec(&mut seed, seq_len * kw);
+            let vals_f: Vec<f32> = rand_vec(&mut seed, seq_len * vw);
+            let slots: Vec<u32> = (0..seq_len).map(slot).collect();
+            b.kv_store(&mut kv, 0, &keys_f, &vals_f, &slots);
+            let rows: Vec<usize> = vec![0, seq_len / 2, seq_len - 1];
+            let q = rand_vec(&mut seed, rows.len() * n_head * hd);
+            let batch = AttnBatch {
+                positions: rows.iter().map(|&r| r as u32).collect(),
+                table_of_row: vec![0; rows.len()],
+                tables: vec![table.clone()],
+                slots: vec![],
+            };
+            let p = AttnParams {
+                n_head,
+                n_head_kv,
+                head_dim: hd,
+                head_dim_v: hd,
+                scale: 0.3,
+                window,
+                f16_accum,
+                single_row,
+            };
+            let mut out = Vec::new();
+            b.attention(&q, &kv, 0, &batch, &p, &mut out);
+            let round = |x: f32| f16::from_f32(x).to_f32();
+            for (i, &pos) in rows.iter().enumerate() {
+                for h in 0..n_head {
+                    let g = h / (n_head / n_head_kv);
+                    let keys: Vec<Vec<f32>> = (0..seq_len)
+                        .map(|t| {
+                            keys_f[t * kw + g * hd..t * kw + (g + 1) * hd].iter().map(|&x| round(x)).collect()
+                        })
+                        .collect();
+                    let vals: Vec<Vec<f32>> = (0..seq_len)
+                        .map(|t| {
+                            vals_f[t * vw + g * hd..t * vw + (g + 1) * hd].iter().map(|&x| round(x)).collect()
+                        })
+                        .collect();
+                    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    let want = naive(
+                        &q[(i * n_head + h) * hd..(i * n_head + h + 1) * hd],
+                        &keys,
+                        &vals,
+                        first,
+                        pos,
+                        0.3,
+                    );
+                    let got = &out[(i * n_head + h) * hd..(i * n_head + h + 1) * hd];
+                    // f16 accumulation rounds the running sum: allow its precision.
+                    let tol = if f16_accum { 4e-3 } else { 1e-5 };
+                    for (a, b) in got.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() <= tol * (1.0 + b.abs()),
+                            "head {h} row {pos}: {a} vs {b} (f16 {f16_accum})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rope_matches_naive_rotation() {
+        let b = CpuBackend::new();
+        let mut seed = 11u64;
+        for neox in [false, true] {
+            let (n_heads, hd) = (3usize, 16usize);
+            let positions = [0u32, 1, 17, 300];
+            let x0 = rand_vec(&mut seed, positions.len() * n_heads * hd);
+            let mut x = x0.clone();
+            let p = RopeParams {
+                n_dims: hd,
+                base: 10000.0,
+                neox,
+                freq_scale: 1.0,
+                ext_factor: 0.0,
+                attn_factor: 1.0,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                n_ctx_orig: 4096,
+            };
+            b.rope(&mut x, &positions, n_heads, hd, &p);
+            for (r, &pos) in positions.iter().enumerate() {
+                for h in 0..n_heads {
+                    let base = (r * n_heads + h) * hd;
+                    for i in 0..hd / 2 {
+                        let theta = pos as f64 * 10000f64.powf(-2.0 * i as f64 / hd as f64);
+                        let (a, c) = if neox { (i, i + hd / 2) } else { (2 * i, 2 * i + 1) };
+                        let (u, v) = (x0[base + a] as f64, x0[base + c] as f64);
+                        let want = (u * theta.cos() - v * theta.sin(), u * theta.sin() + v * theta.cos());
+                        assert!((x[base + a] as f64 - want.0).abs() < 2e-4, "neox {neox} pos {pos} i {i}");
+                        assert!((x[base + c] as f64 - want.1).abs() < 2e-4, "neox {neox} pos {pos} i {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_table_emulation_is_close_to_exact() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.0071;
+            assert!((gelu_tanh(x) - gelu_tanh_exact(x)).abs() <= 2e-3 * (1.0 + x.abs()), "{x}");
+        }
+        assert_eq!(gelu_tanh(-12.0), 0.0);
+        assert_eq!(gelu_tanh(12.5), 12.5);
+    }
 }
