@@ -6,6 +6,9 @@ use ferrite::{BackendKind, Engine, Event, FinishReason, GenerateRequest, LoadOpt
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
+/// Files from this size on are read in at load with a progress bar (on a terminal).
+const PREFETCH_BAR_BYTES: u64 = 256 << 20;
+
 /// Options shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -24,7 +27,27 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<Engine, String> {
-        let opts = LoadOptions { threads: self.threads, ctx: self.ctx, backend: self.backend };
+        let mut opts =
+            LoadOptions { threads: self.threads, ctx: self.ctx, backend: self.backend, prefetch: None };
+        // A progress bar while a large model is read in, when someone is watching.
+        let big = std::fs::metadata(&self.model).map(|m| m.len() >= PREFETCH_BAR_BYTES).unwrap_or(false);
+        if big && std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "loading {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .expect("valid template"),
+            );
+            let b = bar.clone();
+            opts.prefetch = Some(std::sync::Arc::new(move |done, total| {
+                b.set_length(total);
+                b.set_position(done);
+                if done >= total {
+                    b.finish_and_clear();
+                }
+            }));
+        }
         let engine = Engine::load(&self.model, &opts).map_err(|e| e.to_string())?;
         if let Some(w) = engine.template_warning() {
             eprintln!("ferrite: warning: {w}");

@@ -56,8 +56,11 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// Called with (bytes done, bytes total) while weights are read in.
+pub type ProgressFn = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// How to load a model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct LoadOptions {
     /// Worker threads (default: all cores).
     pub threads: Option<usize>,
@@ -65,6 +68,19 @@ pub struct LoadOptions {
     pub ctx: Option<usize>,
     /// Device.
     pub backend: BackendKind,
+    /// Read all weights in at load (with progress) instead of on first use.
+    pub prefetch: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("threads", &self.threads)
+            .field("ctx", &self.ctx)
+            .field("backend", &self.backend)
+            .field("prefetch", &self.prefetch.is_some())
+            .finish()
+    }
 }
 
 /// A prompt: text (tokenized with the model's BOS rule and special tokens parsed) or ids.
@@ -225,6 +241,9 @@ impl Engine {
         let t0 = Instant::now();
         let file = Arc::new(GgufFile::open(path)?);
         let cfg = ModelConfig::from_gguf(&file)?;
+        if let Some(progress) = &opts.prefetch {
+            file.prefetch(|done, total| progress(done, total));
+        }
         let tokenizer =
             Tokenizer::from_metadata(file.metadata()).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let (template, template_warning) = match ChatTemplate::from_metadata(file.metadata(), |id| {

@@ -444,6 +444,25 @@ impl GgufFile {
         self.header.file_len
     }
 
+    /// Reads every page of tensor data once so that the first forward pass does not wait on
+    /// the disk, calling `progress(done, total)` in bytes along the way. Returns the bytes
+    /// touched. (Pages stay owned by the OS page cache: nothing is copied.)
+    pub fn prefetch(&self, mut progress: impl FnMut(u64, u64)) -> u64 {
+        const PAGE: usize = 4096;
+        const REPORT_EVERY: usize = 16 << 20;
+        let data = &self.map[(self.header.data_offset as usize).min(self.map.len())..];
+        let total = data.len() as u64;
+        let mut acc = 0u8;
+        for (i, chunk) in data.chunks(REPORT_EVERY).enumerate() {
+            for page in chunk.chunks(PAGE) {
+                acc ^= page[0];
+            }
+            progress(((i + 1) * REPORT_EVERY).min(data.len()) as u64, total);
+        }
+        std::hint::black_box(acc);
+        total
+    }
+
     /// The whole mapping (tensor ranges from `Gguf::tensor_range` index into it).
     pub fn bytes(&self) -> &[u8] {
         &self.map
