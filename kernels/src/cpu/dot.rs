@@ -66,15 +66,22 @@ fn quantize_q8_1_x86(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
+/// The activation side of a `VecDot` impl: activation block type, its size, its quantizer.
+macro_rules! activations {
+    ($act:ty, $elems:expr, $quantize:expr) => {
+        type Act = $act;
+        const ACT_ELEMS: usize = $elems;
+        fn quantize_act(x: &[f32], out: &mut [$act]) {
+            $quantize(x, out)
+        }
+        fn act_values(a: &[$act], out: &mut [f32]) {
+            act_blocks_to_f32(a, out)
+        }
+    };
+}
+
 impl VecDot for BlockQ4_0 {
-    type Act = BlockQ8_0;
-    const ACT_ELEMS: usize = QK;
-    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_q8_0_x86(x, out)
-    }
+    activations!(BlockQ8_0, QK, quantize_q8_0_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         let mut sum = 0f32;
@@ -92,14 +99,7 @@ impl VecDot for BlockQ4_0 {
 }
 
 impl VecDot for BlockQ4_1 {
-    type Act = BlockQ8_1;
-    const ACT_ELEMS: usize = QK;
-    fn act_values(a: &[BlockQ8_1], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8_1]) {
-        quantize_q8_1_x86(x, out)
-    }
+    activations!(BlockQ8_1, QK, quantize_q8_1_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
         let mut sum = 0f32;
@@ -123,14 +123,7 @@ fn q5_high(qh: [u8; 4], j: usize) -> (i32, i32) {
 }
 
 impl VecDot for BlockQ5_0 {
-    type Act = BlockQ8_0;
-    const ACT_ELEMS: usize = QK;
-    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_q8_0_x86(x, out)
-    }
+    activations!(BlockQ8_0, QK, quantize_q8_0_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         let mut sum = 0f32;
@@ -149,14 +142,7 @@ impl VecDot for BlockQ5_0 {
 }
 
 impl VecDot for BlockQ5_1 {
-    type Act = BlockQ8_1;
-    const ACT_ELEMS: usize = QK;
-    fn act_values(a: &[BlockQ8_1], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8_1]) {
-        quantize_q8_1_x86(x, out)
-    }
+    activations!(BlockQ8_1, QK, quantize_q8_1_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
         let mut sum = 0f32;
@@ -174,14 +160,7 @@ impl VecDot for BlockQ5_1 {
 }
 
 impl VecDot for BlockQ8_0 {
-    type Act = BlockQ8_0;
-    const ACT_ELEMS: usize = QK;
-    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_q8_0_x86(x, out)
-    }
+    activations!(BlockQ8_0, QK, quantize_q8_0_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         let mut sum = 0f32;
@@ -194,14 +173,7 @@ impl VecDot for BlockQ8_0 {
 }
 
 impl VecDot for BlockIQ4NL {
-    type Act = BlockQ8_0;
-    const ACT_ELEMS: usize = QK;
-    fn act_values(a: &[BlockQ8_0], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8_0]) {
-        quantize_q8_0_x86(x, out)
-    }
+    activations!(BlockQ8_0, QK, quantize_q8_0_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         let mut sum = 0f32;
@@ -224,84 +196,59 @@ fn k_mins(bsums: &[i16; QK_K / 16], mins: &[u8; 8]) -> i32 {
     (0..8).map(|j| mins[j] as i32 * (bsums[2 * j] as i32 + bsums[2 * j + 1] as i32)).sum()
 }
 
+/// One Q4_K/Q5_K super-block against a Q8_K block: 8 sub-blocks of 32 with 6-bit scales
+/// and mins; `qh` holds Q5_K's fifth bits.
+#[inline(always)]
+fn k_dot(
+    d: f32,
+    dmin: f32,
+    sm: impl Fn(usize) -> (u8, u8),
+    qs: &[u8; QK_K / 2],
+    qh: Option<&[u8; QK_K / 8]>,
+    y: &BlockQ8K,
+) -> f32 {
+    let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
+    for (j, (s, m)) in scales.iter_mut().zip(&mut mins).enumerate() {
+        (*s, *m) = sm(j);
+    }
+    let mut sumi = 0i32;
+    for (j, &sc) in scales.iter().enumerate() {
+        let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
+        let yq = &y.qs[j * 32..j * 32 + 32];
+        let shift = if j % 2 == 0 { 0 } else { 4 };
+        let s: i32 = match qh {
+            None => q.iter().zip(yq).map(|(&q, &v)| ((q >> shift) & 0x0f) as i32 * v as i32).sum(),
+            Some(qh) => q
+                .iter()
+                .zip(qh)
+                .zip(yq)
+                .map(|((&q, &h), &v)| ((((q >> shift) & 0x0f) | (((h >> j) & 1) << 4)) as i32) * v as i32)
+                .sum(),
+        };
+        sumi += sc as i32 * s;
+    }
+    let yd = y.d();
+    yd * d * sumi as f32 - yd * dmin * k_mins(&y.bsums(), &mins) as f32
+}
+
 impl VecDot for BlockQ4K {
-    type Act = BlockQ8K;
-    const ACT_ELEMS: usize = QK_K;
-    fn act_values(a: &[BlockQ8K], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
-        quantize_with(x, out)
-    }
+    activations!(BlockQ8K, QK_K, quantize_with);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
-        let mut sum = 0f32;
-        for (x, y) in w.iter().zip(a) {
-            let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
-            for (j, (s, m)) in scales.iter_mut().zip(&mut mins).enumerate() {
-                (*s, *m) = x.scale_min(j);
-            }
-            let mut sumi = 0i32;
-            for (j, &sc) in scales.iter().enumerate() {
-                let q = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
-                let yq = &y.qs[j * 32..j * 32 + 32];
-                let shift = if j % 2 == 0 { 0 } else { 4 };
-                let s: i32 = q.iter().zip(yq).map(|(&q, &v)| ((q >> shift) & 0x0f) as i32 * v as i32).sum();
-                sumi += sc as i32 * s;
-            }
-            let yd = y.d();
-            sum += yd * x.d() * sumi as f32 - yd * x.dmin() * k_mins(&y.bsums(), &mins) as f32;
-        }
-        sum
+        w.iter().zip(a).map(|(x, y)| k_dot(x.d(), x.dmin(), |j| x.scale_min(j), &x.qs, None, y)).sum()
     }
 }
 
 impl VecDot for BlockQ5K {
-    type Act = BlockQ8K;
-    const ACT_ELEMS: usize = QK_K;
-    fn act_values(a: &[BlockQ8K], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
-        quantize_with(x, out)
-    }
+    activations!(BlockQ8K, QK_K, quantize_with);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
-        let mut sum = 0f32;
-        for (x, y) in w.iter().zip(a) {
-            let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
-            for (j, (s, m)) in scales.iter_mut().zip(&mut mins).enumerate() {
-                (*s, *m) = x.scale_min(j);
-            }
-            let mut sumi = 0i32;
-            for (j, &sc) in scales.iter().enumerate() {
-                let q = &x.qs[(j / 2) * 32..(j / 2) * 32 + 32];
-                let yq = &y.qs[j * 32..j * 32 + 32];
-                let shift = if j % 2 == 0 { 0 } else { 4 };
-                let s: i32 = q
-                    .iter()
-                    .zip(&x.qh)
-                    .zip(yq)
-                    .map(|((&q, &h), &v)| ((((q >> shift) & 0x0f) | (((h >> j) & 1) << 4)) as i32) * v as i32)
-                    .sum();
-                sumi += sc as i32 * s;
-            }
-            let yd = y.d();
-            sum += yd * x.d() * sumi as f32 - yd * x.dmin() * k_mins(&y.bsums(), &mins) as f32;
-        }
-        sum
+        w.iter().zip(a).map(|(x, y)| k_dot(x.d(), x.dmin(), |j| x.scale_min(j), &x.qs, Some(&x.qh), y)).sum()
     }
 }
 
 impl VecDot for BlockQ6K {
-    type Act = BlockQ8K;
-    const ACT_ELEMS: usize = QK_K;
-    fn act_values(a: &[BlockQ8K], out: &mut [f32]) {
-        act_blocks_to_f32(a, out)
-    }
-    fn quantize_act(x: &[f32], out: &mut [BlockQ8K]) {
-        quantize_with(x, out)
-    }
+    activations!(BlockQ8K, QK_K, quantize_with);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
         let mut sum = 0f32;
