@@ -1,5 +1,6 @@
 //! The `ferrite` command line: a thin layer over the engine's public API.
 
+mod cli_bench;
 mod cli_gen;
 mod cli_info;
 
@@ -56,6 +57,33 @@ enum Command {
         #[command(flatten)]
         sample: cli_gen::SampleArgs,
     },
+    /// Measure prompt and generation speed, as llama-bench does (lists: -p 128,512).
+    Bench {
+        /// One or more GGUF files (side by side).
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
+        /// Prompt lengths to process (0: none).
+        #[arg(short = 'p', long = "n-prompt", default_value = "512")]
+        n_prompt: String,
+        /// Generation lengths (0: none).
+        #[arg(short = 'n', long = "n-gen", default_value = "128")]
+        n_gen: String,
+        /// Tokens already in the KV cache (e.g. 0,512,4096).
+        #[arg(short = 'd', long = "n-depth", default_value = "0")]
+        depth: String,
+        /// Thread counts (e.g. 1,2).
+        #[arg(short = 't', long, default_value_t = default_threads())]
+        threads: String,
+        /// Repetitions (after one warm-up).
+        #[arg(short = 'r', long, default_value_t = 3)]
+        reps: usize,
+        /// Output: md, json or csv.
+        #[arg(short = 'o', long, default_value = "md")]
+        output: String,
+        /// Device: auto, cpu, wgpu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: ferrite::BackendKind,
+    },
     /// Perplexity of a text file, as llama-perplexity computes it (-c: chunk length, default 512).
     Perplexity {
         #[command(flatten)]
@@ -69,6 +97,10 @@ enum Command {
     },
 }
 
+fn default_threads() -> String {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).to_string()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -77,6 +109,15 @@ fn main() -> ExitCode {
             cli_gen::run(&model, &sample, prompt, chat, system)
         }
         Command::Chat { model, system, sample } => cli_gen::chat(&model, &sample, system),
+        Command::Bench { models, n_prompt, n_gen, depth, threads, reps, output, backend } => (|| {
+            let (p, n, d, t) = (
+                cli_bench::list(&n_prompt)?,
+                cli_bench::list(&n_gen)?,
+                cli_bench::list(&depth)?,
+                cli_bench::list(&threads)?,
+            );
+            cli_bench::run(&models, &p, &n, &d, &t, reps, backend, &output)
+        })(),
         Command::Perplexity { mut model, file, chunks } => {
             // As in llama-perplexity, -c is the chunk length (and so the context).
             let chunk = *model.ctx.get_or_insert(512);

@@ -98,3 +98,46 @@ fn bad_files_give_one_clear_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn bench_json_uses_llama_bench_fields() {
+    let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let out = ferrite()
+        .args(["bench", "-p", "16", "-n", "4", "-r", "2", "-t", "1", "-d", "0,8", "-o", "json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "pp16 and tg4 at depths 0 and 8");
+    for r in rows {
+        for key in [
+            "model_filename",
+            "n_prompt",
+            "n_gen",
+            "n_depth",
+            "n_threads",
+            "avg_ts",
+            "stddev_ts",
+            "samples_ts",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key}: {r}");
+        }
+        assert_eq!(r["n_threads"], 1);
+        assert_eq!(
+            r["samples_ts"].as_array().unwrap().len(),
+            2,
+            "one sample per repetition, warm-up excluded"
+        );
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        assert!(r["bandwidth_gbs"].as_f64().unwrap() > 0.0);
+        if r["n_gen"] == 4 {
+            assert!(r["floor_ts"].as_f64().unwrap() > 0.0 && r["floor_fraction"].as_f64().is_some());
+        }
+    }
+    assert_eq!(rows.iter().filter(|r| r["n_depth"] == 8).count(), 2);
+    let bad = ferrite().args(["bench", "-o", "xml"]).arg(&path).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown output format xml"));
+}

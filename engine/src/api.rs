@@ -327,6 +327,19 @@ impl Engine {
         self.template_warning.as_deref()
     }
 
+    /// Forgets everything in the KV cache.
+    pub fn reset_cache(&mut self) {
+        self.model.tables.remove(SEQ);
+        self.cached.clear();
+    }
+
+    /// Runs one batch on this engine's thread pool (sequence 0; for measurements).
+    pub(crate) fn forward_batch(&mut self, batch: &Batch) -> Result<Vec<f32>, EngineError> {
+        self.cached.clear();
+        let model = &mut self.model;
+        self.pool.install(|| model.forward(batch))
+    }
+
     /// Renders a chat with the model's template.
     pub fn apply_chat_template(&self, req: &ChatRequest) -> Result<String, EngineError> {
         self.template.render(req).map_err(|e| EngineError::Template(e.to_string()))

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod info;

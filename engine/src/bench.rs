@@ -1,0 +1,204 @@
+//! Throughput measurement in the manner of llama-bench: prompt processing (pp) and token
+//! generation (tg) at a context depth, repeated, warm-up excluded; plus this machine's
+//! memory bandwidth and the generation floor it implies (weights read once per token).
+
+use crate::api::{Engine, PREFILL_CHUNK};
+use crate::error::EngineError;
+use crate::model::Batch;
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// One measured test.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchSample {
+    /// Prompt tokens processed per repetition (0 for a tg test).
+    pub n_prompt: usize,
+    /// Tokens generated per repetition (0 for a pp test).
+    pub n_gen: usize,
+    /// Tokens already in the KV cache when the timed part starts.
+    pub n_depth: usize,
+    /// Seconds of each repetition.
+    pub samples_s: Vec<f64>,
+}
+
+impl BenchSample {
+    fn tokens(&self) -> usize {
+        self.n_prompt + self.n_gen
+    }
+
+    /// Tokens per second of each repetition.
+    pub fn samples_ts(&self) -> Vec<f64> {
+        self.samples_s.iter().map(|s| self.tokens() as f64 / s).collect()
+    }
+
+    /// Mean tokens per second.
+    pub fn avg_ts(&self) -> f64 {
+        mean(&self.samples_ts())
+    }
+
+    /// Sample standard deviation of tokens per second.
+    pub fn stddev_ts(&self) -> f64 {
+        stddev(&self.samples_ts())
+    }
+}
+
+/// Mean of a slice (0 for an empty one).
+pub fn mean(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        0.0
+    } else {
+        x.iter().sum::<f64>() / x.len() as f64
+    }
+}
+
+/// Sample standard deviation (0 below two values).
+pub fn stddev(x: &[f64]) -> f64 {
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(x);
+    (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+}
+
+/// Deterministic token ids spread over the vocabulary (llama-bench uses random ones).
+fn tokens(n: usize, n_vocab: usize, salt: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + salt * 104_729 + 1) % n_vocab) as u32).collect()
+}
+
+impl Engine {
+    /// Runs `depth` tokens into an empty cache (untimed), for tests at a depth.
+    fn bench_fill(&mut self, depth: usize) -> Result<(), EngineError> {
+        self.reset_cache();
+        let n_vocab = self.config().n_vocab;
+        for chunk in tokens(depth, n_vocab, 0).chunks(PREFILL_CHUNK) {
+            let mut b = Batch::default();
+            for &t in chunk {
+                b.push(t, 0, false);
+            }
+            self.forward_batch(&b)?;
+        }
+        Ok(())
+    }
+
+    /// Prompt processing: `reps` timed runs of `n_prompt` tokens (in batches of
+    /// `PREFILL_CHUNK`) on top of `depth` cached tokens, after one untimed warm-up run.
+    pub fn bench_pp(
+        &mut self,
+        n_prompt: usize,
+        depth: usize,
+        reps: usize,
+    ) -> Result<BenchSample, EngineError> {
+        self.check_bench_fits(n_prompt + depth)?;
+        let n_vocab = self.config().n_vocab;
+        let mut samples_s = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            self.bench_fill(depth)?;
+            let toks = tokens(n_prompt, n_vocab, rep + 1);
+            let t0 = Instant::now();
+            for (c, chunk) in toks.chunks(PREFILL_CHUNK).enumerate() {
+                let mut b = Batch::default();
+                let last = (c + 1) * PREFILL_CHUNK >= n_prompt;
+                for (j, &t) in chunk.iter().enumerate() {
+                    b.push(t, 0, last && j + 1 == chunk.len());
+                }
+                self.forward_batch(&b)?;
+            }
+            if rep > 0 {
+                samples_s.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        self.reset_cache();
+        Ok(BenchSample { n_prompt, n_gen: 0, n_depth: depth, samples_s })
+    }
+
+    /// Token generation: `reps` timed runs of `n_gen` single-token steps (logits each step)
+    /// on top of `depth` cached tokens, after one untimed warm-up run.
+    pub fn bench_tg(&mut self, n_gen: usize, depth: usize, reps: usize) -> Result<BenchSample, EngineError> {
+        self.check_bench_fits(n_gen + depth)?;
+        let n_vocab = self.config().n_vocab;
+        let mut samples_s = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            self.bench_fill(depth)?;
+            let toks = tokens(n_gen, n_vocab, rep + 7);
+            let t0 = Instant::now();
+            for &t in &toks {
+                let mut b = Batch::default();
+                b.push(t, 0, true);
+                self.forward_batch(&b)?;
+            }
+            if rep > 0 {
+                samples_s.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        self.reset_cache();
+        Ok(BenchSample { n_prompt: 0, n_gen, n_depth: depth, samples_s })
+    }
+
+    fn check_bench_fits(&self, n: usize) -> Result<(), EngineError> {
+        if n > self.ctx() {
+            return Err(EngineError::ContextOverflow { prompt: n, ctx: self.ctx() });
+        }
+        Ok(())
+    }
+
+    /// Bytes of weights one generated token reads: every tensor except the embedding table,
+    /// of which it reads one row (unless the output head shares it).
+    pub fn bytes_per_token(&self) -> u64 {
+        let file = self.file();
+        let embd = file.try_tensor("token_embd.weight").map(|t| t.info.n_bytes).unwrap_or(0);
+        let total = file.header().tensor_bytes();
+        if self.config().tied_embeddings {
+            total
+        } else {
+            total - embd + embd / self.config().n_vocab.max(1) as u64
+        }
+    }
+}
+
+/// Memory read bandwidth in bytes per second with `threads` threads: the best of a few
+/// passes summing a 256 MiB buffer (well past any cache) (each thread streams its own part).
+pub fn memory_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 256 << 20;
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
+        Ok(p) => p,
+        Err(_) => return 0.0,
+    };
+    pool.install(|| {
+        let buf: Vec<u64> = (0..BYTES / 8).into_par_iter().map(|i| i as u64).collect();
+        let mut best = 0f64;
+        for _ in 0..4 {
+            let t0 = Instant::now();
+            let s: u64 =
+                buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
+            let dt = t0.elapsed().as_secs_f64();
+            std::hint::black_box(s);
+            best = best.max(BYTES as f64 / dt);
+        }
+        best
+    })
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`; `None` elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats() {
+        assert_eq!(mean(&[1.0, 2.0, 3.0]), 2.0);
+        assert!((stddev(&[1.0, 2.0, 3.0]) - 1.0).abs() < 1e-12);
+        assert_eq!(stddev(&[5.0]), 0.0);
+        let s = BenchSample { n_prompt: 10, n_gen: 0, n_depth: 0, samples_s: vec![1.0, 0.5] };
+        assert_eq!(s.samples_ts(), vec![10.0, 20.0]);
+        assert_eq!(s.avg_ts(), 15.0);
+        let t = tokens(100, 50, 3);
+        assert!(t.iter().all(|&x| x < 50));
+    }
+}
