@@ -94,7 +94,9 @@ struct Scratch<B: Backend> {
     gate: B::Buf,
     up: B::Buf,
     sel: B::Buf,
+    /// Logits for `logits_rows` rows: sized by the rows that want logits, not the batch.
     logits: B::Buf,
+    logits_rows: usize,
 }
 
 /// A batch of tokens for one forward pass: each row is (sequence, token). Rows of one
@@ -147,6 +149,8 @@ pub struct Model<B: Backend> {
     scratch: Option<Scratch<B>>,
     attn: AttnBatch,
     ropes: Vec<RopeParams>,
+    /// Rows of the current batch that want logits (reused across steps).
+    logit_rows: Vec<u32>,
 }
 
 impl<B: Backend> std::fmt::Debug for Model<B> {
@@ -185,6 +189,7 @@ impl<B: Backend> Model<B> {
             scratch: None,
             attn: AttnBatch::default(),
             ropes,
+            logit_rows: Vec::new(),
         })
     }
 
@@ -214,16 +219,26 @@ impl<B: Backend> Model<B> {
             gate: b.alloc(n * c.n_ff),
             up: b.alloc(n * c.n_ff),
             sel: b.alloc(n * c.n_embd),
-            logits: b.alloc(n * c.n_vocab),
+            logits: b.alloc(0),
+            logits_rows: 0,
         });
     }
 
     /// Runs one batch through the model, storing its keys and values in the cache, and
     /// returns the logits of the rows that asked for them (`n_vocab` each, in row order).
     pub fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, EngineError> {
+        let mut logits = Vec::new();
+        self.forward_into(batch, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// `forward`, writing the logits into `out` (replaced; its allocation is reused, so a
+    /// decode loop allocates nothing per token for them).
+    pub fn forward_into(&mut self, batch: &Batch, out: &mut Vec<f32>) -> Result<(), EngineError> {
+        out.clear();
         let n = batch.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         for &t in &batch.tokens {
             if t as usize >= self.cfg.n_vocab {
@@ -232,10 +247,8 @@ impl<B: Backend> Model<B> {
         }
         self.plan_attention(batch)?;
         self.ensure_scratch(n);
-        let c = self.cfg.clone();
-        let b = &self.backend;
-        let s = self.scratch.as_mut().expect("allocated above");
-        let w = &self.weights;
+        let Model { cfg: c, backend: b, weights: w, kv, scratch, attn, ropes, logit_rows, .. } = self;
+        let s = scratch.as_mut().expect("allocated above");
 
         b.embed(&w.tok_embd, &batch.tokens, c.embed_scale.unwrap_or(1.0), &mut s.x)?;
         for (il, l) in w.layers.iter().enumerate() {
@@ -257,10 +270,10 @@ impl<B: Backend> Model<B> {
                 b.rms_norm(&mut s.q, qn, n * c.n_head, c.head_dim, c.rms_eps);
                 b.rms_norm(&mut s.k, kn, n * c.n_head_kv, c.head_dim, c.rms_eps);
             }
-            let rp = self.ropes[il];
-            b.rope(&mut s.q, &self.attn.positions, c.n_head, c.head_dim, &rp);
-            b.rope(&mut s.k, &self.attn.positions, c.n_head_kv, c.head_dim, &rp);
-            b.kv_store(&mut self.kv, il, &s.k, &s.v, &self.attn.slots);
+            let rp = ropes[il];
+            b.rope(&mut s.q, &attn.positions, c.n_head, c.head_dim, &rp);
+            b.rope(&mut s.k, &attn.positions, c.n_head_kv, c.head_dim, &rp);
+            b.kv_store(kv, il, &s.k, &s.v, &attn.slots);
             let ap = AttnParams {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
@@ -271,7 +284,7 @@ impl<B: Backend> Model<B> {
                 f16_accum: n < crate::backend::F16_ATTN_MAX_ROWS,
                 single_row: n == 1,
             };
-            b.attention(&s.q, &self.kv, il, &self.attn, &ap, &mut s.attn);
+            b.attention(&s.q, kv, il, attn, &ap, &mut s.attn);
             b.matmul(&l.wo, &s.attn, n, &mut s.h);
             if let Some(pn) = &l.post_attn_norm {
                 b.rms_norm(&mut s.h, pn, n, c.n_embd, c.rms_eps);
@@ -291,15 +304,22 @@ impl<B: Backend> Model<B> {
         }
 
         // Logits only for the rows that need them.
-        let rows: Vec<u32> = (0..n as u32).filter(|&i| batch.logits[i as usize]).collect();
-        if rows.is_empty() {
-            return Ok(Vec::new());
+        logit_rows.clear();
+        logit_rows.extend((0..n as u32).filter(|&i| batch.logits[i as usize]));
+        let rows = logit_rows.len();
+        if rows == 0 {
+            return Ok(());
         }
-        b.get_rows(&s.x, &rows, c.n_embd, &mut s.sel);
-        b.rms_norm(&mut s.sel, &w.out_norm, rows.len(), c.n_embd, c.rms_eps);
+        if rows > s.logits_rows {
+            s.logits = b.alloc(rows * c.n_vocab);
+            s.logits_rows = rows;
+        }
+        b.get_rows(&s.x, logit_rows, c.n_embd, &mut s.sel);
+        b.rms_norm(&mut s.sel, &w.out_norm, rows, c.n_embd, c.rms_eps);
         let head = w.output.as_ref().unwrap_or(&w.tok_embd);
-        b.matmul(head, &s.sel, rows.len(), &mut s.logits);
-        Ok(b.read(&s.logits, rows.len() * c.n_vocab))
+        b.matmul(head, &s.sel, rows, &mut s.logits);
+        b.read(&s.logits, rows * c.n_vocab, out);
+        Ok(())
     }
 
     /// Assigns KV slots to the batch's rows and gathers the block tables attention needs.

@@ -145,8 +145,9 @@ impl Backend for CpuBackend {
         buf[..data.len()].copy_from_slice(data);
     }
 
-    fn read(&self, buf: &Vec<f32>, len: usize) -> Vec<f32> {
-        buf[..len].to_vec()
+    fn read(&self, buf: &Vec<f32>, len: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(&buf[..len]);
     }
 
     fn embed(
@@ -232,11 +233,12 @@ impl Backend for CpuBackend {
 
     fn rope(&self, x: &mut Vec<f32>, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams) {
         let width = n_heads * head_dim;
-        x[..positions.len() * width].par_chunks_mut(width).zip(positions.par_iter()).for_each(
-            |(row, &pos)| {
-                let (cos, sin) = rope_cache(pos, p);
+        x[..positions.len() * width].par_chunks_mut(width).zip(positions.par_iter()).for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(cos, sin), (row, &pos)| {
+                rope_cache(pos, p, cos, sin);
                 for head in row.chunks_exact_mut(head_dim) {
-                    rope_head(head, &cos, &sin, p);
+                    rope_head(head, cos, sin, p);
                 }
             },
         );
@@ -269,18 +271,21 @@ impl Backend for CpuBackend {
         ensure_len(out, n * ow);
         let group = p.n_head / p.n_head_kv;
         let (keys, values) = (&kv.k[layer], &kv.v[layer]);
-        out[..n * ow].par_chunks_mut(p.head_dim_v).enumerate().for_each(|(job, o)| {
-            let (row, h) = (job / p.n_head, job % p.n_head);
-            let g = h / group;
-            let qh = &q[row * qw + h * p.head_dim..row * qw + (h + 1) * p.head_dim];
-            let pos = batch.positions[row] as usize;
-            let table = &batch.tables[batch.table_of_row[row] as usize];
-            let first = match p.window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            attend(qh, keys, values, table, first..pos + 1, g, kv.kv_width, kv.v_width, p, o);
-        });
+        out[..n * ow].par_chunks_mut(p.head_dim_v).enumerate().for_each_init(
+            HeadScratch::default,
+            |sc, (job, o)| {
+                let (row, h) = (job / p.n_head, job % p.n_head);
+                let g = h / group;
+                let qh = &q[row * qw + h * p.head_dim..row * qw + (h + 1) * p.head_dim];
+                let pos = batch.positions[row] as usize;
+                let table = &batch.tables[batch.table_of_row[row] as usize];
+                let first = match p.window {
+                    Some(w) => (pos + 1).saturating_sub(w),
+                    None => 0,
+                };
+                attend(qh, keys, values, table, first..pos + 1, g, kv.kv_width, kv.v_width, p, sc, o);
+            },
+        );
     }
 
     fn gated_act(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: Activation) {
@@ -340,13 +345,14 @@ pub fn gelu_tanh_exact(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
-/// cos/sin for each rotated pair of a position, with YaRN where enabled (ggml's rope_yarn).
-fn rope_cache(pos: u32, p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
+/// cos/sin for each rotated pair of a position into `cos`/`sin` (replaced), with YaRN where
+/// enabled (ggml's rope_yarn).
+fn rope_cache(pos: u32, p: &RopeParams, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
     let half = p.n_dims / 2;
     let theta_scale = p.base.powf(-2.0 / p.n_dims as f32);
     let corr = yarn_corr_dims(p);
-    let mut cos = Vec::with_capacity(half);
-    let mut sin = Vec::with_capacity(half);
+    cos.clear();
+    sin.clear();
     let mut theta_extrap = pos as f32;
     for i in 0..half {
         let theta_interp = p.freq_scale * theta_extrap;
@@ -361,7 +367,6 @@ fn rope_cache(pos: u32, p: &RopeParams) -> (Vec<f32>, Vec<f32>) {
         sin.push(theta.sin() * mscale);
         theta_extrap *= theta_scale;
     }
-    (cos, sin)
 }
 
 fn yarn_corr_dim(n_dims: usize, n_ctx_orig: usize, n_rot: f32, base: f32) -> f32 {
@@ -392,6 +397,14 @@ fn rope_head(x: &mut [f32], cos: &[f32], sin: &[f32], p: &RopeParams) {
     }
 }
 
+/// Per-worker buffers for `attend`, reused across rows and heads.
+#[derive(Default)]
+struct HeadScratch {
+    q: Vec<f32>,
+    acc: Vec<f32>,
+    acc2: Vec<f32>,
+}
+
 /// One head's attention over keys `range` of a sequence, online softmax (no score matrix).
 #[allow(clippy::too_many_arguments)]
 fn attend(
@@ -404,6 +417,7 @@ fn attend(
     kv_width: usize,
     v_width: usize,
     p: &AttnParams,
+    sc: &mut HeadScratch,
     out: &mut [f32],
 ) {
     let bs = crate::kv_cache::BLOCK_SIZE;
@@ -414,45 +428,49 @@ fn attend(
             &values[slot * v_width + g * p.head_dim_v..slot * v_width + (g + 1) * p.head_dim_v],
         )
     };
+    let HeadScratch { q: q16, acc, acc2 } = sc;
     if p.f16_accum {
+        q16.clear();
+        q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
         // llama.cpp splits the keys of a single-row batch across its threads once there are
         // 512 or more (the reference ran with 2), each half accumulated in f16, merged in f32.
         if p.single_row && range.len() >= SPLIT_KV_MIN {
             let mid = range.start + range.len().div_ceil(SPLIT_KV_PARTS);
-            let (m0, l0, a0) = attend_f16_partial(q, range.start..mid, &key, p);
-            let (m1, l1, a1) = attend_f16_partial(q, mid..range.end, &key, p);
+            let (m0, l0) = attend_f16_partial(q16, range.start..mid, &key, p, acc);
+            let (m1, l1) = attend_f16_partial(q16, mid..range.end, &key, p, acc2);
             let m = m0.max(m1);
             let (c0, c1) = ((m0 - m).exp(), (m1 - m).exp());
             let l = l0 * c0 + l1 * c1;
             let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-            for ((o, x0), x1) in out.iter_mut().zip(&a0).zip(&a1) {
+            for ((o, x0), x1) in out.iter_mut().zip(acc.iter()).zip(acc2.iter()) {
                 *o = (x0 * c0 + x1 * c1) * inv;
             }
             return;
         }
-        let (_, l, acc) = attend_f16_partial(q, range, &key, p);
+        let (_, l) = attend_f16_partial(q16, range, &key, p, acc);
         let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-        out.iter_mut().zip(&acc).for_each(|(o, a)| *o = a * inv);
+        out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
         return;
     }
     let mut m = f32::NEG_INFINITY;
     let mut l = 0f32;
-    let mut acc = vec![0f32; p.head_dim_v];
+    acc.clear();
+    acc.resize(p.head_dim_v, 0.0);
     for t in range {
         let (k, v) = key(t);
         let s = vec::dot(q, k) * p.scale;
         if s > m {
             let c = (m - s).exp();
             l *= c;
-            vec::scale(&mut acc, c);
+            vec::scale(acc, c);
             m = s;
         }
         let e = (s - m).exp();
         l += e;
-        vec::axpy(&mut acc, e, v);
+        vec::axpy(acc, e, v);
     }
     let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-    out.iter_mut().zip(&acc).for_each(|(o, a)| *o = a * inv);
+    out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
 }
 
 /// Keys from which a single-row batch is split in two (llama.cpp's split-KV decode).
@@ -460,23 +478,24 @@ const SPLIT_KV_MIN: usize = 512;
 /// Parts of a split-KV decode: the reference ran llama.cpp with 2 threads.
 const SPLIT_KV_PARTS: usize = 2;
 
-/// llama.cpp's CPU flash attention for small batches: q rounded to f16, and the running
-/// softmax·V sum kept in f16, rounded after every scale and every multiply-add. Returns the
-/// running max, the softmax denominator and the unnormalized sum.
+/// llama.cpp's CPU flash attention for small batches: `q16` already rounded to f16, and the
+/// running softmax·V sum kept in f16 in `acc`, rounded after every scale and every
+/// multiply-add. Returns the running max and the softmax denominator.
 fn attend_f16_partial<'a>(
-    q: &[f32],
+    q16: &[f32],
     range: Range<usize>,
     key: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
     p: &AttnParams,
-) -> (f32, f32, Vec<f32>) {
+    acc: &mut Vec<f32>,
+) -> (f32, f32) {
     let round = |x: f32| f16::from_f32(x).to_f32();
-    let q16: Vec<f32> = q.iter().map(|&x| round(x)).collect();
+    acc.clear();
+    acc.resize(p.head_dim_v, 0.0);
     let mut m = f32::NEG_INFINITY;
     let mut l = 0f32;
-    let mut acc = vec![0f32; p.head_dim_v];
     for t in range {
         let (k, v) = key(t);
-        let s = vec::dot(&q16, k) * p.scale;
+        let s = vec::dot(q16, k) * p.scale;
         let (mut ms, mut vs) = (1f32, 1f32);
         if s > m {
             ms = (m - s).exp();
@@ -488,7 +507,7 @@ fn attend_f16_partial<'a>(
         acc.iter_mut().zip(v).for_each(|(a, v)| *a = round(v.mul_add(vs, *a)));
         l = l * ms + vs;
     }
-    (m, l, acc)
+    (m, l)
 }
 
 #[cfg(test)]

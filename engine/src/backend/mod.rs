@@ -106,8 +106,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Copies host data into a buffer (first `data.len()` values).
     fn write(&self, buf: &mut Self::Buf, data: &[f32]);
 
-    /// Reads the first `len` values of a buffer back to the host.
-    fn read(&self, buf: &Self::Buf, len: usize) -> Vec<f32>;
+    /// Reads the first `len` values of a buffer back to the host into `out` (replaced).
+    fn read(&self, buf: &Self::Buf, len: usize, out: &mut Vec<f32>);
 
     /// `out[i] = table[ids[i]] · scale` (one row of the embedding per id).
     fn embed(
