@@ -231,6 +231,8 @@ pub struct Engine {
     /// Tokens whose keys and values sequence `SEQ` holds (reused by the next prompt that
     /// starts with them).
     cached: Vec<u32>,
+    /// Reused for every forward pass.
+    batch: Batch,
 }
 
 const SEQ: u32 = 0;
@@ -283,6 +285,7 @@ impl Engine {
             ctx,
             load_time: t0.elapsed(),
             cached: Vec::new(),
+            batch: Batch::default(),
         })
     }
 
@@ -333,11 +336,41 @@ impl Engine {
         self.cached.clear();
     }
 
-    /// Runs one batch on this engine's thread pool (sequence 0; for measurements).
-    pub(crate) fn forward_batch(&mut self, batch: &Batch) -> Result<Vec<f32>, EngineError> {
-        self.cached.clear();
-        let model = &mut self.model;
-        self.pool.install(|| model.forward(batch))
+    /// Runs `tokens` after what sequence 0 already holds, in batches of `PREFILL_CHUNK`,
+    /// and writes into `out` (replaced) the logits of the rows `i` (index into `tokens`) for
+    /// which `want(i)` holds, in order. Every path that feeds the model goes through here —
+    /// prompts, decode steps, scoring, measurements — so the cached-prefix bookkeeping lives
+    /// in one place; on an error the cache is reset. A single-chunk call writes straight into
+    /// `out`, so a decode step allocates nothing.
+    pub(crate) fn prefill(
+        &mut self,
+        tokens: &[u32],
+        want: impl Fn(usize) -> bool,
+        out: &mut Vec<f32>,
+    ) -> Result<(), EngineError> {
+        out.clear();
+        let mut part = Vec::new();
+        let mut batch = std::mem::take(&mut self.batch);
+        for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            batch.clear();
+            for (j, &t) in chunk.iter().enumerate() {
+                batch.push(t, SEQ, want(c * PREFILL_CHUNK + j));
+            }
+            let dst = if out.is_empty() { &mut *out } else { &mut part };
+            let model = &mut self.model;
+            if let Err(e) = self.pool.install(|| model.forward_into(&batch, dst)) {
+                self.batch = batch;
+                self.reset_cache();
+                return Err(e);
+            }
+            if !part.is_empty() {
+                out.extend_from_slice(&part);
+                part.clear();
+            }
+            self.cached.extend_from_slice(chunk);
+        }
+        self.batch = batch;
+        Ok(())
     }
 
     /// Renders a chat with the model's template.
@@ -370,22 +403,11 @@ impl Engine {
         if tokens.len() > self.ctx {
             return Err(EngineError::ContextOverflow { prompt: tokens.len(), ctx: self.ctx });
         }
-        self.model.tables.remove(SEQ);
-        self.cached.clear();
-        let n_vocab = self.model.cfg.n_vocab;
-        let mut out = Vec::new();
-        let mut batch = Batch::default();
-        for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
-            batch.clear();
-            for (j, &t) in chunk.iter().enumerate() {
-                batch.push(t, SEQ, want(c * PREFILL_CHUNK + j));
-            }
-            let model = &mut self.model;
-            let logits = self.pool.install(|| model.forward(&batch))?;
-            out.extend(logits.chunks_exact(n_vocab).map(<[f32]>::to_vec));
-        }
-        self.model.tables.remove(SEQ);
-        Ok(out)
+        self.reset_cache();
+        let mut logits = Vec::new();
+        self.prefill(tokens, want, &mut logits)?;
+        self.reset_cache();
+        Ok(logits.chunks_exact(self.model.cfg.n_vocab).map(<[f32]>::to_vec).collect())
     }
 
     /// Teacher forcing as a generation would see it: the prompt runs as one batch (chunks of
@@ -406,32 +428,19 @@ impl Engine {
                 ctx: self.ctx,
             });
         }
-        self.model.tables.remove(SEQ);
-        self.cached.clear();
+        self.reset_cache();
         let mut rows = Vec::with_capacity(continuation.len());
         if continuation.is_empty() {
             return Ok(rows);
         }
-        let mut batch = Batch::default();
-        let n_chunks = prompt.len().div_ceil(PREFILL_CHUNK);
-        for (c, chunk) in prompt.chunks(PREFILL_CHUNK).enumerate() {
-            batch.clear();
-            for (j, &t) in chunk.iter().enumerate() {
-                batch.push(t, SEQ, c + 1 == n_chunks && j + 1 == chunk.len());
-            }
-            let model = &mut self.model;
-            let l = self.pool.install(|| model.forward(&batch))?;
-            if !l.is_empty() {
-                rows.push(l);
-            }
-        }
+        let mut logits = Vec::new();
+        self.prefill(prompt, |i| i + 1 == prompt.len(), &mut logits)?;
+        rows.push(logits.clone());
         for &t in &continuation[..continuation.len() - 1] {
-            batch.clear();
-            batch.push(t, SEQ, true);
-            let model = &mut self.model;
-            rows.push(self.pool.install(|| model.forward(&batch))?);
+            self.prefill(&[t], |_| true, &mut logits)?;
+            rows.push(logits.clone());
         }
-        self.model.tables.remove(SEQ);
+        self.reset_cache();
         Ok(rows)
     }
 
@@ -510,26 +519,9 @@ impl Engine {
         self.model.tables.truncate(SEQ, common);
         self.cached.truncate(common);
         let t0 = Instant::now();
-        let mut batch = Batch::default();
-        let mut logits = Vec::new();
         let todo = &prompt[common..];
-        let n_chunks = todo.len().div_ceil(PREFILL_CHUNK);
-        for (c, chunk) in todo.chunks(PREFILL_CHUNK).enumerate() {
-            batch.clear();
-            for (j, &t) in chunk.iter().enumerate() {
-                batch.push(t, SEQ, c + 1 == n_chunks && j + 1 == chunk.len());
-            }
-            let model = &mut self.model;
-            match self.pool.install(|| model.forward(&batch)) {
-                Ok(l) => logits = l,
-                Err(e) => {
-                    self.model.tables.remove(SEQ);
-                    self.cached.clear();
-                    return Err(e);
-                }
-            }
-            self.cached.extend_from_slice(chunk);
-        }
+        let mut logits = Vec::new();
+        self.prefill(todo, |i| i + 1 == todo.len(), &mut logits)?;
         let timings = Timings {
             prompt_tokens: prompt.len(),
             prompt_cached: common,
@@ -552,7 +544,6 @@ impl Engine {
             gen_start: None,
             stop_hit: false,
             done: false,
-            batch,
         })
     }
 }
@@ -574,7 +565,6 @@ pub struct Generation<'a> {
     gen_start: Option<Instant>,
     stop_hit: bool,
     done: bool,
-    batch: Batch,
 }
 
 impl Generation<'_> {
@@ -639,12 +629,7 @@ impl Generation<'_> {
         }
         // Feed the token back unless this was the last one we may produce.
         if self.generated < self.max_tokens && self.n_past + 1 < self.engine.ctx {
-            self.batch.clear();
-            self.batch.push(token, SEQ, true);
-            let model = &mut self.engine.model;
-            let batch = &self.batch;
-            self.logits = self.engine.pool.install(|| model.forward(batch))?;
-            self.engine.cached.push(token);
+            self.engine.prefill(&[token], |_| true, &mut self.logits)?;
             self.n_past += 1;
         } else if self.n_past + 1 >= self.engine.ctx {
             self.max_tokens = self.generated; // context full: the next step reports Length

@@ -2,9 +2,8 @@
 //! generation (tg) at a context depth, repeated, warm-up excluded; plus this machine's
 //! memory bandwidth and the generation floor it implies (weights read once per token).
 
-use crate::api::{Engine, PREFILL_CHUNK};
+use crate::api::Engine;
 use crate::error::EngineError;
-use crate::model::Batch;
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -67,17 +66,10 @@ fn tokens(n: usize, n_vocab: usize, salt: usize) -> Vec<u32> {
 
 impl Engine {
     /// Runs `depth` tokens into an empty cache (untimed), for tests at a depth.
-    fn bench_fill(&mut self, depth: usize) -> Result<(), EngineError> {
+    fn bench_fill(&mut self, depth: usize, logits: &mut Vec<f32>) -> Result<(), EngineError> {
         self.reset_cache();
-        let n_vocab = self.config().n_vocab;
-        for chunk in tokens(depth, n_vocab, 0).chunks(PREFILL_CHUNK) {
-            let mut b = Batch::default();
-            for &t in chunk {
-                b.push(t, 0, false);
-            }
-            self.forward_batch(&b)?;
-        }
-        Ok(())
+        let toks = tokens(depth, self.config().n_vocab, 0);
+        self.prefill(&toks, |_| false, logits)
     }
 
     /// Prompt processing: `reps` timed runs of `n_prompt` tokens (in batches of
@@ -90,19 +82,13 @@ impl Engine {
     ) -> Result<BenchSample, EngineError> {
         self.check_bench_fits(n_prompt + depth)?;
         let n_vocab = self.config().n_vocab;
+        let mut logits = Vec::new();
         let mut samples_s = Vec::with_capacity(reps);
         for rep in 0..=reps {
-            self.bench_fill(depth)?;
+            self.bench_fill(depth, &mut logits)?;
             let toks = tokens(n_prompt, n_vocab, rep + 1);
             let t0 = Instant::now();
-            for (c, chunk) in toks.chunks(PREFILL_CHUNK).enumerate() {
-                let mut b = Batch::default();
-                let last = (c + 1) * PREFILL_CHUNK >= n_prompt;
-                for (j, &t) in chunk.iter().enumerate() {
-                    b.push(t, 0, last && j + 1 == chunk.len());
-                }
-                self.forward_batch(&b)?;
-            }
+            self.prefill(&toks, |i| i + 1 == n_prompt, &mut logits)?;
             if rep > 0 {
                 samples_s.push(t0.elapsed().as_secs_f64());
             }
@@ -116,15 +102,14 @@ impl Engine {
     pub fn bench_tg(&mut self, n_gen: usize, depth: usize, reps: usize) -> Result<BenchSample, EngineError> {
         self.check_bench_fits(n_gen + depth)?;
         let n_vocab = self.config().n_vocab;
+        let mut logits = Vec::new();
         let mut samples_s = Vec::with_capacity(reps);
         for rep in 0..=reps {
-            self.bench_fill(depth)?;
+            self.bench_fill(depth, &mut logits)?;
             let toks = tokens(n_gen, n_vocab, rep + 7);
             let t0 = Instant::now();
             for &t in &toks {
-                let mut b = Batch::default();
-                b.push(t, 0, true);
-                self.forward_batch(&b)?;
+                self.prefill(&[t], |_| true, &mut logits)?;
             }
             if rep > 0 {
                 samples_s.push(t0.elapsed().as_secs_f64());
