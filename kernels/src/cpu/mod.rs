@@ -102,7 +102,7 @@ fn rows_avx2_impl<W: VecDot>(w: &[W], wpr: usize, acts: &[W::Act], apr: usize, n
 
 #[cfg(target_arch = "x86_64")]
 fn rows_avx2<W: VecDot>(w: &[W], wpr: usize, acts: &[W::Act], apr: usize, n: usize, out: &mut [f32]) {
-    // SAFETY: `select_rows` returns this function only after detecting avx2, fma and f16c.
+    // SAFETY: `select_rows` returns this function only when `use_avx2()` detected avx2, fma and f16c.
     unsafe { rows_avx2_impl(w, wpr, acts, apr, n, out) }
 }
 
@@ -114,14 +114,23 @@ pub fn force_scalar(on: bool) {
     FORCE_SCALAR.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The best rows kernel for this CPU.
-fn select_rows<W: VecDot>() -> RowsFn<W> {
+/// Whether the AVX2+FMA+F16C kernels run: the CPU has them and scalar is not forced.
+fn use_avx2() -> bool {
     if FORCE_SCALAR.load(std::sync::atomic::Ordering::Relaxed) {
-        return rows_plain::<W>;
+        return false;
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     {
+        return true;
+    }
+    false
+}
+
+/// The best rows kernel for this CPU.
+fn select_rows<W: VecDot>() -> RowsFn<W> {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2() {
         return rows_avx2::<W>;
     }
     rows_plain::<W>
@@ -129,15 +138,11 @@ fn select_rows<W: VecDot>() -> RowsFn<W> {
 
 /// Which kernel variant `matmul` uses on this CPU (for logs and benchmarks).
 pub fn variant() -> &'static str {
-    if FORCE_SCALAR.load(std::sync::atomic::Ordering::Relaxed) {
-        return "scalar";
+    if use_avx2() {
+        "avx2"
+    } else {
+        "scalar"
     }
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-    {
-        return "avx2";
-    }
-    "scalar"
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -281,17 +286,13 @@ fn gemm_avx2_impl(w: &[f32], rows: usize, n_in: usize, x: &[f32], res: &mut [f32
 
 #[cfg(target_arch = "x86_64")]
 fn gemm_avx2(w: &[f32], rows: usize, n_in: usize, x: &[f32], res: &mut [f32]) {
-    // SAFETY: `select_gemm` returns this function only after detecting avx2, fma and f16c.
+    // SAFETY: `select_gemm` returns this function only when `use_avx2()` detected avx2, fma and f16c.
     unsafe { gemm_avx2_impl(w, rows, n_in, x, res) }
 }
 
 fn select_gemm() -> GemmFn {
-    if FORCE_SCALAR.load(std::sync::atomic::Ordering::Relaxed) {
-        return gemm_plain;
-    }
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-    {
+    if use_avx2() {
         return gemm_avx2;
     }
     gemm_plain
