@@ -20,14 +20,7 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
 /// reference quantizers use); tries 18 nearby scales and keeps the best weighted fit.
 /// Returns the scale.
 pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (max, amax) = signed_amax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
@@ -69,17 +62,23 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     scale
 }
 
-/// Symmetric 3-bit fit (ggml's `make_q3_quants` with `do_rmse`): codes in `[-nmax, nmax - 1]`
-/// refined coordinate-wise for up to 5 passes; stored in `l` offset by `nmax`. Returns the scale.
-pub(crate) fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
+/// The value of largest magnitude (the first one, on ties) and that magnitude, as ggml's
+/// quantizers scan for it: K-quant scales are signed by it.
+pub(crate) fn signed_amax(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         if v.abs() > amax {
             amax = v.abs();
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// Symmetric 3-bit fit (ggml's `make_q3_quants` with `do_rmse`): codes in `[-nmax, nmax - 1]`
+/// refined coordinate-wise for up to 5 passes; stored in `l` offset by `nmax`. Returns the scale.
+pub(crate) fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+    let (max, amax) = signed_amax(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;

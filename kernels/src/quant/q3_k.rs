@@ -3,7 +3,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::k_common::{make_q3_quants, nearest_int};
+use super::k_common::{make_q3_quants, nearest_int, signed_amax};
 use super::q2_k::pack_2bit;
 use super::{check_block_len, f16_le, f16_le_from, QuantBlock, QuantType, QuantizeBlock, QK_K};
 
@@ -66,15 +66,10 @@ impl QuantizeBlock for BlockQ3K {
         check_block_len(Self::NAME, src.len(), QK_K);
         let mut l = [0i8; QK_K];
         let mut scales = [0.0f32; QK_K / 16];
-        let mut max_scale = 0.0f32;
-        let mut amax = 0.0f32;
         for (j, (x, l)) in src.chunks_exact(16).zip(l.chunks_exact_mut(16)).enumerate() {
             scales[j] = make_q3_quants(4, x, l);
-            if scales[j].abs() > amax {
-                amax = scales[j].abs();
-                max_scale = scales[j];
-            }
         }
+        let (max_scale, _) = signed_amax(&scales);
         let mut block = Self::zeroed();
         if max_scale != 0.0 {
             let iscale = -32.0 / max_scale;

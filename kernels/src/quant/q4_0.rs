@@ -2,6 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::k_common::signed_amax;
 use super::{check_block_len, f16_le, f16_le_from, QuantBlock, QuantType, QuantizeBlock, QK};
 
 /// ggml `block_q4_0` (18 bytes): value `j` is the low nibble of `qs[j]`, value `j + 16` the high.
@@ -42,14 +43,7 @@ impl QuantizeBlock for BlockQ4_0 {
     /// asymmetric range [-8, 7] fully for the extreme value.
     fn quantize(src: &[f32]) -> Self {
         check_block_len(Self::NAME, src.len(), QK);
-        let mut amax = 0.0f32;
-        let mut max = 0.0f32;
-        for &v in src {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (max, _) = signed_amax(src);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         // ggml: MIN(15, (int8_t)(x*id + 8.5f)); the sum is in [0.5, 16.5] for finite input.

@@ -2,6 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::k_common::signed_amax;
 use super::q4_1::min_max;
 use super::{check_block_len, f16_le, f16_le_from, QuantBlock, QuantType, QuantizeBlock, QK};
 
@@ -81,14 +82,7 @@ impl QuantizeBlock for BlockQ5_0 {
     /// As Q4_0: `d = max / -16` so the extreme value lands exactly on code 0.
     fn quantize(src: &[f32]) -> Self {
         check_block_len(Self::NAME, src.len(), QK);
-        let mut amax = 0.0f32;
-        let mut max = 0.0f32;
-        for &v in src {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (max, _) = signed_amax(src);
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let q: [u8; QK] = std::array::from_fn(|j| ((src[j] * id + 16.5) as i8 as u8).min(31));

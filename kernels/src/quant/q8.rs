@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::k_common::nearest_int;
+use super::k_common::{nearest_int, signed_amax};
 use super::{check_block_len, f16_le, f16_le_from, QuantBlock, QuantType, QuantizeBlock, QK, QK_K};
 
 /// ggml `block_q8_0` (34 bytes): value = `qs[j] * d`.
@@ -154,14 +154,7 @@ impl QuantizeBlock for BlockQ8K {
     /// (ggml leaves `bsums` unwritten there; here they are the correct 0).
     fn quantize(src: &[f32]) -> Self {
         check_block_len(Self::NAME, src.len(), QK_K);
-        let mut max = 0.0f32;
-        let mut amax = 0.0f32;
-        for &v in src {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (max, amax) = signed_amax(src);
         let mut block = Self::zeroed();
         if amax == 0.0 {
             return block;
