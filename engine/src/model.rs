@@ -1,7 +1,7 @@
 //! The transformer forward pass, written once for every supported family (llama, qwen2,
 //! qwen3, gemma3) against the Backend op set. Families differ only by `ModelConfig`.
 
-use crate::backend::{AttnBatch, AttnParams, Backend, RopeParams};
+use crate::backend::{AttnBatch, AttnParams, Backend, RopeParams, WeightUse};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::EngineError;
 use crate::kv_cache::{BlockTables, SeqId, BLOCK_SIZE};
@@ -39,10 +39,10 @@ struct Weights<B: Backend> {
 impl<B: Backend> Weights<B> {
     /// Loads every tensor the config needs, with clear errors for missing ones.
     pub fn load(backend: &B, file: &Arc<GgufFile>, cfg: &ModelConfig) -> Result<Self, EngineError> {
-        let w = |name: &str| backend.weight(file, name);
+        let w = |name: &str| backend.weight(file, name, WeightUse::Matmul);
         let opt = |name: &str| -> Result<Option<B::Weight>, EngineError> {
             if file.try_tensor(name).is_some() {
-                backend.weight(file, name).map(Some)
+                backend.weight(file, name, WeightUse::Matmul).map(Some)
             } else {
                 Ok(None)
             }
@@ -74,7 +74,11 @@ impl<B: Backend> Weights<B> {
             });
         }
         Ok(Weights {
-            tok_embd: w("token_embd.weight")?,
+            tok_embd: backend.weight(
+                file,
+                "token_embd.weight",
+                if cfg.tied_embeddings { WeightUse::Both } else { WeightUse::Table },
+            )?,
             layers,
             out_norm: w("output_norm.weight")?,
             output: if cfg.tied_embeddings { None } else { Some(w("output.weight")?) },

@@ -1,11 +1,13 @@
-//! The CPU backend: the reference every other backend is checked against. Weights stay in
-//! the memory mapping; matmuls quantize activations once per call and run integer dot
-//! products over output rows in parallel (ferrite-kernels); the other ops are plain loops
-//! parallelized with rayon where the work is large enough to pay.
+//! The CPU backend: the reference every other backend is checked against. Matrices in a
+//! format with packed SIMD kernels are repacked at load (eight rows interleaved, see
+//! `ferrite_kernels::cpu::packed`); the rest stay in the memory mapping. Matmuls quantize
+//! activations once per call and run integer dot products over output rows in parallel;
+//! the other ops are plain loops parallelized with rayon where the work is large enough.
 
-use super::{Activation, AttnBatch, AttnParams, Backend, RopeParams};
+use super::{Activation, AttnBatch, AttnParams, Backend, PrepareStats, RopeParams, WeightUse};
 use crate::error::EngineError;
 use ferrite_kernels::cpu as k;
+use ferrite_kernels::cpu::packed::{PackScratch, PackedMatrix};
 use ferrite_kernels::cpu::vec;
 use ferrite_kernels::quant::QuantType;
 use ferrite_loader::GgufFile;
@@ -17,7 +19,8 @@ use std::sync::{Arc, Mutex};
 /// The CPU backend.
 #[derive(Debug, Default)]
 pub struct CpuBackend {
-    scratch: Mutex<k::Scratch>,
+    scratch: Mutex<(k::Scratch, PackScratch)>,
+    prepared: Mutex<PrepareStats>,
 }
 
 impl CpuBackend {
@@ -42,6 +45,8 @@ pub enum CpuWeight {
         n_in: usize,
         /// Rows.
         n_out: usize,
+        /// The rows repacked for the SIMD kernels, when the format and CPU have them.
+        packed: Option<PackedMatrix>,
     },
     /// A vector (norm weights, biases), dequantized once.
     Vector(Vec<f32>),
@@ -82,7 +87,7 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight, EngineError> {
+    fn weight(&self, file: &Arc<GgufFile>, name: &str, usage: WeightUse) -> Result<CpuWeight, EngineError> {
         let view = file.tensor(name)?;
         let info = view.info;
         let ty = quant_type(name, info.ty.id())?;
@@ -104,13 +109,26 @@ impl Backend for CpuBackend {
                 what: format!("{} matrices have no CPU kernel yet", ty.name()),
             });
         }
-        Ok(CpuWeight::Matrix {
-            file: file.clone(),
-            range: file.header().tensor_range(info),
-            ty,
-            n_in: info.dims[0] as usize,
-            n_out: info.dims[1] as usize,
-        })
+        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
+        let packed = if usage == WeightUse::Table {
+            None
+        } else {
+            let t0 = std::time::Instant::now();
+            let p = PackedMatrix::pack(ty, view.data, n_in, n_out);
+            if let Some(p) = &p {
+                let mut st = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+                st.matrices += 1;
+                st.bytes += p.bytes();
+                st.seconds += t0.elapsed().as_secs_f64();
+                st.variant = Some(p.isa().name());
+            }
+            p
+        };
+        Ok(CpuWeight::Matrix { file: file.clone(), range: file.header().tensor_range(info), ty, n_in, n_out, packed })
+    }
+
+    fn prepare_stats(&self) -> PrepareStats {
+        self.prepared.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn alloc(&self, len: usize) -> Vec<f32> {
@@ -157,7 +175,7 @@ impl Backend for CpuBackend {
         scale: f32,
         out: &mut Vec<f32>,
     ) -> Result<(), EngineError> {
-        let CpuWeight::Matrix { file, range, ty, n_in, n_out } = table else {
+        let CpuWeight::Matrix { file, range, ty, n_in, n_out, .. } = table else {
             return Err(EngineError::Invalid("embedding table is not a matrix".into()));
         };
         let row_bytes = ty.row_bytes(*n_in).expect("validated at load");
@@ -178,11 +196,16 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, n: usize, out: &mut Vec<f32>) {
-        let CpuWeight::Matrix { file, range, ty, n_in, n_out } = w else {
+        let CpuWeight::Matrix { file, range, ty, n_in, n_out, packed } = w else {
             panic!("matmul with a vector weight");
         };
         ensure_len(out, n * n_out);
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let (scratch, pack_scratch) = &mut *guard;
+        if let Some(p) = packed {
+            p.matmul(&x[..n * n_in], n, &mut out[..n * n_out], pack_scratch);
+            return;
+        }
         k::matmul(
             *ty,
             &file.bytes()[range.clone()],
@@ -191,7 +214,7 @@ impl Backend for CpuBackend {
             &x[..n * n_in],
             n,
             &mut out[..n * n_out],
-            &mut scratch,
+            scratch,
         );
     }
 

@@ -11,6 +11,30 @@ use crate::error::EngineError;
 use ferrite_loader::GgufFile;
 use std::sync::Arc;
 
+/// What a weight is used for, so that a backend prepares it for those ops only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightUse {
+    /// Matmuls (and, for vectors, element-wise ops).
+    Matmul,
+    /// Row lookups only (an untied embedding table).
+    Table,
+    /// Both (a tied embedding table that is also the output head).
+    Both,
+}
+
+/// Weight preparation done at load: repacking into kernel layouts.
+#[derive(Clone, Debug, Default)]
+pub struct PrepareStats {
+    /// Matrices repacked.
+    pub matrices: usize,
+    /// Bytes of repacked data.
+    pub bytes: usize,
+    /// Wall time spent repacking, seconds.
+    pub seconds: f64,
+    /// The kernel variant the repacked layout is for.
+    pub variant: Option<&'static str>,
+}
+
 /// Rope parameters for one layer.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeParams {
@@ -88,8 +112,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Short name (`cpu`, `wgpu`, `cuda`).
     fn name(&self) -> &'static str;
 
-    /// Uploads (or, on the CPU, borrows) a weight tensor from the file.
-    fn weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight, EngineError>;
+    /// Uploads (or, on the CPU, borrows or repacks) a weight tensor from the file, for the
+    /// ops that `usage` names.
+    fn weight(&self, file: &Arc<GgufFile>, name: &str, usage: WeightUse)
+        -> Result<Self::Weight, EngineError>;
+
+    /// What preparing the weights cost so far (repacking on the CPU).
+    fn prepare_stats(&self) -> PrepareStats {
+        PrepareStats::default()
+    }
 
     /// A zeroed buffer of `len` f32.
     fn alloc(&self, len: usize) -> Self::Buf;

@@ -46,14 +46,14 @@ fn q8_codes(src: &[f32]) -> (f32, [i8; QK]) {
     (d, std::array::from_fn(|j| (src[j] * id).round_ties_even() as i8))
 }
 
-fn quantize_q8_0_x86(x: &[f32], out: &mut [BlockQ8_0]) {
+pub(crate) fn quantize_q8_0_x86(x: &[f32], out: &mut [BlockQ8_0]) {
     for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let (d, qs) = q8_codes(src);
         *o = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs };
     }
 }
 
-fn quantize_q8_1_x86(x: &[f32], out: &mut [BlockQ8_1]) {
+pub(crate) fn quantize_q8_1_x86(x: &[f32], out: &mut [BlockQ8_1]) {
     for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let (d, qs) = q8_codes(src);
         let sum: i32 = qs.iter().map(|&q| q as i32).sum();

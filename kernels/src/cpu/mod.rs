@@ -4,7 +4,10 @@
 //! compiled twice, plain and with AVX2+FMA, and the AVX2 copy is chosen at run time.
 
 pub mod dot;
+pub mod packed;
 pub mod vec;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use crate::quant::*;
 use dot::VecDot;
@@ -114,9 +117,14 @@ pub fn force_scalar(on: bool) {
     FORCE_SCALAR.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether `force_scalar(true)` is in effect.
+pub(crate) fn scalar_forced() -> bool {
+    FORCE_SCALAR.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether the AVX2+FMA+F16C kernels run: the CPU has them and scalar is not forced.
 fn use_avx2() -> bool {
-    if FORCE_SCALAR.load(std::sync::atomic::Ordering::Relaxed) {
+    if scalar_forced() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]

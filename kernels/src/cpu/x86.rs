@@ -1,0 +1,266 @@
+//! x86 kernels over [`super::packed`] weights, compiled once per instruction set.
+//!
+//! One body (the `kernels!` macro) is instantiated twice: with AVX2, where the 8-bit
+//! products are `vpmaddubsw` + `vpmaddwd`, and with AVX-512 VNNI, where they are one
+//! `vpdpbusd`. A task walks its row groups for tiles of up to four tokens: each weight vector
+//! is loaded and unpacked once per tile, the eight rows of a group sit in the eight lanes of
+//! the accumulators, integer sums stay exact within a block, and each block adds
+//! `float(sum) · d_w · d_a` to an f32 accumulator as ggml does.
+
+macro_rules! kernels {
+    ($feat:literal, $dot4:item) => {
+        use crate::cpu::packed::*;
+        use std::arch::x86_64::*;
+
+        /// Tokens per activation tile kept hot while a task streams its row groups.
+        const TOKEN_BLOCK: usize = 64;
+
+        $dot4
+
+        /// Runs one task of a packed matmul.
+        #[target_feature(enable = $feat)]
+        pub(crate) fn run(job: &Job) {
+            match job.fmt {
+                FMT_Q4_0 => tiles::<FMT_Q4_0>(job),
+                FMT_Q4_1 => tiles::<FMT_Q4_1>(job),
+                FMT_Q5_0 => tiles::<FMT_Q5_0>(job),
+                FMT_Q8_0 => tiles::<FMT_Q8_0>(job),
+                FMT_Q4_K => tiles::<FMT_Q4_K>(job),
+                FMT_Q6_K => tiles::<FMT_Q6_K>(job),
+                _ => unreachable!("no packed layout"),
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        fn tiles<const F: usize>(job: &Job) {
+            let groups = job.w.len() / job.group_bytes;
+            for tb in (0..job.n).step_by(TOKEN_BLOCK) {
+                let te = (tb + TOKEN_BLOCK).min(job.n);
+                for g in 0..groups {
+                    let w = &job.w[g * job.group_bytes..(g + 1) * job.group_bytes];
+                    let mut t = tb;
+                    while t + 4 <= te {
+                        store(job, g, t, &group::<F, 4>(w, job, t));
+                        t += 4;
+                    }
+                    match te - t {
+                        3 => store(job, g, t, &group::<F, 3>(w, job, t)),
+                        2 => store(job, g, t, &group::<F, 2>(w, job, t)),
+                        1 => store(job, g, t, &group::<F, 1>(w, job, t)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+
+        fn store<const T: usize>(job: &Job, g: usize, t0: usize, r: &[[f32; GROUP]; T]) {
+            for (i, v) in r.iter().enumerate() {
+                job.store(g, t0 + i, v);
+            }
+        }
+
+        /// 32 bytes at `off` of `p`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn ld(p: &[u8], off: usize) -> __m256i {
+            let s = &p[off..off + 32];
+            // SAFETY: `s` holds 32 readable bytes; the load is unaligned.
+            unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+        }
+
+        /// 16 bytes at `off` of `p`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn ld128(p: &[u8], off: usize) -> __m128i {
+            let s = &p[off..off + 16];
+            // SAFETY: `s` holds 16 readable bytes; the load is unaligned.
+            unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+        }
+
+        /// 8 bytes at `off` of `p`, in the low half.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn ld64(p: &[u8], off: usize) -> __m128i {
+            _mm_set_epi64x(0, i64::from_le_bytes(p[off..off + 8].try_into().expect("8 bytes")))
+        }
+
+        /// Bytes shifted left (`s > 0`) or right within 16-bit lanes; callers mask off the
+        /// bits that cross into the neighbouring byte.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn shift(v: __m256i, s: i32) -> __m256i {
+            if s >= 0 {
+                _mm256_sll_epi16(v, _mm_cvtsi32_si128(s))
+            } else {
+                _mm256_srl_epi16(v, _mm_cvtsi32_si128(-s))
+            }
+        }
+
+        /// The eight code vectors of a 32-value chunk: vector `k` holds values `4k..4k+4`
+        /// of each of the eight rows (unsigned codes, or signed for 8-bit formats).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn unpack<const F: usize>(ch: &[u8]) -> [__m256i; 8] {
+            let l = LAYOUTS[F];
+            let mut u = [_mm256_setzero_si256(); 8];
+            if l.bits == 8 {
+                for (k, u) in u.iter_mut().enumerate() {
+                    *u = ld(ch, 32 * k);
+                }
+                return u;
+            }
+            let nib = _mm256_set1_epi8(0x0f);
+            for k in 0..4 {
+                let v = ld(ch, 32 * k);
+                u[k] = _mm256_and_si256(v, nib);
+                u[k + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+            }
+            if l.bits == 5 {
+                let h = ld(ch, 128);
+                let m = _mm256_set1_epi8(0x10);
+                for (k, u) in u.iter_mut().enumerate() {
+                    *u = _mm256_or_si256(*u, _mm256_and_si256(shift(h, 4 - k as i32), m));
+                }
+            } else if l.bits == 6 {
+                let m = _mm256_set1_epi8(0x30);
+                for hh in 0..2 {
+                    let h = ld(ch, 128 + 32 * hh);
+                    for j in 0..4 {
+                        let k = 4 * hh + j;
+                        u[k] = _mm256_or_si256(u[k], _mm256_and_si256(shift(h, 4 - 2 * j as i32), m));
+                    }
+                }
+            }
+            u
+        }
+
+        /// Four activation codes `a[off..off + 4]` broadcast to every lane.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn bcast(a: &[i8], off: usize) -> __m256i {
+            let b: [i8; 4] = a[off..off + 4].try_into().expect("4 codes");
+            _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+        }
+
+        /// Eight rows (one group) against tokens `t0..t0 + T`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn group<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
+            let l = LAYOUTS[F];
+            let bb = l.block_bytes();
+            let acts = job.acts;
+            let nsub_chunk = 32 / l.sub;
+            let gv = l.sub / 4;
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..job.nblk {
+                let rec = &w[b * bb..(b + 1) * bb];
+                let dw = _mm256_cvtph_ps(ld128(rec, 0));
+                let a: [&[i8]; T] =
+                    std::array::from_fn(|i| &acts.qs[(t0 + i) * acts.n_in + b * l.blk..][..l.blk]);
+                let mut isum = [_mm256_setzero_si256(); T];
+                for c in 0..l.blk / 32 {
+                    let u = unpack::<F>(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()]);
+                    for s in 0..nsub_chunk {
+                        let j = c * nsub_chunk + s;
+                        let mut dp = [_mm256_setzero_si256(); T];
+                        if l.zero != 0 {
+                            for (i, dp) in dp.iter_mut().enumerate() {
+                                *dp = _mm256_set1_epi32(acts.iz[(t0 + i) * acts.iz_stride + b * l.nsub() + j]);
+                            }
+                        }
+                        for k in s * gv..(s + 1) * gv {
+                            for i in 0..T {
+                                let av = bcast(a[i], 32 * c + 4 * k);
+                                dp[i] = if l.bits == 8 {
+                                    dot4(dp[i], _mm256_abs_epi8(u[k]), _mm256_sign_epi8(av, u[k]))
+                                } else {
+                                    dot4(dp[i], u[k], av)
+                                };
+                            }
+                        }
+                        if l.scales {
+                            let raw = ld64(rec, l.sc_off() + GROUP * j);
+                            let sc = if l.min == Min::None {
+                                _mm256_cvtepi8_epi32(raw)
+                            } else {
+                                _mm256_cvtepu8_epi32(raw)
+                            };
+                            for i in 0..T {
+                                isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(dp[i], sc));
+                            }
+                        } else {
+                            for i in 0..T {
+                                isum[i] = _mm256_add_epi32(isum[i], dp[i]);
+                            }
+                        }
+                    }
+                }
+                let da: [__m256; T] = std::array::from_fn(|i| _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
+                for i in 0..T {
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, da[i]), acc[i]);
+                }
+                match l.min {
+                    Min::None => {}
+                    Min::Block => {
+                        let m = _mm256_cvtph_ps(ld128(rec, 16));
+                        for i in 0..T {
+                            let s = _mm256_set1_ps(acts.s[(t0 + i) * acts.s_stride + b]);
+                            acc[i] = _mm256_fmadd_ps(m, s, acc[i]);
+                        }
+                    }
+                    Min::Sub => {
+                        let dmin = _mm256_cvtph_ps(ld128(rec, 16));
+                        let mut ms = [_mm256_setzero_si256(); T];
+                        for p in 0..l.nsub() / 2 {
+                            let lo = ld64(rec, l.mn_off() + GROUP * 2 * p);
+                            let hi = ld64(rec, l.mn_off() + GROUP * (2 * p + 1));
+                            // Lane r: (min of sub-block 2p, min of 2p + 1) as an i16 pair.
+                            let m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(lo, hi));
+                            for i in 0..T {
+                                let pair = acts.iz[(t0 + i) * acts.iz_stride + b * (l.nsub() / 2) + p];
+                                ms[i] = _mm256_add_epi32(ms[i], _mm256_madd_epi16(m16, _mm256_set1_epi32(pair)));
+                            }
+                        }
+                        for i in 0..T {
+                            acc[i] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms[i]), _mm256_mul_ps(dmin, da[i]), acc[i]);
+                        }
+                    }
+                }
+            }
+            let mut r = [[0f32; GROUP]; T];
+            for (r, acc) in r.iter_mut().zip(acc) {
+                // SAFETY: `r` is 8 writable f32; the store is unaligned.
+                unsafe { _mm256_storeu_ps(r.as_mut_ptr(), acc) };
+            }
+            r
+        }
+    };
+}
+
+/// AVX2 + FMA + F16C.
+pub(crate) mod avx2 {
+    kernels!(
+        "avx2,fma,f16c",
+        /// `acc + Σ` of four u8 × i8 products per i32 lane (`vpmaddubsw` cannot saturate
+        /// here: codes are at most 63, or 128 with the sign trick, and activations ±127).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn dot4(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
+            let p16 = _mm256_maddubs_epi16(u, a);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+        }
+    );
+}
+
+/// AVX-512 F/BW/VL + VNNI on 256-bit vectors (Zen 4 and Ice Lake or later).
+pub(crate) mod vnni {
+    kernels!(
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        /// `acc + Σ` of four u8 × i8 products per i32 lane: one `vpdpbusd`.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn dot4(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, u, a)
+        }
+    );
+}

@@ -1,0 +1,139 @@
+//! The packed SIMD matmul, every instruction set this CPU has, against the scalar reference
+//! dot products (`VecDot::dot` on the original blocks) on random data and odd shapes.
+
+use ferrite_kernels::cpu::dot::VecDot;
+use ferrite_kernels::cpu::packed::{Isa, PackScratch, PackedMatrix};
+use ferrite_kernels::quant::*;
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn rand_f32(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    let scale = 10f32.powf(rng.random_range(-2.0..2.0));
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect()
+}
+
+/// Weights quantized from random floats (`quantized`), or random bytes with sane f16
+/// scales, which reach every code, Q8_0's −128 included.
+fn rand_weights(rng: &mut StdRng, ty: QuantType, n_in: usize, n_out: usize, quantized: bool) -> Vec<u8> {
+    if quantized {
+        let mut out = Vec::new();
+        for _ in 0..n_out {
+            ty.quantize_row(&rand_f32(rng, n_in), &mut out).unwrap();
+        }
+        return out;
+    }
+    let mut bytes: Vec<u8> = (0..ty.row_bytes(n_in).unwrap() * n_out).map(|_| rng.random()).collect();
+    let d = |rng: &mut StdRng| f16::from_f32(rng.random_range(-0.05f32..0.05)).to_le_bytes();
+    let bb = ty.block_bytes();
+    for blk in bytes.chunks_exact_mut(bb) {
+        match ty {
+            QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => blk[..2].copy_from_slice(&d(rng)),
+            QuantType::Q4_1 | QuantType::Q4_K => {
+                blk[..2].copy_from_slice(&d(rng));
+                blk[2..4].copy_from_slice(&d(rng));
+            }
+            QuantType::Q6_K => blk[bb - 2..].copy_from_slice(&d(rng)),
+            other => panic!("no generator for {other:?}"),
+        }
+    }
+    bytes
+}
+
+fn reference<W: VecDot>(w: &[u8], n_in: usize, n_out: usize, x: &[f32], n: usize) -> Vec<f32> {
+    let w: &[W] = cast_blocks(w).unwrap();
+    let wpr = n_in / W::BLOCK_ELEMS;
+    let mut out = vec![0f32; n * n_out];
+    for t in 0..n {
+        let mut acts = vec![bytemuck::Zeroable::zeroed(); n_in / W::ACT_ELEMS];
+        W::quantize_act(&x[t * n_in..(t + 1) * n_in], &mut acts);
+        for r in 0..n_out {
+            out[t * n_out + r] = W::dot(&w[r * wpr..(r + 1) * wpr], &acts);
+        }
+    }
+    out
+}
+
+fn reference_for(ty: QuantType, w: &[u8], n_in: usize, n_out: usize, x: &[f32], n: usize) -> Vec<f32> {
+    match ty {
+        QuantType::Q4_0 => reference::<BlockQ4_0>(w, n_in, n_out, x, n),
+        QuantType::Q4_1 => reference::<BlockQ4_1>(w, n_in, n_out, x, n),
+        QuantType::Q5_0 => reference::<BlockQ5_0>(w, n_in, n_out, x, n),
+        QuantType::Q8_0 => reference::<BlockQ8_0>(w, n_in, n_out, x, n),
+        QuantType::Q4_K => reference::<BlockQ4K>(w, n_in, n_out, x, n),
+        QuantType::Q6_K => reference::<BlockQ6K>(w, n_in, n_out, x, n),
+        other => panic!("no reference for {other:?}"),
+    }
+}
+
+const PACKED: [QuantType; 6] =
+    [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0, QuantType::Q4_K, QuantType::Q6_K];
+
+#[test]
+fn packed_matches_scalar_reference() {
+    let isas = Isa::available();
+    if isas.is_empty() {
+        eprintln!("no packed kernels on this CPU: nothing to test");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut scratch = PackScratch::default();
+    for ty in PACKED {
+        let be = ty.block_elems();
+        // Odd row counts (a partial last group), one to several blocks, 1..9 tokens and a
+        // batch that spans several token tiles.
+        for &(blocks, n_out, n) in &[(1, 8, 1), (3, 13, 2), (2, 40, 5), (5, 7, 9), (4, 33, 70)] {
+            let n_in = blocks * be;
+            for quantized in [true, false] {
+                let w = rand_weights(&mut rng, ty, n_in, n_out, quantized);
+                let x = rand_f32(&mut rng, n * n_in);
+                let want = reference_for(ty, &w, n_in, n_out, &x, n);
+                for &isa in &isas {
+                    let p = PackedMatrix::pack_for(isa, ty, &w, n_in, n_out).expect("packable");
+                    let mut got = vec![f32::NAN; n * n_out];
+                    p.matmul(&x, n, &mut got, &mut scratch);
+                    for t in 0..n {
+                        // Integer sums are exact; only the order of the per-block f32 adds
+                        // differs, so compare against the row's magnitude.
+                        let scale: f32 = want[t * n_out..(t + 1) * n_out].iter().map(|v| v.abs()).sum::<f32>()
+                            / n_out as f32
+                            + 1e-6;
+                        for r in 0..n_out {
+                            let (g, e) = (got[t * n_out + r], want[t * n_out + r]);
+                            assert!(
+                                (g - e).abs() <= 1e-4 * scale.max(e.abs()),
+                                "{ty:?} {isa:?} quantized={quantized} n_in={n_in} n_out={n_out} n={n} \
+                                 t={t} r={r}: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn repacking_keeps_the_size() {
+    let Some(isa) = Isa::best() else { return };
+    let mut rng = StdRng::seed_from_u64(1);
+    for ty in PACKED {
+        let (n_in, n_out) = (512, 64);
+        let w = rand_weights(&mut rng, ty, n_in, n_out, true);
+        let p = PackedMatrix::pack_for(isa, ty, &w, n_in, n_out).unwrap();
+        let extra = p.bytes() as f64 / w.len() as f64 - 1.0;
+        // K-quant scales are unpacked to bytes: +2.8% for Q4_K; everything else is exact.
+        let allowed = if ty == QuantType::Q4_K { 0.03 } else { 0.0 };
+        assert!(extra <= allowed, "{ty:?} repacked {} bytes from {}", p.bytes(), w.len());
+    }
+}
+
+#[test]
+fn unsupported_formats_and_shapes_are_refused() {
+    let Some(isa) = Isa::best() else { return };
+    let w = vec![0u8; QuantType::Q5_1.row_bytes(64).unwrap() * 8];
+    assert!(PackedMatrix::pack_for(isa, QuantType::Q5_1, &w, 64, 8).is_none());
+    let w = vec![0u8; QuantType::Q4_0.row_bytes(64).unwrap() * 8];
+    assert!(PackedMatrix::pack_for(isa, QuantType::Q4_0, &w[1..], 64, 8).is_none());
+    assert!(PackedMatrix::pack_for(isa, QuantType::Q4_0, &w, 64, 0).is_none());
+}
