@@ -48,7 +48,7 @@ fn info_json_matches_gguf_python() {
         vec![("Q4_1".into(), 210, 66_355_200), ("Q8_0".into(), 1, 30_081_024), ("F32".into(), 61, 140_544)]
     );
     // KV cache at 2048: 30 layers × 2048 × 3 heads × (64 + 64) × 4 bytes.
-    assert_eq!(v["memory"]["kv_cache_bytes"], 30u64 * 2048 * 3 * 128 * 4);
+    assert_eq!(v["memory"]["kv_cache_bytes"], 30u64 * 2048 * 3 * 128 * 2);
     assert_eq!(v["memory"]["weights_bytes"], 66_355_200u64 + 30_081_024 + 140_544);
 }
 

@@ -204,7 +204,7 @@ impl ModelConfig {
 
     /// Whether layer `il` uses the sliding window (Gemma 3: all but every sixth layer).
     pub fn is_swa_layer(&self, il: usize) -> bool {
-        self.sliding_window.is_some() && (il + 1) % self.swa_period != 0
+        self.sliding_window.is_some() && !(il + 1).is_multiple_of(self.swa_period)
     }
 }
 

@@ -6,9 +6,8 @@ use ferrite_loader::{GgmlType, GgufFile, Metadata, Value};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// Bytes per element of the KV cache: the CPU backend rounds entries to f16 (as llama.cpp's
-/// default cache does) but stores them as f32 so attention needs no conversion.
-pub const KV_BYTES_PER_ELEM: u64 = 4;
+/// Bytes per element of the KV cache: f16, as llama.cpp's default cache.
+pub const KV_BYTES_PER_ELEM: u64 = 2;
 
 /// One tensor type's share of the file.
 #[derive(Clone, Debug, Serialize)]

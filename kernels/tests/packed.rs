@@ -95,9 +95,10 @@ fn packed_matches_scalar_reference() {
                     for t in 0..n {
                         // Integer sums are exact; only the order of the per-block f32 adds
                         // differs, so compare against the row's magnitude.
-                        let scale: f32 = want[t * n_out..(t + 1) * n_out].iter().map(|v| v.abs()).sum::<f32>()
-                            / n_out as f32
-                            + 1e-6;
+                        let scale: f32 =
+                            want[t * n_out..(t + 1) * n_out].iter().map(|v| v.abs()).sum::<f32>()
+                                / n_out as f32
+                                + 1e-6;
                         for r in 0..n_out {
                             let (g, e) = (got[t * n_out + r], want[t * n_out + r]);
                             assert!(

@@ -807,7 +807,7 @@ fn depth_ok(state: &State, value: &JValue) -> Result<bool, JError> {
                 stack.push((child, depth + 1));
             } else {
                 scalars += 1;
-                if scalars % 64 == 0 {
+                if scalars.is_multiple_of(64) {
                     state.consume_fuel(1)?;
                 }
             }

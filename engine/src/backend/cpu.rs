@@ -7,11 +7,12 @@
 use super::{Activation, AttnBatch, AttnParams, Backend, PrepareStats, RopeParams, WeightUse};
 use crate::error::EngineError;
 use ferrite_kernels::cpu as k;
+use ferrite_kernels::cpu::attn::{self, HeadKv, Online};
 use ferrite_kernels::cpu::packed::{PackScratch, PackedMatrix};
-use ferrite_kernels::cpu::vec;
 use ferrite_kernels::quant::QuantType;
 use ferrite_loader::GgufFile;
 use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -61,12 +62,12 @@ impl CpuWeight {
     }
 }
 
-/// KV storage: per layer, keys and values by slot. Values are rounded to f16 as llama.cpp's
-/// f16 cache rounds them, but held as f32 so that attention reads them without conversion.
+/// KV storage: per layer, keys and values by slot, as f16 bits (llama.cpp's default f16
+/// cache: half the bytes of f32, converted with F16C where attention reads them).
 #[derive(Debug)]
 pub struct CpuKv {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
     kv_width: usize,
     v_width: usize,
 }
@@ -124,7 +125,14 @@ impl Backend for CpuBackend {
             }
             p
         };
-        Ok(CpuWeight::Matrix { file: file.clone(), range: file.header().tensor_range(info), ty, n_in, n_out, packed })
+        Ok(CpuWeight::Matrix {
+            file: file.clone(),
+            range: file.header().tensor_range(info),
+            ty,
+            n_in,
+            n_out,
+            packed,
+        })
     }
 
     fn prepare_stats(&self) -> PrepareStats {
@@ -149,8 +157,8 @@ impl Backend for CpuBackend {
             .checked_mul(v_width)
             .ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
         Ok(CpuKv {
-            k: (0..n_layers).map(|_| vec![0f32; k_len]).collect(),
-            v: (0..n_layers).map(|_| vec![0f32; v_len]).collect(),
+            k: (0..n_layers).map(|_| vec![0u16; k_len]).collect(),
+            v: (0..n_layers).map(|_| vec![0u16; v_len]).collect(),
             kv_width,
             v_width,
         })
@@ -271,12 +279,10 @@ impl Backend for CpuBackend {
         let (kw, vw) = (kv.kv_width, kv.v_width);
         for (i, &s) in slots.iter().enumerate() {
             let s = s as usize;
-            for (d, x) in kv.k[layer][s * kw..(s + 1) * kw].iter_mut().zip(&k[i * kw..(i + 1) * kw]) {
-                *d = f16::from_f32(*x).to_f32();
-            }
-            for (d, x) in kv.v[layer][s * vw..(s + 1) * vw].iter_mut().zip(&v[i * vw..(i + 1) * vw]) {
-                *d = f16::from_f32(*x).to_f32();
-            }
+            let kd: &mut [f16] = kv.k[layer][s * kw..(s + 1) * kw].reinterpret_cast_mut();
+            kd.convert_from_f32_slice(&k[i * kw..(i + 1) * kw]);
+            let vd: &mut [f16] = kv.v[layer][s * vw..(s + 1) * vw].reinterpret_cast_mut();
+            vd.convert_from_f32_slice(&v[i * vw..(i + 1) * vw]);
         }
     }
 
@@ -294,6 +300,14 @@ impl Backend for CpuBackend {
         ensure_len(out, n * ow);
         let group = p.n_head / p.n_head_kv;
         let (keys, values) = (&kv.k[layer], &kv.v[layer]);
+        let head_kv = |g: usize| HeadKv {
+            k: keys,
+            v: values,
+            k_stride: kv.kv_width,
+            v_stride: kv.v_width,
+            k_off: g * p.head_dim,
+            v_off: g * p.head_dim_v,
+        };
         out[..n * ow].par_chunks_mut(p.head_dim_v).enumerate().for_each_init(
             HeadScratch::default,
             |sc, (job, o)| {
@@ -306,7 +320,7 @@ impl Backend for CpuBackend {
                     Some(w) => (pos + 1).saturating_sub(w),
                     None => 0,
                 };
-                attend(qh, keys, values, table, first..pos + 1, g, kv.kv_width, kv.v_width, p, sc, o);
+                attend(qh, &head_kv(g), table, first..pos + 1, p, sc, o);
             },
         );
     }
@@ -428,110 +442,69 @@ struct HeadScratch {
     acc2: Vec<f32>,
 }
 
-/// One head's attention over keys `range` of a sequence, online softmax (no score matrix).
+/// One head's attention over keys `range` of a sequence, online softmax (no score matrix),
+/// in runs of consecutive slots (one cache block each).
 #[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    kv: &HeadKv,
     table: &[u32],
     range: Range<usize>,
-    g: usize,
-    kv_width: usize,
-    v_width: usize,
     p: &AttnParams,
     sc: &mut HeadScratch,
     out: &mut [f32],
 ) {
-    let bs = crate::kv_cache::BLOCK_SIZE;
-    let key = |t: usize| {
-        let slot = table[t / bs] as usize * bs + t % bs;
-        (
-            &keys[slot * kv_width + g * p.head_dim..slot * kv_width + (g + 1) * p.head_dim],
-            &values[slot * v_width + g * p.head_dim_v..slot * v_width + (g + 1) * p.head_dim_v],
-        )
-    };
     let HeadScratch { q: q16, acc, acc2 } = sc;
-    if p.f16_accum {
-        q16.clear();
-        q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
-        // llama.cpp splits the keys of a single-row batch across its threads once there are
-        // 512 or more (the reference ran with 2), each half accumulated in f16, merged in f32.
-        if p.single_row && range.len() >= SPLIT_KV_MIN {
-            let mid = range.start + range.len().div_ceil(SPLIT_KV_PARTS);
-            let (m0, l0) = attend_f16_partial(q16, range.start..mid, &key, p, acc);
-            let (m1, l1) = attend_f16_partial(q16, mid..range.end, &key, p, acc2);
-            let m = m0.max(m1);
-            let (c0, c1) = ((m0 - m).exp(), (m1 - m).exp());
-            let l = l0 * c0 + l1 * c1;
-            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-            for ((o, x0), x1) in out.iter_mut().zip(acc.iter()).zip(acc2.iter()) {
-                *o = (x0 * c0 + x1 * c1) * inv;
-            }
-            return;
-        }
-        let (_, l) = attend_f16_partial(q16, range, &key, p, acc);
-        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-        out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
+    acc.resize(p.head_dim_v, 0.0);
+    acc2.resize(p.head_dim_v, 0.0);
+    if !p.f16_accum {
+        let mut st = Online::new(acc);
+        attend_range(q, kv, table, range, p, &mut st);
+        let inv = if st.l > 0.0 { 1.0 / st.l } else { 0.0 };
+        out.iter_mut().zip(st.acc.iter()).for_each(|(o, a)| *o = a * inv);
         return;
     }
-    let mut m = f32::NEG_INFINITY;
-    let mut l = 0f32;
-    acc.clear();
-    acc.resize(p.head_dim_v, 0.0);
-    for t in range {
-        let (k, v) = key(t);
-        let s = vec::dot(q, k) * p.scale;
-        if s > m {
-            let c = (m - s).exp();
-            l *= c;
-            vec::scale(acc, c);
-            m = s;
+    q16.clear();
+    q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
+    // llama.cpp splits the keys of a single-row batch across its threads once there are
+    // 512 or more (the reference ran with 2), each half accumulated in f16, merged in f32.
+    if p.single_row && range.len() >= SPLIT_KV_MIN {
+        let mid = range.start + range.len().div_ceil(SPLIT_KV_PARTS);
+        let mut s0 = Online::new(acc);
+        attend_range(q16, kv, table, range.start..mid, p, &mut s0);
+        let mut s1 = Online::new(acc2);
+        attend_range(q16, kv, table, mid..range.end, p, &mut s1);
+        let m = s0.m.max(s1.m);
+        let (c0, c1) = ((s0.m - m).exp(), (s1.m - m).exp());
+        let l = s0.l * c0 + s1.l * c1;
+        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+        for ((o, x0), x1) in out.iter_mut().zip(s0.acc.iter()).zip(s1.acc.iter()) {
+            *o = (x0 * c0 + x1 * c1) * inv;
         }
-        let e = (s - m).exp();
-        l += e;
-        vec::axpy(acc, e, v);
+        return;
     }
-    let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-    out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
+    let mut st = Online::new(acc);
+    attend_range(q16, kv, table, range, p, &mut st);
+    let inv = if st.l > 0.0 { 1.0 / st.l } else { 0.0 };
+    out.iter_mut().zip(st.acc.iter()).for_each(|(o, a)| *o = a * inv);
+}
+
+/// Feeds positions `range` to `st`, one run of consecutive slots per cache block.
+fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &AttnParams, st: &mut Online) {
+    let bs = crate::kv_cache::BLOCK_SIZE;
+    let mut t = range.start;
+    while t < range.end {
+        let n = (bs - t % bs).min(range.end - t);
+        let slot0 = table[t / bs] as usize * bs + t % bs;
+        attn::attend_run(q, kv, slot0, n, p.scale, p.f16_accum, st);
+        t += n;
+    }
 }
 
 /// Keys from which a single-row batch is split in two (llama.cpp's split-KV decode).
 const SPLIT_KV_MIN: usize = 512;
 /// Parts of a split-KV decode: the reference ran llama.cpp with 2 threads.
 const SPLIT_KV_PARTS: usize = 2;
-
-/// llama.cpp's CPU flash attention for small batches: `q16` already rounded to f16, and the
-/// running softmax·V sum kept in f16 in `acc`, rounded after every scale and every
-/// multiply-add. Returns the running max and the softmax denominator.
-fn attend_f16_partial<'a>(
-    q16: &[f32],
-    range: Range<usize>,
-    key: &impl Fn(usize) -> (&'a [f32], &'a [f32]),
-    p: &AttnParams,
-    acc: &mut Vec<f32>,
-) -> (f32, f32) {
-    let round = |x: f32| f16::from_f32(x).to_f32();
-    acc.clear();
-    acc.resize(p.head_dim_v, 0.0);
-    let mut m = f32::NEG_INFINITY;
-    let mut l = 0f32;
-    for t in range {
-        let (k, v) = key(t);
-        let s = vec::dot(q16, k) * p.scale;
-        let (mut ms, mut vs) = (1f32, 1f32);
-        if s > m {
-            ms = (m - s).exp();
-            m = s;
-            acc.iter_mut().for_each(|a| *a = round(*a * ms));
-        } else {
-            vs = (s - m).exp();
-        }
-        acc.iter_mut().zip(v).for_each(|(a, v)| *a = round(v.mul_add(vs, *a)));
-        l = l * ms + vs;
-    }
-    (m, l)
-}
 
 #[cfg(test)]
 mod tests {

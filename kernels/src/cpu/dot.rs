@@ -38,7 +38,7 @@ fn quantize_with<B: QuantizeBlock>(x: &[f32], out: &mut [B]) {
 /// scale is `max / 127` in f16. Matching this exactly matters: models with massive
 /// activations (SmolLM2's token 0 carries values near 3000) turn a single different
 /// rounding into visibly different log-probabilities.
-#[inline]
+#[inline(always)]
 fn q8_codes(src: &[f32]) -> (f32, [i8; QK]) {
     let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = max / 127.0;
@@ -46,14 +46,40 @@ fn q8_codes(src: &[f32]) -> (f32, [i8; QK]) {
     (d, std::array::from_fn(|j| (src[j] * id).round_ties_even() as i8))
 }
 
-pub(crate) fn quantize_q8_0_x86(x: &[f32], out: &mut [BlockQ8_0]) {
+/// Runs `$body` compiled with AVX2 (so that `round_ties_even` is one `vroundps`, not a
+/// libm call) when the CPU has it, else as plain code.
+macro_rules! with_avx2 {
+    ($name:ident, $body:ident, $($arg:ident: $ty:ty),*) => {
+        pub(crate) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                fn fast($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if super::use_avx2() {
+                    // SAFETY: `use_avx2` detected avx2, fma and f16c.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+with_avx2!(quantize_q8_0_x86, q8_0_body, x: &[f32], out: &mut [BlockQ8_0]);
+with_avx2!(quantize_q8_1_x86, q8_1_body, x: &[f32], out: &mut [BlockQ8_1]);
+
+#[inline(always)]
+fn q8_0_body(x: &[f32], out: &mut [BlockQ8_0]) {
     for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let (d, qs) = q8_codes(src);
         *o = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs };
     }
 }
 
-pub(crate) fn quantize_q8_1_x86(x: &[f32], out: &mut [BlockQ8_1]) {
+#[inline(always)]
+fn q8_1_body(x: &[f32], out: &mut [BlockQ8_1]) {
     for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let (d, qs) = q8_codes(src);
         let sum: i32 = qs.iter().map(|&q| q as i32).sum();

@@ -3,6 +3,7 @@
 //! weights, as ggml does), then rayon splits the output rows; the inner dot products are
 //! compiled twice, plain and with AVX2+FMA, and the AVX2 copy is chosen at run time.
 
+pub mod attn;
 pub mod dot;
 pub mod packed;
 pub mod vec;
@@ -123,7 +124,7 @@ pub(crate) fn scalar_forced() -> bool {
 }
 
 /// Whether the AVX2+FMA+F16C kernels run: the CPU has them and scalar is not forced.
-fn use_avx2() -> bool {
+pub(crate) fn use_avx2() -> bool {
     if scalar_forced() {
         return false;
     }

@@ -275,7 +275,7 @@ impl PackedMatrix {
         }
         let l = LAYOUTS[fmt];
         let row_bytes = ty.row_bytes(n_in).ok()?;
-        if n_in % l.blk != 0 || w.len() != row_bytes * n_out || n_out == 0 {
+        if !n_in.is_multiple_of(l.blk) || w.len() != row_bytes * n_out || n_out == 0 {
             return None;
         }
         let nblk = n_in / l.blk;

@@ -155,8 +155,10 @@ macro_rules! kernels {
             for b in 0..job.nblk {
                 let rec = &w[b * bb..(b + 1) * bb];
                 let dw = _mm256_cvtph_ps(ld128(rec, 0));
-                let a: [&[i8]; T] =
-                    std::array::from_fn(|i| &acts.qs[(t0 + i) * acts.n_in + b * l.blk..][..l.blk]);
+                let mut a: [&[i8]; T] = [&[]; T];
+                for (i, a) in a.iter_mut().enumerate() {
+                    *a = &acts.qs[(t0 + i) * acts.n_in + b * l.blk..][..l.blk];
+                }
                 let mut isum = [_mm256_setzero_si256(); T];
                 for c in 0..l.blk / 32 {
                     let u = unpack::<F>(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()]);
@@ -195,7 +197,10 @@ macro_rules! kernels {
                         }
                     }
                 }
-                let da: [__m256; T] = std::array::from_fn(|i| _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
+                let mut da = [_mm256_setzero_ps(); T];
+                for (i, da) in da.iter_mut().enumerate() {
+                    *da = _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]);
+                }
                 for i in 0..T {
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, da[i]), acc[i]);
                 }

@@ -122,7 +122,7 @@ impl std::error::Error for QuantError {}
 /// Zero-copy view of raw tensor bytes as blocks. Never fails on alignment (see module docs),
 /// only when `bytes.len()` is not a multiple of the block size.
 pub fn cast_blocks<B: QuantBlock>(bytes: &[u8]) -> Result<&[B], QuantError> {
-    if bytes.len() % B::BLOCK_BYTES != 0 {
+    if !bytes.len().is_multiple_of(B::BLOCK_BYTES) {
         return Err(QuantError::PartialBlockBytes {
             ty: B::NAME,
             len: bytes.len(),
@@ -176,7 +176,7 @@ pub fn quantize_row_into<B: QuantizeBlock>(src: &[f32], out: &mut [B]) -> Result
 }
 
 fn check_elems<B: QuantBlock>(len: usize) -> Result<(), QuantError> {
-    if len % B::BLOCK_ELEMS != 0 {
+    if !len.is_multiple_of(B::BLOCK_ELEMS) {
         return Err(QuantError::PartialBlockElems { ty: B::NAME, len, block_elems: B::BLOCK_ELEMS });
     }
     Ok(())
@@ -370,7 +370,7 @@ impl QuantType {
     /// Bytes needed for `n_elems` values; errors unless `n_elems` is a whole number of blocks.
     pub fn row_bytes(self, n_elems: usize) -> Result<usize, QuantError> {
         let block_elems = self.block_elems();
-        if n_elems % block_elems != 0 {
+        if !n_elems.is_multiple_of(block_elems) {
             return Err(QuantError::PartialBlockElems { ty: self.name(), len: n_elems, block_elems });
         }
         Ok(n_elems / block_elems * self.block_bytes())
