@@ -196,7 +196,7 @@ pub fn run(
             }
             if let Some(b) = bandwidths.first() {
                 println!(
-                    "\nmemory bandwidth: {} (summing 256 MiB; threads {:?}); floor = bandwidth ÷ weight bytes read per token",
+                    "\nmemory bandwidth: {} (median of 5 passes summing 2 GiB; threads {:?}); floor = bandwidth ÷ weight bytes read per token",
                     threads
                         .iter()
                         .zip(&bandwidths)

@@ -140,28 +140,33 @@ impl Engine {
     }
 }
 
-/// Memory read bandwidth in bytes per second with `threads` threads: the best of a few
-/// passes summing a 256 MiB buffer (well past any cache) (each thread streams its own part).
+/// Memory read bandwidth in bytes/s with `threads` threads: summing a 2 GiB array (far past
+/// any cache, each thread streaming its own part), the median of five passes so that one
+/// lucky or unlucky pass does not set the generation floor.
 pub fn memory_bandwidth(threads: usize) -> f64 {
-    const BYTES: usize = 256 << 20;
     let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
         Ok(p) => p,
         Err(_) => return 0.0,
     };
     pool.install(|| {
-        let buf: Vec<u64> = (0..BYTES / 8).into_par_iter().map(|i| i as u64).collect();
-        let mut best = 0f64;
-        for _ in 0..4 {
-            let t0 = Instant::now();
-            let s: u64 =
-                buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
-            let dt = t0.elapsed().as_secs_f64();
-            std::hint::black_box(s);
-            best = best.max(BYTES as f64 / dt);
-        }
-        best
+        let buf: Vec<u64> = (0..BANDWIDTH_BYTES / 8).into_par_iter().map(|i| i as u64).collect();
+        let mut rates: Vec<f64> = (0..5)
+            .map(|_| {
+                let t0 = Instant::now();
+                let s: u64 =
+                    buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum();
+                let dt = t0.elapsed().as_secs_f64();
+                std::hint::black_box(s);
+                BANDWIDTH_BYTES as f64 / dt
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
     })
 }
+
+/// Bytes summed by [`memory_bandwidth`].
+pub const BANDWIDTH_BYTES: usize = 2 << 30;
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`; `None` elsewhere).
 pub fn peak_rss_bytes() -> Option<u64> {

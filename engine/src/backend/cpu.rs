@@ -308,19 +308,21 @@ impl Backend for CpuBackend {
             k_off: g * p.head_dim,
             v_off: g * p.head_dim_v,
         };
-        out[..n * ow].par_chunks_mut(p.head_dim_v).enumerate().for_each_init(
+        let heads = heads_per_job(n, p.n_head, group, rayon::current_num_threads());
+        let jobs_per_row = p.n_head / heads;
+        out[..n * ow].par_chunks_mut(heads * p.head_dim_v).enumerate().for_each_init(
             HeadScratch::default,
             |sc, (job, o)| {
-                let (row, h) = (job / p.n_head, job % p.n_head);
-                let g = h / group;
-                let qh = &q[row * qw + h * p.head_dim..row * qw + (h + 1) * p.head_dim];
+                let (row, h0) = (job / jobs_per_row, job % jobs_per_row * heads);
+                let g = h0 / group;
+                let qh = &q[row * qw + h0 * p.head_dim..row * qw + (h0 + heads) * p.head_dim];
                 let pos = batch.positions[row] as usize;
                 let table = &batch.tables[batch.table_of_row[row] as usize];
                 let first = match p.window {
                     Some(w) => (pos + 1).saturating_sub(w),
                     None => 0,
                 };
-                attend(qh, &head_kv(g), table, first..pos + 1, p, sc, o);
+                attend(qh, heads, &head_kv(g), table, first..pos + 1, p, sc, o);
             },
         );
     }
@@ -442,11 +444,26 @@ struct HeadScratch {
     acc2: Vec<f32>,
 }
 
-/// One head's attention over keys `range` of a sequence, online softmax (no score matrix),
-/// in runs of consecutive slots (one cache block each).
+/// Query heads per attention job: a divisor of the GQA group (heads sharing a KV head
+/// share each key and value load), as large as possible while the jobs still keep every
+/// thread busy and evenly loaded.
+fn heads_per_job(rows: usize, n_head: usize, group: usize, threads: usize) -> usize {
+    (1..=group.min(attn::MAX_HEADS))
+        .rev()
+        .filter(|d| group.is_multiple_of(*d))
+        .find(|d| {
+            let jobs = rows * n_head / d;
+            jobs >= threads && (jobs.is_multiple_of(threads) || jobs >= 4 * threads)
+        })
+        .unwrap_or(1)
+}
+
+/// Attention of `heads` query heads (sharing one KV head) over keys `range` of a sequence,
+/// online softmax (no score matrix), in runs of consecutive slots (one cache block each).
 #[allow(clippy::too_many_arguments)]
 fn attend(
     q: &[f32],
+    heads: usize,
     kv: &HeadKv,
     table: &[u32],
     range: Range<usize>,
@@ -455,38 +472,44 @@ fn attend(
     out: &mut [f32],
 ) {
     let HeadScratch { q: q16, acc, acc2 } = sc;
-    acc.resize(p.head_dim_v, 0.0);
-    acc2.resize(p.head_dim_v, 0.0);
-    if !p.f16_accum {
-        let mut st = Online::new(acc);
-        attend_range(q, kv, table, range, p, &mut st);
-        let inv = if st.l > 0.0 { 1.0 / st.l } else { 0.0 };
-        out.iter_mut().zip(st.acc.iter()).for_each(|(o, a)| *o = a * inv);
-        return;
-    }
-    q16.clear();
-    q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
+    let dv = p.head_dim_v;
+    acc.resize(heads * dv, 0.0);
+    acc2.resize(heads * dv, 0.0);
+    let q = if p.f16_accum {
+        q16.clear();
+        q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
+        &q16[..]
+    } else {
+        q
+    };
     // llama.cpp splits the keys of a single-row batch across its threads once there are
     // 512 or more (the reference ran with 2), each half accumulated in f16, merged in f32.
-    if p.single_row && range.len() >= SPLIT_KV_MIN {
+    if p.f16_accum && p.single_row && range.len() >= SPLIT_KV_MIN {
         let mid = range.start + range.len().div_ceil(SPLIT_KV_PARTS);
-        let mut s0 = Online::new(acc);
-        attend_range(q16, kv, table, range.start..mid, p, &mut s0);
-        let mut s1 = Online::new(acc2);
-        attend_range(q16, kv, table, mid..range.end, p, &mut s1);
-        let m = s0.m.max(s1.m);
-        let (c0, c1) = ((s0.m - m).exp(), (s1.m - m).exp());
-        let l = s0.l * c0 + s1.l * c1;
-        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-        for ((o, x0), x1) in out.iter_mut().zip(s0.acc.iter()).zip(s1.acc.iter()) {
-            *o = (x0 * c0 + x1 * c1) * inv;
+        let mut s0 = Online::new(heads, acc);
+        attend_range(q, kv, table, range.start..mid, p, &mut s0);
+        let mut s1 = Online::new(heads, acc2);
+        attend_range(q, kv, table, mid..range.end, p, &mut s1);
+        for h in 0..heads {
+            let m = s0.m[h].max(s1.m[h]);
+            let (c0, c1) = ((s0.m[h] - m).exp(), (s1.m[h] - m).exp());
+            let l = s0.l[h] * c0 + s1.l[h] * c1;
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            let (a0, a1) = (&s0.acc[h * dv..(h + 1) * dv], &s1.acc[h * dv..(h + 1) * dv]);
+            for ((o, x0), x1) in out[h * dv..(h + 1) * dv].iter_mut().zip(a0).zip(a1) {
+                *o = (x0 * c0 + x1 * c1) * inv;
+            }
         }
         return;
     }
-    let mut st = Online::new(acc);
-    attend_range(q16, kv, table, range, p, &mut st);
-    let inv = if st.l > 0.0 { 1.0 / st.l } else { 0.0 };
-    out.iter_mut().zip(st.acc.iter()).for_each(|(o, a)| *o = a * inv);
+    let mut st = Online::new(heads, acc);
+    attend_range(q, kv, table, range, p, &mut st);
+    for h in 0..heads {
+        let inv = if st.l[h] > 0.0 { 1.0 / st.l[h] } else { 0.0 };
+        for (o, a) in out[h * dv..(h + 1) * dv].iter_mut().zip(&st.acc[h * dv..(h + 1) * dv]) {
+            *o = a * inv;
+        }
+    }
 }
 
 /// Feeds positions `range` to `st`, one run of consecutive slots per cache block.
@@ -496,7 +519,7 @@ fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &
     while t < range.end {
         let n = (bs - t % bs).min(range.end - t);
         let slot0 = table[t / bs] as usize * bs + t % bs;
-        attn::attend_run(q, kv, slot0, n, p.scale, p.f16_accum, st);
+        attn::attend_run(q, p.head_dim, kv, slot0, n, p.scale, p.f16_accum, st);
         t += n;
     }
 }

@@ -22,28 +22,42 @@ pub struct HeadKv<'a> {
     pub v_off: usize,
 }
 
-/// Running online-softmax state of one head: max score, denominator, `Σ e·v`.
+/// Running online-softmax states of up to [`MAX_HEADS`] heads: max score and denominator
+/// per head, and `Σ e·v` as `heads × dv` values.
 #[derive(Debug)]
 pub struct Online<'a> {
-    pub m: f32,
-    pub l: f32,
+    pub heads: usize,
+    pub m: [f32; MAX_HEADS],
+    pub l: [f32; MAX_HEADS],
     pub acc: &'a mut [f32],
 }
 
 impl<'a> Online<'a> {
-    /// An empty state over `acc` (zeroed here).
-    pub fn new(acc: &'a mut [f32]) -> Self {
+    /// Empty states for `heads` heads over `acc` (`heads × dv`, zeroed here).
+    pub fn new(heads: usize, acc: &'a mut [f32]) -> Self {
+        assert!((1..=MAX_HEADS).contains(&heads) && acc.len().is_multiple_of(heads), "state shape");
         acc.fill(0.0);
-        Self { m: f32::NEG_INFINITY, l: 0.0, acc }
+        Self { heads, m: [f32::NEG_INFINITY; MAX_HEADS], l: [0.0; MAX_HEADS], acc }
+    }
+
+    /// Values per head.
+    pub fn dv(&self) -> usize {
+        self.acc.len() / self.heads
     }
 }
 
 /// Most slots in one run (a KV cache block).
 pub const MAX_RUN: usize = 64;
+/// Most query heads per call (heads sharing one KV head are taken in chunks of this).
+pub const MAX_HEADS: usize = 8;
 
-/// Adds slots `slot0..slot0 + n` (`n <= MAX_RUN`) to `st`: scores `q·k · scale`.
+/// Adds slots `slot0..slot0 + n` (`n <= MAX_RUN`) to the states of `st.heads` query heads
+/// (`q`: `heads × dk`, contiguous) that share one KV head: scores `q·k · scale`. Each key
+/// and value is loaded and converted once for all of them.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_run(
     q: &[f32],
+    dk: usize,
     kv: &HeadKv,
     slot0: usize,
     n: usize,
@@ -51,22 +65,26 @@ pub fn attend_run(
     f16_accum: bool,
     st: &mut Online,
 ) {
-    assert!(n <= MAX_RUN, "run of {n} slots");
-    let dk = q.len();
-    let dv = st.acc.len();
-    assert!((slot0 + n).saturating_sub(1) * kv.k_stride + kv.k_off + dk <= kv.k.len() || n == 0, "keys");
-    assert!((slot0 + n).saturating_sub(1) * kv.v_stride + kv.v_off + dv <= kv.v.len() || n == 0, "values");
+    assert!(n <= MAX_RUN && q.len() == st.heads * dk, "run shape");
+    let dv = st.dv();
+    if n == 0 {
+        return;
+    }
+    assert!((slot0 + n - 1) * kv.k_stride + kv.k_off + dk <= kv.k.len(), "keys out of range");
+    assert!((slot0 + n - 1) * kv.v_stride + kv.v_off + dv <= kv.v.len(), "values out of range");
     #[cfg(target_arch = "x86_64")]
     if super::use_avx2() && dk.is_multiple_of(8) && dv.is_multiple_of(8) {
         // SAFETY: `use_avx2` detected avx2, fma and f16c.
-        return unsafe { avx2::run(q, kv, slot0, n, scale, f16_accum, st) };
+        return unsafe { avx2::run(q, dk, kv, slot0, n, scale, f16_accum, st) };
     }
-    run_body(q, kv, slot0, n, scale, f16_accum, st)
+    attend_run_scalar(q, dk, kv, slot0, n, scale, f16_accum, st)
 }
 
-/// Force the scalar body (tests compare it with the SIMD one).
+/// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_run_scalar(
     q: &[f32],
+    dk: usize,
     kv: &HeadKv,
     slot0: usize,
     n: usize,
@@ -74,12 +92,16 @@ pub fn attend_run_scalar(
     f16_accum: bool,
     st: &mut Online,
 ) {
-    run_body(q, kv, slot0, n, scale, f16_accum, st)
+    let dv = st.dv();
+    for h in 0..st.heads {
+        let acc = &mut st.acc[h * dv..(h + 1) * dv];
+        run_body(&q[h * dk..(h + 1) * dk], kv, slot0, n, scale, f16_accum, &mut st.m[h], &mut st.l[h], acc)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{HeadKv, Online, MAX_RUN};
+    use super::{HeadKv, Online, MAX_HEADS, MAX_RUN};
     use std::arch::x86_64::*;
 
     /// Eight f16 values at `p[i..]` as f32.
@@ -122,25 +144,44 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
+    /// `e^x` for x ≤ 0 (Cephes-style: `x = n·ln2 + r`, a degree-6 polynomial for `e^r`,
+    /// then `2^n` through the exponent bits); about 1 ulp, exactly 1 at 0, ~0 at −∞.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn dot(q: &[f32], k: &[u16]) -> f32 {
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    fn exp(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        let p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
+    }
+
+    /// `e^x` for each of `xs[..n]` (rounded up to a multiple of 8), in place.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn exp_slice(xs: &mut [f32], n: usize) {
         let mut i = 0;
-        while i + 16 <= q.len() {
-            a0 = _mm256_fmadd_ps(ld(q, i), ld16(k, i), a0);
-            a1 = _mm256_fmadd_ps(ld(q, i + 8), ld16(k, i + 8), a1);
-            i += 16;
+        while i < n {
+            st(xs, i, exp(ld(xs, i)));
+            i += 8;
         }
-        if i < q.len() {
-            a0 = _mm256_fmadd_ps(ld(q, i), ld16(k, i), a0);
-        }
-        hsum(_mm256_add_ps(a0, a1))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn run(
         q: &[f32],
+        dk: usize,
         kv: &HeadKv,
         slot0: usize,
         n: usize,
@@ -148,53 +189,113 @@ mod avx2 {
         f16_accum: bool,
         o: &mut Online,
     ) {
-        let dk = q.len();
-        let dv = o.acc.len();
+        match o.heads {
+            1 => heads::<1>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            2 => heads::<2>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            3 => heads::<3>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            4 => heads::<4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            5 => heads::<5>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            6 => heads::<6>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            7 => heads::<7>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            _ => heads::<8>(q, dk, kv, slot0, n, scale, f16_accum, o),
+        }
+    }
+
+    /// Per-head, per-key factors: `[head][key]`.
+    type Rows = [[f32; MAX_RUN]; MAX_HEADS];
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    fn heads<const NH: usize>(
+        q: &[f32],
+        dk: usize,
+        kv: &HeadKv,
+        slot0: usize,
+        n: usize,
+        scale: f32,
+        f16_accum: bool,
+        o: &mut Online,
+    ) {
+        let dv = o.dv();
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
         let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
-        if f16_accum {
-            for j in 0..n {
-                let s = dot(q, key(j)) * scale;
-                let (mut ms, mut vs) = (1f32, 1f32);
-                if s > o.m {
-                    ms = (o.m - s).exp();
-                    o.m = s;
-                    let c = _mm256_set1_ps(ms);
-                    for i in (0..dv).step_by(8) {
-                        st(o.acc, i, round16(_mm256_mul_ps(ld(o.acc, i), c)));
+        // 1. Scores: each key converted once for every head.
+        let mut s: Rows = [[0f32; MAX_RUN]; MAX_HEADS];
+        for j in 0..n {
+            let k = key(j);
+            let mut acc = [_mm256_setzero_ps(); NH];
+            for i in (0..dk).step_by(8) {
+                let k8 = ld16(k, i);
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(ld(q, h * dk + i), k8, *acc);
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                s[h][j] = hsum(*acc) * scale;
+            }
+        }
+        // 2. Softmax factors: `vs` weights the value, `ms` rescales the running sum first.
+        let mut vs: Rows = [[0f32; MAX_RUN]; MAX_HEADS];
+        let mut ms: Rows = [[0f32; MAX_RUN]; MAX_HEADS];
+        let mut rescale = [false; MAX_RUN];
+        for h in 0..NH {
+            let (m, l) = (&mut o.m[h], &mut o.l[h]);
+            if f16_accum {
+                // Key by key as llama.cpp: a new max rescales the (rounded) sum, otherwise
+                // the value is weighted by e^(s - m).
+                for j in 0..n {
+                    if s[h][j] > *m {
+                        (ms[h][j], vs[h][j]) = (*m - s[h][j], 0.0);
+                        *m = s[h][j];
+                        rescale[j] = true;
+                    } else {
+                        (ms[h][j], vs[h][j]) = (0.0, s[h][j] - *m);
                     }
-                } else {
-                    vs = (s - o.m).exp();
                 }
-                let e = _mm256_set1_ps(vs);
-                let v = val(j);
-                for i in (0..dv).step_by(8) {
-                    st(o.acc, i, round16(_mm256_fmadd_ps(ld16(v, i), e, ld(o.acc, i))));
+                exp_slice(&mut ms[h], n);
+                exp_slice(&mut vs[h], n);
+                for j in 0..n {
+                    *l = *l * ms[h][j] + vs[h][j];
                 }
-                o.l = o.l * ms + vs;
+            } else {
+                // One rescale for the whole run.
+                let mx = s[h][..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let c = if mx > *m { (*m - mx).exp() } else { 1.0 };
+                *m = m.max(mx);
+                *l *= c;
+                ms[h][0] = c;
+                for j in 0..n {
+                    vs[h][j] = s[h][j] - *m;
+                }
+                exp_slice(&mut vs[h], n);
+                *l += vs[h][..n].iter().sum::<f32>();
             }
-            return;
         }
-        let mut s = [0f32; MAX_RUN];
-        for (j, s) in s[..n].iter_mut().enumerate() {
-            *s = dot(q, key(j)) * scale;
-        }
-        let mx = s[..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        if mx > o.m {
-            let c = (o.m - mx).exp();
-            o.l *= c;
-            let cv = _mm256_set1_ps(c);
-            for i in (0..dv).step_by(8) {
-                st(o.acc, i, _mm256_mul_ps(ld(o.acc, i), cv));
+        // 3. Σ e·v, eight outputs at a time held in registers across the keys; each value
+        // converted once for every head.
+        for i in (0..dv).step_by(8) {
+            let mut acc = [_mm256_setzero_ps(); NH];
+            for (h, acc) in acc.iter_mut().enumerate() {
+                *acc = ld(&o.acc[h * dv..], i);
+                if !f16_accum {
+                    *acc = _mm256_mul_ps(*acc, _mm256_set1_ps(ms[h][0]));
+                }
             }
-            o.m = mx;
-        }
-        for (j, &s) in s[..n].iter().enumerate() {
-            let e = (s - o.m).exp();
-            o.l += e;
-            let (ev, v) = (_mm256_set1_ps(e), val(j));
-            for i in (0..dv).step_by(8) {
-                st(o.acc, i, _mm256_fmadd_ps(ld16(v, i), ev, ld(o.acc, i)));
+            for j in 0..n {
+                let v8 = ld16(val(j), i);
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    if f16_accum {
+                        if rescale[j] {
+                            *acc = round16(_mm256_mul_ps(*acc, _mm256_set1_ps(ms[h][j])));
+                        }
+                        *acc = round16(_mm256_fmadd_ps(v8, _mm256_set1_ps(vs[h][j]), *acc));
+                    } else {
+                        *acc = _mm256_fmadd_ps(v8, _mm256_set1_ps(vs[h][j]), *acc);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                st(&mut o.acc[h * dv..], i, *acc);
             }
         }
     }
@@ -226,24 +327,35 @@ fn dot(q: &[f32], k: &[u16]) -> f32 {
 }
 
 #[inline(always)]
-fn run_body(q: &[f32], kv: &HeadKv, slot0: usize, n: usize, scale: f32, f16_accum: bool, st: &mut Online) {
+#[allow(clippy::too_many_arguments)]
+fn run_body(
+    q: &[f32],
+    kv: &HeadKv,
+    slot0: usize,
+    n: usize,
+    scale: f32,
+    f16_accum: bool,
+    m: &mut f32,
+    l: &mut f32,
+    acc: &mut [f32],
+) {
     let dk = q.len();
-    let dv = st.acc.len();
+    let dv = acc.len();
     let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
     let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
     if f16_accum {
         for j in 0..n {
             let s = dot(q, key(j)) * scale;
             let (mut ms, mut vs) = (1f32, 1f32);
-            if s > st.m {
-                ms = (st.m - s).exp();
-                st.m = s;
-                st.acc.iter_mut().for_each(|a| *a = round16(*a * ms));
+            if s > *m {
+                ms = (*m - s).exp();
+                *m = s;
+                acc.iter_mut().for_each(|a| *a = round16(*a * ms));
             } else {
-                vs = (s - st.m).exp();
+                vs = (s - *m).exp();
             }
-            st.acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = round16(h2f(v).mul_add(vs, *a)));
-            st.l = st.l * ms + vs;
+            acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = round16(h2f(v).mul_add(vs, *a)));
+            *l = *l * ms + vs;
         }
         return;
     }
@@ -252,15 +364,15 @@ fn run_body(q: &[f32], kv: &HeadKv, slot0: usize, n: usize, scale: f32, f16_accu
         *s = dot(q, key(j)) * scale;
     }
     let mx = s[..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    if mx > st.m {
-        let c = (st.m - mx).exp();
-        st.l *= c;
-        st.acc.iter_mut().for_each(|a| *a *= c);
-        st.m = mx;
+    if mx > *m {
+        let c = (*m - mx).exp();
+        *l *= c;
+        acc.iter_mut().for_each(|a| *a *= c);
+        *m = mx;
     }
     for (j, &s) in s[..n].iter().enumerate() {
-        let e = (s - st.m).exp();
-        st.l += e;
-        st.acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = h2f(v).mul_add(e, *a));
+        let e = (s - *m).exp();
+        *l += e;
+        acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = h2f(v).mul_add(e, *a));
     }
 }
