@@ -157,7 +157,7 @@ mod avx2 {
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
         let r2 = _mm256_mul_ps(r, r);
@@ -221,6 +221,7 @@ mod avx2 {
         let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
         // 1. Scores: each key converted once for every head.
         let mut s: Rows = [[0f32; MAX_RUN]; MAX_HEADS];
+        #[allow(clippy::needless_range_loop)] // `j` indexes the rows of every head
         for j in 0..n {
             let k = key(j);
             let mut acc = [_mm256_setzero_ps(); NH];
