@@ -19,6 +19,9 @@ struct Row {
     bandwidth: f64,
     bytes_per_token: u64,
     peak_rss: Option<u64>,
+    /// Seconds spent repacking weights at load, and the kernel variant.
+    repack_s: f64,
+    variant: Option<&'static str>,
 }
 
 impl Row {
@@ -72,6 +75,8 @@ impl Row {
             "floor_ts": floor,
             "floor_fraction": floor.map(|f| self.sample.avg_ts() / f),
             "peak_rss_bytes": self.peak_rss,
+            "repack_ms": self.repack_s * 1e3,
+            "kernel_variant": self.variant,
         })
     }
 }
@@ -114,6 +119,17 @@ pub fn run(
                 LoadOptions { threads: Some(t), ctx: Some(max_tokens.max(16)), backend, prefetch: None };
             let mut engine = Engine::load(model, &opts).map_err(|e| format!("{}: {e}", model.display()))?;
             let file = engine.file().clone();
+            let prep = engine.prepare_stats();
+            if prep.matrices > 0 {
+                eprintln!(
+                    "{}: repacked {} matrices ({}) for {} in {:.0} ms",
+                    model.display(),
+                    prep.matrices,
+                    human_bytes(prep.bytes as u64),
+                    prep.variant.unwrap_or("?"),
+                    prep.seconds * 1e3
+                );
+            }
             for &d in depths {
                 let mut samples = Vec::new();
                 for &p in n_prompt.iter().filter(|&&p| p > 0) {
@@ -136,6 +152,8 @@ pub fn run(
                         bandwidth: bandwidths[ti],
                         bytes_per_token: engine.bytes_per_token(),
                         peak_rss: peak_rss_bytes(),
+                        repack_s: prep.seconds,
+                        variant: prep.variant,
                     });
                 }
             }

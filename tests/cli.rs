@@ -132,6 +132,7 @@ fn bench_json_uses_llama_bench_fields() {
         );
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
         assert!(r["bandwidth_gbs"].as_f64().unwrap() > 0.0);
+        assert!(r["repack_ms"].as_f64().unwrap() >= 0.0, "repack time reported");
         if r["n_gen"] == 4 {
             assert!(r["floor_ts"].as_f64().unwrap() > 0.0 && r["floor_fraction"].as_f64().is_some());
         }

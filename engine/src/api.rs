@@ -319,6 +319,12 @@ impl Engine {
         self.load_time
     }
 
+    /// What preparing the weights at load cost (repacking for the SIMD kernels).
+    pub fn prepare_stats(&self) -> crate::backend::PrepareStats {
+        use crate::backend::Backend;
+        self.model.backend().prepare_stats()
+    }
+
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         use crate::backend::Backend;
