@@ -13,7 +13,7 @@ fn input_a() -> Vec<f32> {
         .map(|i: usize| {
             let v = ((i * 7919 + 13) % 1009) as f32 - 504.0;
             let v = v / 97.0;
-            if i % 61 == 0 {
+            if i.is_multiple_of(61) {
                 v * 8.0
             } else {
                 v
