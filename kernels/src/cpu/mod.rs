@@ -1,12 +1,13 @@
-//! CPU matmul: `out = x · Wᵀ` with W in any block format. Activations are quantized once
-//! per call to the weight's dot format (Q8_0 / Q8_1 / Q8_K, or f16/bf16 rounding for float
-//! weights, as ggml does), then rayon splits the output rows; the inner dot products are
-//! compiled twice, plain and with AVX2+FMA, and the AVX2 copy is chosen at run time.
+//! CPU kernels. The fast matmul is [`packed`] (weights repacked at load, AVX2 / AVX-512
+//! VNNI bodies in `x86`); [`matmul`] here serves every other format and CPU: activations
+//! quantized once per call to the weight's dot format (Q8_0 / Q8_1 / Q8_K, or f16/bf16
+//! rounding for float weights, as ggml does), rayon over output rows, inner dot products
+//! ([`dot`], also the scalar reference) compiled twice, plain and with AVX2+FMA, the AVX2
+//! copy chosen at run time. [`attn`] holds attention over the f16 KV cache.
 
 pub mod attn;
 pub mod dot;
 pub mod packed;
-pub mod vec;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -414,16 +414,17 @@ pub struct PackScratch {
 pub(crate) struct Acts<'a> {
     /// `n × n_in` codes.
     pub qs: &'a [i8],
-    /// Per token and block: the activation scale.
+    /// Per token (stride `n_in / blk`) and block: the activation scale.
     pub d: &'a [f32],
-    /// `d·Σa` per block (Q4_1).
+    /// Per token (stride `s_stride`) and block: `d·Σa` (Q4_1 only; one unused slot per
+    /// token otherwise).
     pub s: &'a [f32],
-    /// Per token (stride `s_stride`) and block: `d·Σa` (Q4_1).
     pub s_stride: usize,
-    /// Per token (stride `iz_stride`) and block: the side values of
-    /// [`Layout::iz_per_block`].
+    /// Per token (stride `iz_stride`) and block: the `i32` side values of
+    /// [`Layout::iz_per_block`] (one unused slot per token when there are none).
     pub iz: &'a [i32],
     pub iz_stride: usize,
+    /// Values per token.
     pub n_in: usize,
 }
 
