@@ -98,7 +98,7 @@ impl BlockTables {
             return;
         }
         let keep = len.div_ceil(BLOCK_SIZE);
-        for b in t.blocks.drain(keep..) {
+        for b in t.blocks.drain(keep..).rev() {
             Self::release(&mut self.refcount, &mut self.free, b);
         }
         t.len = len;
@@ -107,7 +107,7 @@ impl BlockTables {
     /// Drops a sequence and releases its blocks.
     pub fn remove(&mut self, seq: SeqId) {
         if let Some(t) = self.tables.remove(&seq) {
-            for b in t.blocks {
+            for b in t.blocks.into_iter().rev() {
                 Self::release(&mut self.refcount, &mut self.free, b);
             }
         }
@@ -128,6 +128,10 @@ impl BlockTables {
         n_blocks * BLOCK_SIZE
     }
 
+    /// Callers release a sequence's blocks last to first, so the free stack hands them out
+    /// again in ascending order: a sequence's cache stays one forward stream in memory,
+    /// which the CPU's prefetchers follow (descending blocks made decode at depth wait on
+    /// memory).
     fn release(refcount: &mut [u32], free: &mut Vec<u32>, b: u32) {
         let r = &mut refcount[b as usize];
         *r -= 1;
@@ -157,6 +161,19 @@ mod tests {
         assert_eq!(t.seq_len(8), 0, "failed append changes nothing");
         t.remove(7);
         assert_eq!(t.n_free(), 4);
+    }
+
+    #[test]
+    fn reused_blocks_come_back_in_ascending_order() {
+        let mut t = BlockTables::new(8);
+        t.append(1, 8 * BLOCK_SIZE).unwrap();
+        assert_eq!(t.table(1), &[0, 1, 2, 3, 4, 5, 6, 7]);
+        t.truncate(1, 2 * BLOCK_SIZE);
+        t.append(1, 3 * BLOCK_SIZE).unwrap();
+        assert_eq!(t.table(1), &[0, 1, 2, 3, 4]);
+        t.remove(1);
+        t.append(2, 8 * BLOCK_SIZE).unwrap();
+        assert_eq!(t.table(2), &[0, 1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]

@@ -180,8 +180,9 @@ impl<B: Backend> Model<B> {
         let kv = backend.alloc_kv(
             cfg.n_layers,
             n_blocks * BLOCK_SIZE,
-            cfg.n_head_kv * cfg.head_dim,
-            cfg.n_head_kv * cfg.head_dim_v,
+            cfg.n_head_kv,
+            cfg.head_dim,
+            cfg.head_dim_v,
         )?;
         let ropes = (0..cfg.n_layers).map(|il| rope_params(&cfg, il)).collect();
         Ok(Model {

@@ -1,7 +1,9 @@
 //! The SIMD attention run against its scalar body, both accumulation modes, random data,
 //! odd head sizes and run lengths.
 
-use ferrite_kernels::cpu::attn::{attend_run, attend_run_scalar, HeadKv, Online, MAX_HEADS, MAX_RUN};
+use ferrite_kernels::cpu::attn::{
+    attend_run_scalar, attend_run_with, AttnKernel, HeadKv, Online, MAX_HEADS, MAX_RUN,
+};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -14,10 +16,25 @@ fn f16_bits(rng: &mut StdRng, n: usize) -> Vec<u16> {
 fn simd_run_matches_scalar() {
     let mut rng = StdRng::seed_from_u64(3);
     // (key dim, value dim, query heads sharing the KV head)
-    for &(dk, dv, heads) in
-        &[(8usize, 8usize, 1usize), (64, 64, 7), (24, 40, 3), (256, 256, 2), (12, 20, 2), (64, 64, MAX_HEADS)]
-    {
-        let slots = 3 * MAX_RUN;
+    let kernels = AttnKernel::available();
+    eprintln!("kernels: {kernels:?}");
+    for (kernel, &(dk, dv, heads)) in kernels.iter().flat_map(|k| {
+        [
+            (8usize, 8usize, 1usize),
+            (64, 64, 7),
+            (24, 40, 3),
+            (256, 256, 2),
+            (12, 20, 2),
+            (64, 64, MAX_HEADS),
+            (32, 48, 4),
+            (128, 128, 6),
+            (16, 80, 5),
+            (64, 64, 3),
+        ]
+        .iter()
+        .map(move |s| (*k, s))
+    }) {
+        let slots = 4 * MAX_RUN;
         let (ks, vs) = (2 * dk + 5, 2 * dv + 3); // two KV heads, padded slot strides
         let k = f16_bits(&mut rng, slots * ks);
         let v = f16_bits(&mut rng, slots * vs);
@@ -29,8 +46,8 @@ fn simd_run_matches_scalar() {
                 let (mut sa, mut sb) = (Online::new(heads, &mut a), Online::new(heads, &mut b));
                 // Several runs of odd lengths, continuing one state.
                 let mut slot = 1;
-                for n in [1usize, 17, MAX_RUN, 5, 33] {
-                    attend_run(&q, dk, &kv, slot, n, 0.37, f16_accum, &mut sa);
+                for n in [1usize, 17, MAX_RUN, 5, MAX_RUN - 1, 8] {
+                    attend_run_with(kernel, &q, dk, &kv, slot, n, 0.37, f16_accum, &mut sa);
                     attend_run_scalar(&q, dk, &kv, slot, n, 0.37, f16_accum, &mut sb);
                     slot += n;
                 }
@@ -45,7 +62,7 @@ fn simd_run_matches_scalar() {
                     for (x, y) in sa.acc[h * dv..(h + 1) * dv].iter().zip(&sb.acc[h * dv..(h + 1) * dv]) {
                         assert!(
                             (x - y).abs() <= tol * l.max(1.0),
-                            "dk={dk} dv={dv} f16={f16_accum}: {x} vs {y}"
+                            "{kernel:?} dk={dk} dv={dv} heads={heads} f16={f16_accum}: {x} vs {y}"
                         );
                     }
                 }

@@ -125,13 +125,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A zeroed buffer of `len` f32.
     fn alloc(&self, len: usize) -> Self::Buf;
 
-    /// KV storage: `n_layers × n_slots` entries of `n_head_kv × head_dim` keys and values.
+    /// KV storage: `n_layers × n_slots` entries (`n_slots` a multiple of the cache block
+    /// size) of `n_head_kv` heads of `head_dim` keys and `head_dim_v` values. The layout is
+    /// the backend's own.
     fn alloc_kv(
         &self,
         n_layers: usize,
         n_slots: usize,
-        kv_width: usize,
-        v_width: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        head_dim_v: usize,
     ) -> Result<Self::Kv, EngineError>;
 
     /// Copies host data into a buffer (first `data.len()` values).

@@ -46,8 +46,8 @@ impl<'a> Online<'a> {
     }
 }
 
-/// Most slots in one run (a KV cache block).
-pub const MAX_RUN: usize = 64;
+/// Most slots in one run (a KV cache block: the engine's blocks hold 32 slots).
+pub const MAX_RUN: usize = 32;
 /// Most query heads per call (heads sharing one KV head are taken in chunks of this).
 pub const MAX_HEADS: usize = 8;
 
@@ -65,6 +65,87 @@ pub fn attend_run(
     f16_accum: bool,
     st: &mut Online,
 ) {
+    let kernel = AttnKernel::best();
+    let kernel = if kernel.fits(dk, st.dv()) { kernel } else { AttnKernel::Avx2 };
+    attend_run_with(kernel, q, dk, kv, slot0, n, scale, f16_accum, st)
+}
+
+/// The instruction sets [`attend_run`] has a body for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    Scalar,
+    /// AVX2 + FMA + F16C, 8 lanes; head sizes that are multiples of 8.
+    Avx2,
+    /// AVX-512F, 16 lanes, more independent accumulators; head sizes that are multiples of 16.
+    Avx512,
+}
+
+impl AttnKernel {
+    /// Every kernel this CPU runs, scalar first (tests compare them all).
+    pub fn available() -> Vec<AttnKernel> {
+        [AttnKernel::Scalar, AttnKernel::Avx2, AttnKernel::Avx512]
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
+    }
+
+    /// Whether this CPU runs the kernel (and scalar is not forced).
+    pub fn supported(self) -> bool {
+        match self {
+            AttnKernel::Scalar => true,
+            AttnKernel::Avx2 => super::use_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            AttnKernel::Avx512 => {
+                super::use_avx2()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            AttnKernel::Avx512 => false,
+        }
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> AttnKernel {
+        [AttnKernel::Avx512, AttnKernel::Avx2]
+            .into_iter()
+            .find(|k| k.supported())
+            .unwrap_or(AttnKernel::Scalar)
+    }
+
+    /// Whether this kernel takes key/value head sizes `dk`/`dv` (else the caller falls back).
+    pub fn fits(self, dk: usize, dv: usize) -> bool {
+        match self {
+            AttnKernel::Scalar => true,
+            AttnKernel::Avx2 => dk.is_multiple_of(8) && dv.is_multiple_of(8),
+            AttnKernel::Avx512 => dk.is_multiple_of(16) && dv.is_multiple_of(16),
+        }
+    }
+
+    /// Name for logs and benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnKernel::Scalar => "scalar",
+            AttnKernel::Avx2 => "avx2",
+            AttnKernel::Avx512 => "avx512",
+        }
+    }
+}
+
+/// [`attend_run`] with a chosen kernel; one this CPU lacks, or that does not fit the head
+/// sizes, runs the scalar body.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_run_with(
+    kernel: AttnKernel,
+    q: &[f32],
+    dk: usize,
+    kv: &HeadKv,
+    slot0: usize,
+    n: usize,
+    scale: f32,
+    f16_accum: bool,
+    st: &mut Online,
+) {
     assert!(n <= MAX_RUN && q.len() == st.heads * dk, "run shape");
     let dv = st.dv();
     if n == 0 {
@@ -72,11 +153,21 @@ pub fn attend_run(
     }
     assert!((slot0 + n - 1) * kv.k_stride + kv.k_off + dk <= kv.k.len(), "keys out of range");
     assert!((slot0 + n - 1) * kv.v_stride + kv.v_off + dv <= kv.v.len(), "values out of range");
+    let ok = kernel.fits(dk, dv) && kernel.supported();
     #[cfg(target_arch = "x86_64")]
-    if super::use_avx2() && dk.is_multiple_of(8) && dv.is_multiple_of(8) {
-        // SAFETY: `use_avx2` detected avx2, fma and f16c.
-        return unsafe { avx2::run(q, dk, kv, slot0, n, scale, f16_accum, st) };
+    match kernel {
+        AttnKernel::Avx2 if ok => {
+            // SAFETY: `available` detected avx2, fma and f16c.
+            return unsafe { avx2::run(q, dk, kv, slot0, n, scale, f16_accum, st) };
+        }
+        AttnKernel::Avx512 if ok => {
+            // SAFETY: `available` detected avx512f/vl (and avx2, fma, f16c); the ranges of
+            // every key and value were asserted above.
+            return unsafe { avx512::run(q, dk, kv, slot0, n, scale, f16_accum, st) };
+        }
+        _ => {}
     }
+    let _ = ok;
     attend_run_scalar(q, dk, kv, slot0, n, scale, f16_accum, st)
 }
 
@@ -166,17 +257,6 @@ mod avx2 {
         _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
     }
 
-    /// `e^x` for each of `xs[..n]` (rounded up to a multiple of 8), in place.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn exp_slice(xs: &mut [f32], n: usize) {
-        let mut i = 0;
-        while i < n {
-            st(xs, i, exp(ld(xs, i)));
-            i += 8;
-        }
-    }
-
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn run(
@@ -201,8 +281,66 @@ mod avx2 {
         }
     }
 
-    /// Per-head, per-key factors: `[head][key]`.
-    type Rows = [[f32; MAX_RUN]; MAX_HEADS];
+    /// Per-key, per-head values: `[key][head]`, the heads of a key in one 8-lane register.
+    pub(super) type Cols = [[f32; MAX_HEADS]; MAX_RUN];
+
+    /// Softmax factors of a run, all heads at once (one lane each), updating each head's max
+    /// and denominator. `s` holds the scores on entry and the value weights on return. In
+    /// f16 mode `ms[j]` rescales the running sum before key `j` (1 where the max did not
+    /// move; the returned mask has bit `j` set where it moved for one of `o.heads`); in f32 mode
+    /// `ms[0]` rescales it once for the run.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn factors(s: &mut Cols, n: usize, f16_accum: bool, o: &mut Online, ms: &mut Cols) -> u64 {
+        let lanes = (1i32 << o.heads) - 1;
+        let row = |c: &Cols, j: usize| ld(&c[j], 0);
+        let put = |c: &mut Cols, j: usize, v: __m256| st(&mut c[j], 0, v);
+        let mut m = ld(&o.m, 0);
+        let mut l = ld(&o.l, 0);
+        let mut rescale = 0u64;
+        if f16_accum {
+            // Key by key as llama.cpp: a new max rescales the sum by e^(m_old - m) and the
+            // key weighs 1; otherwise the rescale is e^0 = 1 and the key weighs e^(s - m).
+            for j in 0..n {
+                let sj = row(s, j);
+                let moved = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sj, m)) & lanes;
+                let e = if moved != 0 {
+                    // Skipped when no head's max moved (most keys): the rescale is then 1.
+                    rescale |= 1 << j;
+                    let mn = _mm256_max_ps(m, sj);
+                    let c = exp(_mm256_sub_ps(m, mn));
+                    let e = exp(_mm256_sub_ps(sj, mn));
+                    l = _mm256_fmadd_ps(l, c, e);
+                    m = mn;
+                    put(ms, j, c);
+                    e
+                } else {
+                    let e = exp(_mm256_sub_ps(sj, m));
+                    l = _mm256_add_ps(l, e);
+                    e
+                };
+                put(s, j, e);
+            }
+        } else {
+            // One rescale for the whole run.
+            let mut mx = m;
+            for j in 0..n {
+                mx = _mm256_max_ps(mx, row(s, j));
+            }
+            let c = exp(_mm256_sub_ps(m, mx));
+            let mut sum = _mm256_setzero_ps();
+            for j in 0..n {
+                let e = exp(_mm256_sub_ps(row(s, j), mx));
+                sum = _mm256_add_ps(sum, e);
+                put(s, j, e);
+            }
+            l = _mm256_fmadd_ps(l, c, sum);
+            m = mx;
+            put(ms, 0, c);
+        }
+        st(&mut o.m, 0, m);
+        st(&mut o.l, 0, l);
+        rescale
+    }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
@@ -220,9 +358,8 @@ mod avx2 {
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
         let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
         // 1. Scores: each key converted once for every head.
-        let mut s: Rows = [[0f32; MAX_RUN]; MAX_HEADS];
-        #[allow(clippy::needless_range_loop)] // `j` indexes the rows of every head
-        for j in 0..n {
+        let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
+        for (j, s) in s.iter_mut().enumerate().take(n) {
             let k = key(j);
             let mut acc = [_mm256_setzero_ps(); NH];
             for i in (0..dk).step_by(8) {
@@ -232,71 +369,276 @@ mod avx2 {
                 }
             }
             for (h, acc) in acc.iter().enumerate() {
-                s[h][j] = hsum(*acc) * scale;
+                s[h] = hsum(*acc) * scale;
             }
         }
-        // 2. Softmax factors: `vs` weights the value, `ms` rescales the running sum first.
-        let mut vs: Rows = [[0f32; MAX_RUN]; MAX_HEADS];
-        let mut ms: Rows = [[0f32; MAX_RUN]; MAX_HEADS];
-        let mut rescale = [false; MAX_RUN];
-        for h in 0..NH {
-            let (m, l) = (&mut o.m[h], &mut o.l[h]);
-            if f16_accum {
-                // Key by key as llama.cpp: a new max rescales the (rounded) sum, otherwise
-                // the value is weighted by e^(s - m).
-                for j in 0..n {
-                    if s[h][j] > *m {
-                        (ms[h][j], vs[h][j]) = (*m - s[h][j], 0.0);
-                        *m = s[h][j];
-                        rescale[j] = true;
-                    } else {
-                        (ms[h][j], vs[h][j]) = (0.0, s[h][j] - *m);
-                    }
-                }
-                exp_slice(&mut ms[h], n);
-                exp_slice(&mut vs[h], n);
-                for j in 0..n {
-                    *l = *l * ms[h][j] + vs[h][j];
-                }
-            } else {
-                // One rescale for the whole run.
-                let mx = s[h][..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let c = if mx > *m { (*m - mx).exp() } else { 1.0 };
-                *m = m.max(mx);
-                *l *= c;
-                ms[h][0] = c;
-                for j in 0..n {
-                    vs[h][j] = s[h][j] - *m;
-                }
-                exp_slice(&mut vs[h], n);
-                *l += vs[h][..n].iter().sum::<f32>();
-            }
-        }
-        // 3. Σ e·v, eight outputs at a time held in registers across the keys; each value
+        let mut ms: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
+        let rescale = factors(&mut s, n, f16_accum, o, &mut ms);
+        let vs = &s;
+        // 2. Σ e·v, eight outputs at a time held in registers across the keys; each value
         // converted once for every head.
         for i in (0..dv).step_by(8) {
             let mut acc = [_mm256_setzero_ps(); NH];
             for (h, acc) in acc.iter_mut().enumerate() {
                 *acc = ld(&o.acc[h * dv..], i);
                 if !f16_accum {
-                    *acc = _mm256_mul_ps(*acc, _mm256_set1_ps(ms[h][0]));
+                    *acc = _mm256_mul_ps(*acc, _mm256_set1_ps(ms[0][h]));
                 }
             }
             for j in 0..n {
                 let v8 = ld16(val(j), i);
                 for (h, acc) in acc.iter_mut().enumerate() {
                     if f16_accum {
-                        if rescale[j] {
-                            *acc = round16(_mm256_mul_ps(*acc, _mm256_set1_ps(ms[h][j])));
+                        if rescale >> j & 1 != 0 {
+                            *acc = round16(_mm256_mul_ps(*acc, _mm256_set1_ps(ms[j][h])));
                         }
-                        *acc = round16(_mm256_fmadd_ps(v8, _mm256_set1_ps(vs[h][j]), *acc));
+                        *acc = round16(_mm256_fmadd_ps(v8, _mm256_set1_ps(vs[j][h]), *acc));
                     } else {
-                        *acc = _mm256_fmadd_ps(v8, _mm256_set1_ps(vs[h][j]), *acc);
+                        *acc = _mm256_fmadd_ps(v8, _mm256_set1_ps(vs[j][h]), *acc);
                     }
                 }
             }
             for (h, acc) in acc.iter().enumerate() {
                 st(&mut o.acc[h * dv..], i, *acc);
+            }
+        }
+    }
+}
+
+/// The AVX-512 body: 16 lanes; scores of a key for all heads summed horizontally together,
+/// and `Σ e·v` held in up to `NH × G` independent registers, so the f16 mode's
+/// multiply-add → round → reload chains of different heads overlap.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::avx2::{factors, Cols};
+    use super::{HeadKv, Online, MAX_HEADS, MAX_RUN};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    /// # Safety
+    /// Every key `slot0..slot0 + n` (`dk` values) and value (`o.dv()` values) lies inside
+    /// `kv`; `dk` and `o.dv()` are multiples of 16; `n <= MAX_RUN`.
+    pub(super) unsafe fn run(
+        q: &[f32],
+        dk: usize,
+        kv: &HeadKv,
+        slot0: usize,
+        n: usize,
+        scale: f32,
+        f16_accum: bool,
+        o: &mut Online,
+    ) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe {
+            match o.heads {
+                1 => heads::<1, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                2 => heads::<2, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                3 => heads::<3, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                4 => heads::<4, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                5 => heads::<5, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                6 => heads::<6, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                7 => heads::<7, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                _ => heads::<8, 2>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            }
+        }
+    }
+
+    /// Sixteen f16 values at `p` as f32.
+    ///
+    /// # Safety
+    /// `p..p + 16` is readable.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn ld16(p: *const u16) -> __m512 {
+        // SAFETY: the caller's contract; the load is unaligned.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
+    }
+
+    /// f32 → f16 → f32 (round to nearest even), as a f16 store and reload would.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn round16(v: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
+    }
+
+    /// The horizontal sums of eight vectors, lane `h` holding `Σ a[h]` (a transpose-and-add
+    /// tree: 12 shuffles and 7 adds for all eight).
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn hsum8(a: &[__m512; 8]) -> __m256 {
+        // Per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3].
+        let l1 = |x, y| _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        // Per 128-bit lane: the lane's partial sums of four vectors, in order.
+        let l2 = |x, y| {
+            _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(x, y), _mm512_shuffle_ps::<0b11_10_11_10>(x, y))
+        };
+        let u0 = l2(l1(a[0], a[1]), l1(a[2], a[3]));
+        let u1 = l2(l1(a[4], a[5]), l1(a[6], a[7]));
+        // [u0: L0+L1, u0: L2+L3, u1: L0+L1, u1: L2+L3]
+        let x = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(u0, u1),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(u0, u1),
+        );
+        let y = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b00_00_10_00>(x, x),
+            _mm512_shuffle_f32x4::<0b00_00_11_01>(x, x),
+        );
+        _mm512_castps512_ps256(y)
+    }
+
+    /// `NH` heads; `G` 16-value chunks of the output per pass over the keys.
+    ///
+    /// # Safety
+    /// As [`run`].
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn heads<const NH: usize, const G: usize>(
+        q: &[f32],
+        dk: usize,
+        kv: &HeadKv,
+        slot0: usize,
+        n: usize,
+        scale: f32,
+        f16_accum: bool,
+        o: &mut Online,
+    ) {
+        debug_assert!(n <= MAX_RUN && NH <= MAX_HEADS && q.len() == NH * dk);
+        let dv = o.dv();
+        let key = |j: usize| kv.k[(slot0 + j) * kv.k_stride + kv.k_off..].as_ptr();
+        // 1. Scores: each key chunk converted once for every head; with four heads or fewer,
+        // even and odd chunks go to separate accumulators (two chains per head).
+        let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
+        let mut j = 0;
+        while j < n {
+            // Two keys at a time: each query chunk loaded once for both.
+            // SAFETY: keys `j..j + P` are in range (the caller's contract).
+            unsafe {
+                if j + 1 < n {
+                    scores::<NH, 2>(q, dk, [key(j), key(j + 1)], scale, &mut s[j..j + 2]);
+                } else {
+                    scores::<NH, 1>(q, dk, [key(j)], scale, &mut s[j..j + 1]);
+                }
+            }
+            j += 2;
+        }
+        let mut ms: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
+        let rescale = factors(&mut s, n, f16_accum, o, &mut ms);
+        let vs = &s;
+        // 2. Σ e·v: `G` chunks of 16 outputs per head in registers across the keys.
+        let mut i = 0;
+        while i < dv {
+            let g = if i + 16 * G <= dv { G } else { 1 };
+            // SAFETY: values `i..i + 16·g` of every value row are in range (the caller's
+            // contract; `dv` is a multiple of 16).
+            unsafe {
+                match (g == G, f16_accum) {
+                    (true, false) => pass::<NH, G, false>(kv, slot0, n, i, vs, &ms, rescale, o),
+                    (true, true) => pass::<NH, G, true>(kv, slot0, n, i, vs, &ms, rescale, o),
+                    (false, false) => pass::<NH, 1, false>(kv, slot0, n, i, vs, &ms, rescale, o),
+                    (false, true) => pass::<NH, 1, true>(kv, slot0, n, i, vs, &ms, rescale, o),
+                }
+            }
+            i += 16 * g;
+        }
+    }
+
+    /// Scores `q·k · scale` of `P` keys for `NH` heads into `out[key][head]`; with four heads
+    /// or fewer, even and odd chunks go to separate accumulators (two chains per head).
+    ///
+    /// # Safety
+    /// Each key pointer has `dk` readable values; `q` holds `NH × dk`; `dk % 16 == 0`.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scores<const NH: usize, const P: usize>(
+        q: &[f32],
+        dk: usize,
+        keys: [*const u16; P],
+        scale: f32,
+        out: &mut [[f32; MAX_HEADS]],
+    ) {
+        let split = NH <= 4;
+        let mut acc = [[_mm512_setzero_ps(); 8]; P];
+        for c in 0..dk / 16 {
+            // SAFETY: the caller's contract.
+            let kc = keys.map(|kp| unsafe { ld16(kp.add(16 * c)) });
+            let slot = if split { 4 * (c & 1) } else { 0 };
+            for h in 0..NH {
+                // SAFETY: `q` holds `NH × dk` values (the caller's contract).
+                let qc = unsafe { _mm512_loadu_ps(q.as_ptr().add(h * dk + 16 * c)) };
+                for (acc, kc) in acc.iter_mut().zip(&kc) {
+                    acc[slot + h] = _mm512_fmadd_ps(qc, *kc, acc[slot + h]);
+                }
+            }
+        }
+        for (acc, out) in acc.iter().zip(out.iter_mut()) {
+            let mut sums = _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale));
+            if split {
+                // Lanes 4..8 hold the odd chunks of heads 0..4.
+                sums = _mm256_add_ps(sums, _mm256_permute2f128_ps::<0x81>(sums, sums));
+            }
+            // SAFETY: `out` holds 8 writable f32.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+        }
+    }
+
+    /// Outputs `i..i + 16·G` of every head over keys `0..n`.
+    ///
+    /// # Safety
+    /// Those outputs of every value row `slot0..slot0 + n` lie inside `kv.v`.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn pass<const NH: usize, const G: usize, const F16: bool>(
+        kv: &HeadKv,
+        slot0: usize,
+        n: usize,
+        i: usize,
+        vs: &Cols,
+        ms: &Cols,
+        rescale: u64,
+        o: &mut Online,
+    ) {
+        let dv = o.dv();
+        let mut acc = [[_mm512_setzero_ps(); G]; NH];
+        for (h, acc) in acc.iter_mut().enumerate() {
+            for (g, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the slice holds 16 readable f32; the load is unaligned.
+                *a = unsafe { _mm512_loadu_ps(o.acc[h * dv + i + 16 * g..][..16].as_ptr()) };
+                if !F16 {
+                    *a = _mm512_mul_ps(*a, _mm512_set1_ps(ms[0][h]));
+                }
+            }
+        }
+        let base = kv.v[slot0 * kv.v_stride + kv.v_off + i..].as_ptr();
+        for j in 0..n {
+            let mut v = [_mm512_setzero_ps(); G];
+            for (g, v) in v.iter_mut().enumerate() {
+                // SAFETY: the caller's contract.
+                *v = unsafe { ld16(base.add(j * kv.v_stride + 16 * g)) };
+            }
+            if F16 && rescale >> j & 1 != 0 {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let c = _mm512_set1_ps(ms[j][h]);
+                    for a in acc.iter_mut() {
+                        *a = round16(_mm512_mul_ps(*a, c));
+                    }
+                }
+            }
+            for h in 0..NH {
+                let e = _mm512_set1_ps(vs[j][h]);
+                for (a, v) in acc[h].iter_mut().zip(&v) {
+                    *a = _mm512_fmadd_ps(*v, e, *a);
+                    if F16 {
+                        *a = round16(*a);
+                    }
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            for (g, a) in acc.iter().enumerate() {
+                // SAFETY: the slice holds 16 writable f32; the store is unaligned.
+                unsafe { _mm512_storeu_ps(o.acc[h * dv + i + 16 * g..][..16].as_mut_ptr(), *a) };
             }
         }
     }
