@@ -2,6 +2,7 @@
 //! log-probabilities of the chosen and the top-N tokens (from the raw model distribution,
 //! before any sampler transform, as OpenAI-style APIs report them).
 
+use ferrite_kernels::cpu::softmax;
 use std::collections::{HashMap, VecDeque};
 
 /// Sampling settings. Defaults are greedy-compatible (temperature 0 means greedy).
@@ -222,36 +223,49 @@ impl Sampler {
 
 /// Index of the largest logit (lowest index on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    softmax::argmax(logits) as u32
 }
 
-/// The `n` largest log-softmax values, best first, and the log-sum-exp of the row.
+/// The `n` largest log-softmax values, best first (lower id first on ties), and the
+/// log-sum-exp of the row. One SIMD pass for the max, one for the sum, one scan that keeps
+/// the best `n` (no vocabulary-sized buffers).
 pub fn top_logprobs(logits: &[f32], n: usize) -> (Vec<(u32, f32)>, f32) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
-    if n == 0 {
-        return (Vec::new(), lse);
+    let max = softmax::max(logits);
+    let lse = softmax::log_sum_exp(logits, max);
+    let n = n.min(logits.len());
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            // Scanning in id order, an equal logit never displaces an earlier id.
+            if l.is_nan() || (top.len() == n && l <= top[n - 1].1) {
+                continue;
+            }
+            let at = top.partition_point(|&(_, t)| t >= l);
+            top.insert(at, (i as u32, l));
+            top.truncate(n);
+        }
     }
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let n = n.min(idx.len());
-    idx.select_nth_unstable_by(n - 1, |&a, &b| {
-        logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b))
-    });
-    idx.truncate(n);
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    (idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect(), lse)
+    (top.into_iter().map(|(i, l)| (i, l - lse)).collect(), lse)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_logprobs_matches_a_full_sort() {
+        // Many ties (values repeat every 1000 ids), and a NaN that must never be chosen.
+        let mut l: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect();
+        l[17] = f32::NAN;
+        for n in [1usize, 5, 20] {
+            let (top, lse) = top_logprobs(&l, n);
+            let mut idx: Vec<u32> = (0..l.len() as u32).filter(|&i| !l[i as usize].is_nan()).collect();
+            idx.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
+            let want: Vec<(u32, f32)> = idx[..n].iter().map(|&i| (i, l[i as usize] - lse)).collect();
+            assert_eq!(top, want, "n = {n}");
+        }
+        assert_eq!(argmax(&[1.0, 3.0, 2.0, 3.0]), 1);
+    }
 
     fn logits() -> Vec<f32> {
         (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect()

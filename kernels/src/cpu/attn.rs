@@ -191,7 +191,7 @@ pub fn attend_run_scalar(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::{HeadKv, Online, MAX_HEADS, MAX_RUN};
     use std::arch::x86_64::*;
 
@@ -239,7 +239,7 @@ mod avx2 {
     /// then `2^n` through the exponent bits); about 1 ulp, exactly 1 at 0, ~0 at −∞.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn exp(x: __m256) -> __m256 {
+    pub(crate) fn exp(x: __m256) -> __m256 {
         let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
             x,

@@ -8,6 +8,7 @@
 pub mod attn;
 pub mod dot;
 pub mod packed;
+pub mod softmax;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
