@@ -1,6 +1,7 @@
 //! Attention inner loops over an f16 KV cache: one head's query against a run of consecutive
-//! cache slots, with an online softmax (no score matrix). Compiled twice, plain and with
-//! AVX2+FMA+F16C (f16 loads become `vcvtph2ps`), the copy chosen once per run.
+//! cache slots, with an online softmax (no score matrix), for all query heads that share
+//! the KV head at once. Three bodies ([`AttnKernel`]): scalar (the reference), AVX2+FMA+F16C
+//! and AVX-512 (f16 loads become `vcvtph2ps`), the best one the CPU has chosen per run.
 //!
 //! Two accumulation modes, matching llama.cpp's CPU flash attention:
 //! - f32: scores of the run first, one rescale per run, `acc += e·v` in f32;
