@@ -115,8 +115,12 @@ pub fn run(
             let _ = std::fs::write("/proc/self/clear_refs", "5");
             let max_tokens =
                 depths.iter().max().unwrap_or(&0) + n_prompt.iter().chain(n_gen).max().unwrap_or(&0);
-            let opts =
-                LoadOptions { threads: Some(t), ctx: Some(max_tokens.max(16)), backend, prefetch: None };
+            let opts = LoadOptions {
+                threads: Some(t),
+                ctx: Some(max_tokens.max(16)),
+                backend,
+                ..Default::default()
+            };
             let mut engine = Engine::load(model, &opts).map_err(|e| format!("{}: {e}", model.display()))?;
             let file = engine.file().clone();
             let prep = engine.prepare_stats();

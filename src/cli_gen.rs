@@ -28,7 +28,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> Result<Engine, String> {
         let mut opts =
-            LoadOptions { threads: self.threads, ctx: self.ctx, backend: self.backend, prefetch: None };
+            LoadOptions { threads: self.threads, ctx: self.ctx, backend: self.backend, ..Default::default() };
         // A progress bar while a large model is read in, when someone is watching.
         let big = std::fs::metadata(&self.model).map(|m| m.len() >= PREFETCH_BAR_BYTES).unwrap_or(false);
         if big && std::io::stderr().is_terminal() {

@@ -3,6 +3,7 @@
 mod cli_bench;
 mod cli_gen;
 mod cli_info;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -84,6 +85,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         backend: ferrite::BackendKind,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching, metrics).
+    Serve(serve::ServeArgs),
     /// Perplexity of a text file, as llama-perplexity computes it (-c: chunk length, default 512).
     Perplexity {
         #[command(flatten)]
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             );
             cli_bench::run(&models, &p, &n, &d, &t, reps, backend, &output)
         })(),
+        Command::Serve(args) => serve::run(args),
         Command::Perplexity { mut model, file, chunks } => {
             // As in llama-perplexity, -c is the chunk length (and so the context).
             let chunk = *model.ctx.get_or_insert(512);

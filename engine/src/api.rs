@@ -19,8 +19,9 @@ use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::model::{Batch, Model};
 use crate::sampler::{Sampled, Sampler, SamplerParams};
+use crate::text::TextStream;
 use ferrite_loader::chat::{ChatRequest, ChatTemplate};
-use ferrite_loader::tokenizer::{StreamDecoder, Tokenizer};
+use ferrite_loader::tokenizer::Tokenizer;
 use ferrite_loader::GgufFile;
 use std::path::Path;
 use std::sync::Arc;
@@ -66,6 +67,9 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Context length (default: the training context, capped at 4096).
     pub ctx: Option<usize>,
+    /// KV cache capacity in tokens, shared by all sequences (default: the context; a server
+    /// running several sequences wants more).
+    pub kv_tokens: Option<usize>,
     /// Device.
     pub backend: BackendKind,
     /// Read all weights in at load (with progress) instead of on first use.
@@ -77,6 +81,7 @@ impl std::fmt::Debug for LoadOptions {
         f.debug_struct("LoadOptions")
             .field("threads", &self.threads)
             .field("ctx", &self.ctx)
+            .field("kv_tokens", &self.kv_tokens)
             .field("backend", &self.backend)
             .field("prefetch", &self.prefetch.is_some())
             .finish()
@@ -217,16 +222,41 @@ pub struct Perplexity {
     pub per_chunk: Vec<f64>,
 }
 
+/// The text side of a model — tokenizer and chat template — cheap to clone and shareable
+/// across threads: a server renders and tokenizes requests while another thread runs the
+/// model.
+#[derive(Clone, Debug)]
+pub struct Prompter {
+    tokenizer: Arc<Tokenizer>,
+    template: Arc<ChatTemplate>,
+}
+
+impl Prompter {
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Renders a chat with the model's template.
+    pub fn apply_chat_template(&self, req: &ChatRequest) -> Result<String, EngineError> {
+        self.template.render(req).map_err(|e| EngineError::Template(e.to_string()))
+    }
+
+    /// Tokenizes a prompt as llama.cpp does: the model's BOS rule, special tokens parsed.
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode(text, true, true)
+    }
+}
+
 /// A loaded model with its tokenizer and chat template.
 #[derive(Debug)]
 pub struct Engine {
     file: Arc<GgufFile>,
-    model: Model<CpuBackend>,
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
+    pub(crate) model: Model<CpuBackend>,
+    prompter: Prompter,
     template_warning: Option<String>,
-    pool: rayon::ThreadPool,
-    ctx: usize,
+    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) ctx: usize,
     load_time: Duration,
     /// Tokens whose keys and values sequence `SEQ` holds (reused by the next prompt that
     /// starts with them).
@@ -274,12 +304,11 @@ impl Engine {
                 })
             }
         };
-        let model = Model::load(backend, &file, cfg, ctx)?;
+        let model = Model::load(backend, &file, cfg, opts.kv_tokens.unwrap_or(ctx).max(ctx))?;
         Ok(Engine {
             file,
             model,
-            tokenizer,
-            template,
+            prompter: Prompter { tokenizer: Arc::new(tokenizer), template: Arc::new(template) },
             template_warning,
             pool,
             ctx,
@@ -296,7 +325,12 @@ impl Engine {
 
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        &self.prompter.tokenizer
+    }
+
+    /// The tokenizer and chat template, to share with other threads.
+    pub fn prompter(&self) -> Prompter {
+        self.prompter.clone()
     }
 
     /// The mapped file.
@@ -381,7 +415,7 @@ impl Engine {
 
     /// Renders a chat with the model's template.
     pub fn apply_chat_template(&self, req: &ChatRequest) -> Result<String, EngineError> {
-        self.template.render(req).map_err(|e| EngineError::Template(e.to_string()))
+        self.prompter.apply_chat_template(req)
     }
 
     /// Renders `(role, content)` messages with a generation prompt.
@@ -396,7 +430,7 @@ impl Engine {
 
     /// Tokenizes a prompt as llama.cpp does: the model's BOS rule, special tokens parsed.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
-        self.tokenizer.encode(text, true, true)
+        self.prompter.tokenize(text)
     }
 
     /// Runs `tokens` from an empty context and returns the logits of the rows for which
@@ -473,7 +507,7 @@ impl Engine {
             )));
         }
         let first = n_ctx / 2;
-        let bos = self.tokenizer.add_bos().then(|| self.tokenizer.bos()).flatten();
+        let bos = self.tokenizer().add_bos().then(|| self.tokenizer().bos()).flatten();
         let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
         let mut per_chunk = Vec::with_capacity(n_chunks);
         for c in 0..n_chunks {
@@ -534,17 +568,14 @@ impl Engine {
             prompt_ms: t0.elapsed().as_secs_f64() * 1e3,
             ..Default::default()
         };
-        let decoder = StreamDecoder::new(false);
         Ok(Generation {
             engine: self,
             logits,
             sampler,
-            decoder,
-            pending: String::new(),
+            text: TextStream::new(req.stop),
             n_past: prompt.len(),
             generated: 0,
             max_tokens: req.max_tokens,
-            stop: req.stop,
             ignore_eos: req.ignore_eos,
             timings,
             gen_start: None,
@@ -560,12 +591,10 @@ pub struct Generation<'a> {
     engine: &'a mut Engine,
     logits: Vec<f32>,
     sampler: Sampler,
-    decoder: StreamDecoder,
-    pending: String,
+    text: TextStream,
     n_past: usize,
     generated: usize,
     max_tokens: usize,
-    stop: Vec<String>,
     ignore_eos: bool,
     timings: Timings,
     gen_start: Option<Instant>,
@@ -580,31 +609,8 @@ impl Generation<'_> {
             self.timings.gen_ms = t.elapsed().as_secs_f64() * 1e3;
         }
         self.timings.gen_tokens = self.generated;
-        let mut text = std::mem::take(&mut self.pending);
-        if flush {
-            text.push_str(&self.decoder.finish());
-        }
+        let text = if flush { self.text.finish() } else { String::new() };
         Event::Done(DoneEvent { finish_reason: reason, text, timings: self.timings })
-    }
-
-    /// Splits `pending` into text safe to emit now and text that could still begin a stop
-    /// string; returns the emit part, or `None` and the text before a completed stop string.
-    fn release(&mut self) -> (String, bool) {
-        for s in &self.stop {
-            if s.is_empty() {
-                continue;
-            }
-            if let Some(i) = self.pending.find(s.as_str()) {
-                let out = self.pending[..i].to_string();
-                self.pending.clear();
-                return (out, true);
-            }
-        }
-        let hold = self.stop.iter().map(|s| longest_suffix_prefix(&self.pending, s)).max().unwrap_or(0);
-        let cut = self.pending.len() - hold;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
-        (out, false)
     }
 
     fn step(&mut self) -> Result<Event, EngineError> {
@@ -620,14 +626,12 @@ impl Generation<'_> {
         let Sampled { token, logprob, top } = self.sampler.sample(&self.logits);
         self.sampler.accept(token);
         self.generated += 1;
-        let tok = &self.engine.tokenizer;
+        let tok = &self.engine.prompter.tokenizer;
         if !self.ignore_eos && tok.is_eog(token) {
             let ev = self.finish(FinishReason::Stop, true);
             return Ok(ev);
         }
-        let piece = self.decoder.push(tok, token);
-        self.pending.push_str(&piece);
-        let (text, stopped) = self.release();
+        let (text, stopped) = self.text.push(tok, token);
         if stopped {
             // The text before the stop string goes out with this token; Done comes next.
             self.stop_hit = true;
@@ -642,15 +646,6 @@ impl Generation<'_> {
         }
         Ok(Event::Token(TokenEvent { id: token, text, logprob, top_logprobs: top }))
     }
-}
-
-/// Length of the longest suffix of `text` that is a proper prefix of `stop` (at a char boundary).
-fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
-    let max = stop.len().saturating_sub(1).min(text.len());
-    (1..=max)
-        .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..]))
-        .unwrap_or(0)
 }
 
 impl Iterator for Generation<'_> {

@@ -52,6 +52,12 @@ pub enum EngineError {
         /// Why.
         why: String,
     },
+    /// Too many requests are waiting.
+    #[error("the server is busy: {waiting} requests are already waiting")]
+    Overloaded {
+        /// Requests waiting.
+        waiting: usize,
+    },
     /// Invalid option or argument.
     #[error("{0}")]
     Invalid(String),

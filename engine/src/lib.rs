@@ -7,15 +7,20 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod info;
+pub mod json_mode;
 pub mod kv_cache;
 pub mod model;
+pub mod reasoning;
 pub mod sampler;
+pub mod scheduler;
+pub mod text;
 
 pub use api::{
     BackendKind, DoneEvent, Engine, Event, FinishReason, GenerateRequest, Generation, LoadOptions,
-    Perplexity, Prompt, Timings, TokenEvent,
+    Perplexity, Prompt, Prompter, Timings, TokenEvent,
 };
 pub use config::{Activation, Arch, ModelConfig, RopeScaling, RopeStyle};
 pub use error::EngineError;
 pub use info::ModelInfo;
 pub use sampler::{Sampler, SamplerParams};
+pub use scheduler::{BatchRequest, RequestId, Scheduler, SchedulerOptions, SchedulerStats, SeqEvent};

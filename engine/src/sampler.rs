@@ -177,43 +177,58 @@ impl Sampler {
                 .fold((0u32, f32::NEG_INFINITY), |b, &(i, l)| if l > b.1 { (i, l) } else { b })
                 .0;
         }
-        // Sort by logit, best first (stable on ties: lower id first).
-        let k = if p.top_k == 0 { self.cand.len() } else { p.top_k.min(self.cand.len()) };
-        if k < self.cand.len() {
-            self.cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            self.cand.truncate(k);
+        // llama.cpp's chain: top-k, then top-p and min-p on the probabilities at temperature 1
+        // of what top-k kept, then temperature. Only the top-p cut needs an order, and only of
+        // its own prefix, so nothing here sorts the whole vocabulary.
+        let best = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < self.cand.len() {
+            self.cand.select_nth_unstable_by(p.top_k - 1, best);
+            self.cand.truncate(p.top_k);
         }
-        self.cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        // Probabilities at temperature 1 for top-p and min-p, as llama.cpp's chain does before
-        // the temperature step.
-        let max = self.cand[0].1;
-        let mut probs: Vec<f32> = self.cand.iter().map(|&(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = self.cand.len();
+        let max = self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let sum: f32 = self.cand.iter().map(|&(_, l)| (l - max).exp()).sum();
+        if p.min_p > 0.0 {
+            // p_i ≥ min_p · p_max  ⇔  e^(l_i − max) ≥ min_p.
+            self.cand.retain(|&(_, l)| (l - max).exp() >= p.min_p);
+        }
         if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (i, &pr) in probs.iter().enumerate() {
-                acc += pr;
-                if acc >= p.top_p {
-                    keep = keep.min(i + 1);
+            // The smallest best-first prefix whose probability reaches top_p: select a prefix
+            // of growing size until it is long enough, then cut it.
+            let target = p.top_p * sum;
+            let mut k = 64.min(self.cand.len());
+            loop {
+                if k < self.cand.len() {
+                    self.cand.select_nth_unstable_by(k - 1, best);
+                }
+                self.cand[..k].sort_by(best);
+                let mut acc = 0.0;
+                let cut = self.cand[..k].iter().position(|&(_, l)| {
+                    acc += (l - max).exp();
+                    acc >= target
+                });
+                if let Some(i) = cut {
+                    self.cand.truncate(i + 1);
                     break;
                 }
+                if k == self.cand.len() {
+                    break;
+                }
+                k = (k * 4).min(self.cand.len());
             }
         }
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
+        if self.cand.is_empty() {
+            return argmax(logits);
         }
-        self.cand.truncate(keep.max(1));
         // Temperature, then a draw.
-        let weights: Vec<f64> =
-            self.cand.iter().map(|&(_, l)| (((l - max) / p.temperature) as f64).exp()).collect();
-        let total: f64 = weights.iter().sum();
+        // Temperature, then a draw (the weights are recomputed rather than stored: no
+        // vocabulary-sized allocation per token).
+        let weight = |l: f32| (((l - max) / p.temperature) as f64).exp();
+        let total: f64 = self.cand.iter().map(|&(_, l)| weight(l)).sum();
         let mut r = self.rng.next_f64() * total;
-        for (i, w) in weights.iter().enumerate() {
-            if r < *w {
-                return self.cand[i].0;
+        for &(id, l) in &self.cand {
+            let w = weight(l);
+            if r < w {
+                return id;
             }
             r -= w;
         }
@@ -320,6 +335,43 @@ mod tests {
         for _ in 0..200 {
             let t = s.sample(&l).token as usize;
             assert!((l[t] - best).exp() >= 0.5 - 1e-6, "min-p keeps only likely tokens");
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_exactly_the_full_sort_prefix() {
+        // Random logits over 1000 tokens; the kept set must be the best-first prefix that a
+        // full sort finds (the sampler only ever sorts growing prefixes).
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let l: Vec<f32> = (0..1000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 10_000) as f32 / 1000.0
+            })
+            .collect();
+        for top_p in [0.05f32, 0.5, 0.9, 0.99] {
+            let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let sum: f32 = l.iter().map(|&v| (v - max).exp()).sum();
+            let mut order: Vec<u32> = (0..l.len() as u32).collect();
+            order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
+            let mut acc = 0.0;
+            let n = order.iter().position(|&i| {
+                acc += (l[i as usize] - max).exp();
+                acc >= top_p * sum
+            });
+            let kept: std::collections::BTreeSet<u32> = order[..n.unwrap() + 1].iter().copied().collect();
+            let mut s = Sampler::new(SamplerParams {
+                temperature: 1e4,
+                top_k: 0,
+                top_p,
+                min_p: 0.0,
+                ..Default::default()
+            });
+            let seen: std::collections::BTreeSet<u32> =
+                (0..20 * kept.len() + 200).map(|_| s.sample(&l).token).collect();
+            assert_eq!(seen, kept, "top_p {top_p}: {} kept", kept.len());
         }
     }
 

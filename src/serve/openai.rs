@@ -1,0 +1,740 @@
+//! The OpenAI wire format: request bodies parsed strictly (wrong types and out-of-range
+//! values are 400s, never ignored), engine requests built from them, and responses — whole or
+//! as SSE chunks — assembled from the engine's events.
+
+use ferrite::loader::chat::ChatRequest;
+use ferrite::reasoning::{ReasoningFormat, ReasoningSplitter};
+use ferrite::{BatchRequest, EngineError, FinishReason, Prompter, SamplerParams, SeqEvent, TokenEvent};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// An error as OpenAI's API reports it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// `error.type`.
+    pub kind: &'static str,
+    /// `error.code`.
+    pub code: Option<&'static str>,
+    /// `error.param`.
+    pub param: Option<String>,
+    /// `error.message`.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 invalid_request_error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            kind: "invalid_request_error",
+            code: None,
+            param: None,
+            message: message.into(),
+        }
+    }
+
+    /// 400 about one parameter.
+    pub fn param(param: &str, message: impl Into<String>) -> Self {
+        ApiError { param: Some(param.into()), ..Self::invalid(message) }
+    }
+
+    /// The error body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+
+    /// An engine error, with the status it deserves.
+    pub fn from_engine(e: EngineError) -> Self {
+        match e {
+            EngineError::ContextOverflow { .. } => ApiError {
+                code: Some("context_length_exceeded"),
+                param: Some("messages".into()),
+                ..Self::invalid(e.to_string())
+            },
+            EngineError::Overloaded { .. } => ApiError {
+                status: 429,
+                kind: "rate_limit_error",
+                code: Some("server_busy"),
+                param: None,
+                message: e.to_string(),
+            },
+            EngineError::Invalid(_) | EngineError::BadToken { .. } | EngineError::Template(_) => {
+                Self::invalid(e.to_string())
+            }
+            _ => ApiError {
+                status: 500,
+                kind: "server_error",
+                code: None,
+                param: None,
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Fields shared by both endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct Common {
+    model: Option<String>,
+    max_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    seed: Option<i64>,
+    stop: Option<Value>,
+    n: Option<i64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    response_format: Option<Value>,
+    ignore_eos: Option<bool>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub struct ChatBody {
+    messages: Vec<Value>,
+    #[serde(flatten)]
+    common: Common,
+    max_completion_tokens: Option<i64>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
+    tools: Option<Value>,
+    chat_template_kwargs: Option<Map<String, Value>>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    prompt: Value,
+    #[serde(flatten)]
+    common: Common,
+    logprobs: Option<i64>,
+    echo: Option<bool>,
+    suffix: Option<Value>,
+    best_of: Option<i64>,
+}
+
+/// Parses a JSON body into `T`, with OpenAI-style 400s.
+pub fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+}
+
+/// Which endpoint a response is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Chat completions.
+    Chat,
+    /// Text completions.
+    Completion,
+}
+
+/// A validated request, ready for the engine.
+#[derive(Debug)]
+pub struct Plan {
+    /// The endpoint.
+    pub kind: Kind,
+    /// One engine request per choice.
+    pub seqs: Vec<BatchRequest>,
+    /// Prompt tokens per distinct prompt (usage counts each once).
+    pub prompt_tokens: usize,
+    /// Stream as SSE.
+    pub stream: bool,
+    /// Send a usage chunk at the end of a stream.
+    pub include_usage: bool,
+    /// Top log-probabilities wanted (None: no logprobs).
+    pub logprobs: Option<usize>,
+    /// The rendered prompt of each choice (reasoning detection).
+    pub prompts: Vec<String>,
+    /// The model's name as the request gave it.
+    pub model: String,
+}
+
+/// What the server knows when it plans a request.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The model's public id.
+    pub model_id: String,
+    /// The file name, also accepted as the model.
+    pub file_name: String,
+    /// Context length.
+    pub ctx: usize,
+    /// Reasoning output split.
+    pub reasoning: ReasoningFormat,
+}
+
+fn check_model(c: &Ctx, model: &Option<String>) -> Result<String, ApiError> {
+    match model.as_deref() {
+        None | Some("") => Ok(c.model_id.clone()),
+        Some(m) if m == c.model_id || m == c.file_name => Ok(m.to_string()),
+        Some(m) => Err(ApiError {
+            status: 404,
+            kind: "invalid_request_error",
+            code: Some("model_not_found"),
+            param: Some("model".into()),
+            message: format!("The model `{m}` does not exist. This server serves `{}`.", c.model_id),
+        }),
+    }
+}
+
+fn stop_strings(v: &Option<Value>) -> Result<Vec<String>, ApiError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str().map(str::to_string).ok_or_else(|| ApiError::param("stop", "stop must be strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::param("stop", "stop must be a string or a list of strings")),
+    };
+    if list.len() > 16 || list.iter().any(|s| s.len() > 1024) {
+        return Err(ApiError::param("stop", "at most 16 stop strings of at most 1024 bytes"));
+    }
+    Ok(list)
+}
+
+fn sampler(c: &Common) -> Result<SamplerParams, ApiError> {
+    let t = c.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&t) {
+        return Err(ApiError::param("temperature", "temperature must be between 0 and 2"));
+    }
+    let top_p = c.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::param("top_p", "top_p must be in (0, 1]"));
+    }
+    let min_p = c.min_p.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::param("min_p", "min_p must be in [0, 1]"));
+    }
+    let top_k = c.top_k.unwrap_or(0);
+    if top_k < 0 {
+        return Err(ApiError::param("top_k", "top_k must be 0 (off) or positive"));
+    }
+    for (name, v) in [("presence_penalty", c.presence_penalty), ("frequency_penalty", c.frequency_penalty)] {
+        if v.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
+            return Err(ApiError::param(name, format!("{name} must be between -2 and 2")));
+        }
+    }
+    let rep = c.repetition_penalty.unwrap_or(1.0);
+    if !(rep > 0.0 && rep.is_finite()) {
+        return Err(ApiError::param("repetition_penalty", "repetition_penalty must be positive"));
+    }
+    let seed = match c.seed {
+        Some(s) => s as u64,
+        None => {
+            use std::time::{SystemTime, UNIX_EPOCH};
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            now ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed)
+        }
+    };
+    Ok(SamplerParams {
+        temperature: t,
+        top_k: top_k as usize,
+        top_p,
+        min_p,
+        repeat_penalty: rep,
+        presence_penalty: c.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
+        penalty_last_n: 64,
+        seed,
+        n_logprobs: 0,
+    })
+}
+
+fn json_mode(v: &Option<Value>) -> Result<bool, ApiError> {
+    let Some(v) = v else { return Ok(false) };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(false),
+        Some("json_object") => Ok(true),
+        Some("json_schema") => Err(ApiError::param(
+            "response_format",
+            "response_format json_schema is not supported yet; use {\"type\": \"json_object\"}",
+        )),
+        _ => Err(ApiError::param("response_format", "response_format.type must be text or json_object")),
+    }
+}
+
+/// Builds the engine requests for `prompts` (token lists) under the shared options.
+#[allow(clippy::too_many_arguments)]
+fn plan(
+    c: &Ctx,
+    kind: Kind,
+    common: &Common,
+    max_tokens: Option<i64>,
+    prompts: Vec<(String, Vec<u32>)>,
+    logprobs: Option<usize>,
+) -> Result<Plan, ApiError> {
+    let model = check_model(c, &common.model)?;
+    let n = common.n.unwrap_or(1);
+    if !(1..=16).contains(&n) {
+        return Err(ApiError::param("n", "n must be between 1 and 16"));
+    }
+    if let Some(m) = max_tokens {
+        if m <= 0 {
+            return Err(ApiError::param("max_tokens", "max_tokens must be at least 1"));
+        }
+    }
+    let stop = stop_strings(&common.stop)?;
+    let json = json_mode(&common.response_format)?;
+    let mut base = sampler(common)?;
+    base.n_logprobs = logprobs.unwrap_or(0);
+    let mut seqs = Vec::new();
+    let mut texts = Vec::new();
+    let mut prompt_tokens = 0;
+    for (text, tokens) in prompts {
+        if tokens.is_empty() {
+            return Err(ApiError::invalid("the prompt is empty"));
+        }
+        let room = c.ctx.saturating_sub(tokens.len());
+        let max = match max_tokens {
+            Some(m) if tokens.len() + m as usize > c.ctx => return Err(ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::param(
+                    "max_tokens",
+                    format!(
+                        "This model's maximum context length is {} tokens. However, you requested {} tokens \
+                             ({} in the prompt, {m} for the completion).",
+                        c.ctx,
+                        tokens.len() + m as usize,
+                        tokens.len()
+                    ),
+                )
+            }),
+            Some(m) => m as usize,
+            None => room,
+        };
+        if room == 0 {
+            return Err(ApiError::from_engine(EngineError::ContextOverflow {
+                prompt: tokens.len(),
+                ctx: c.ctx,
+            }));
+        }
+        prompt_tokens += tokens.len();
+        for i in 0..n as u64 {
+            let mut s = base.clone();
+            s.seed = s.seed.wrapping_add(i);
+            seqs.push(BatchRequest {
+                prompt: tokens.clone(),
+                max_tokens: max,
+                sampler: s,
+                stop: stop.clone(),
+                ignore_eos: common.ignore_eos.unwrap_or(false),
+                json_object: json,
+            });
+            texts.push(text.clone());
+        }
+    }
+    Ok(Plan {
+        kind,
+        seqs,
+        prompt_tokens,
+        stream: common.stream.unwrap_or(false),
+        include_usage: common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        logprobs,
+        prompts: texts,
+        model,
+    })
+}
+
+/// Plans a chat request: messages normalised (content parts joined), template rendered.
+pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError> {
+    if body.messages.is_empty() {
+        return Err(ApiError::param("messages", "messages must not be empty"));
+    }
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for (i, m) in body.messages.into_iter().enumerate() {
+        let Value::Object(mut m) = m else {
+            return Err(ApiError::param("messages", format!("messages[{i}] must be an object")));
+        };
+        if !m.get("role").is_some_and(Value::is_string) {
+            return Err(ApiError::param("messages", format!("messages[{i}].role must be a string")));
+        }
+        let content = match m.remove("content") {
+            None | Some(Value::Null) => Value::Null,
+            Some(Value::String(s)) => Value::String(s),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for part in parts {
+                    match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str))
+                    {
+                        (Some("text"), Some(t)) => text.push_str(t),
+                        (Some(t), _) => return Err(ApiError::param(
+                            "messages",
+                            format!(
+                                "messages[{i}]: content parts of type {t:?} are not supported (text only)"
+                            ),
+                        )),
+                        _ => {
+                            return Err(ApiError::param(
+                                "messages",
+                                format!("messages[{i}]: malformed content part"),
+                            ))
+                        }
+                    }
+                }
+                Value::String(text)
+            }
+            Some(_) => {
+                return Err(ApiError::param(
+                    "messages",
+                    format!("messages[{i}].content must be a string or parts"),
+                ))
+            }
+        };
+        m.insert("content".into(), content);
+        messages.push(Value::Object(m));
+    }
+    let logprobs = match (body.logprobs.unwrap_or(false), body.top_logprobs) {
+        (_, Some(k)) if !(0..=20).contains(&k) => {
+            return Err(ApiError::param("top_logprobs", "top_logprobs must be between 0 and 20"))
+        }
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, Some(k)) if k > 0 => {
+            return Err(ApiError::param("top_logprobs", "top_logprobs needs logprobs: true"))
+        }
+        (false, _) => None,
+    };
+    let mut req = ChatRequest::new(messages);
+    req.add_generation_prompt = true;
+    req.tools = body.tools;
+    if let Some(kw) = body.chat_template_kwargs {
+        req.extra = kw;
+    }
+    let text = p.apply_chat_template(&req).map_err(ApiError::from_engine)?;
+    let tokens = p.tokenize(&text);
+    let max = body.common.max_tokens.or(body.max_completion_tokens);
+    plan(c, Kind::Chat, &body.common, max, vec![(text, tokens)], logprobs)
+}
+
+/// Plans a completions request: a string, a list of strings, a token list or lists of them.
+pub fn plan_completion(c: &Ctx, p: &Prompter, body: CompletionBody) -> Result<Plan, ApiError> {
+    if body.echo == Some(true) {
+        return Err(ApiError::param("echo", "echo is not supported"));
+    }
+    if body.suffix.as_ref().is_some_and(|s| !s.is_null()) {
+        return Err(ApiError::param("suffix", "suffix is not supported"));
+    }
+    if body.best_of.is_some_and(|b| b != 1) {
+        return Err(ApiError::param("best_of", "best_of is not supported (use n)"));
+    }
+    let logprobs = match body.logprobs {
+        Some(k) if !(0..=20).contains(&k) => {
+            return Err(ApiError::param("logprobs", "logprobs must be between 0 and 20"))
+        }
+        k => k.map(|k| k as usize),
+    };
+    let ids = |v: &[Value]| -> Option<Vec<u32>> {
+        v.iter().map(|x| x.as_u64().and_then(|t| u32::try_from(t).ok())).collect()
+    };
+    let bad = || ApiError::param("prompt", "prompt must be a string, a list of strings, or token ids");
+    let prompts: Vec<(String, Vec<u32>)> = match &body.prompt {
+        Value::String(s) => vec![(s.clone(), p.tokenize(s))],
+        Value::Array(a) if a.is_empty() => return Err(ApiError::param("prompt", "the prompt is empty")),
+        Value::Array(a) if a.iter().all(Value::is_string) => {
+            a.iter().map(|s| s.as_str().unwrap_or_default()).map(|s| (s.to_string(), p.tokenize(s))).collect()
+        }
+        Value::Array(a) if a.iter().all(Value::is_number) => {
+            let t = ids(a).ok_or_else(bad)?;
+            vec![(p.tokenizer().detokenize(&t, true), t)]
+        }
+        Value::Array(a) if a.iter().all(Value::is_array) => a
+            .iter()
+            .map(|x| {
+                let t = ids(x.as_array().map_or(&[][..], Vec::as_slice)).ok_or_else(bad)?;
+                Ok((p.tokenizer().detokenize(&t, true), t))
+            })
+            .collect::<Result<_, ApiError>>()?,
+        _ => return Err(bad()),
+    };
+    let n_vocab = p.tokenizer().n_vocab();
+    if prompts.iter().flat_map(|(_, t)| t).any(|&t| t as usize >= n_vocab) {
+        return Err(ApiError::param("prompt", format!("token ids must be below {n_vocab}")));
+    }
+    let common = &body.common;
+    plan(c, Kind::Completion, common, common.max_tokens.or(Some(16)), prompts, logprobs)
+}
+
+/// One choice being assembled.
+#[derive(Debug)]
+pub struct Choice {
+    content: String,
+    reasoning: String,
+    splitter: ReasoningSplitter,
+    tokens: usize,
+    cached: usize,
+    logprobs: Vec<Value>,
+    /// Completions-style logprobs: tokens, their logprobs, tops, offsets.
+    tokens_text: Vec<String>,
+    token_logprobs: Vec<f32>,
+    top: Vec<Value>,
+    offsets: Vec<usize>,
+    finish: Option<&'static str>,
+    /// A failure message, if the engine failed this choice.
+    pub error: Option<String>,
+}
+
+/// Text deltas produced by one event.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// Reasoning text.
+    pub reasoning: String,
+    /// Answer text.
+    pub content: String,
+    /// This token's logprob entry (chat format) or (completions format) its pieces.
+    pub logprobs: Option<Value>,
+    /// The finish reason, on the last event.
+    pub finish: Option<&'static str>,
+}
+
+/// Assembles the response of one request from its events.
+#[derive(Debug)]
+pub struct Assembler {
+    /// The plan.
+    pub plan_kind: Kind,
+    /// Choices.
+    pub choices: Vec<Choice>,
+    logprobs: Option<usize>,
+    prompter: Prompter,
+}
+
+fn piece(p: &Prompter, id: u32) -> (String, Vec<u8>) {
+    let bytes = p.tokenizer().token_to_piece(id, true).to_vec();
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}
+
+impl Assembler {
+    /// An assembler for a plan.
+    pub fn new(plan: &Plan, prompter: Prompter, reasoning: ReasoningFormat) -> Self {
+        let reasoning = if plan.kind == Kind::Chat { reasoning } else { ReasoningFormat::None };
+        Assembler {
+            plan_kind: plan.kind,
+            choices: plan
+                .prompts
+                .iter()
+                .map(|p| Choice {
+                    content: String::new(),
+                    reasoning: String::new(),
+                    splitter: ReasoningSplitter::new(reasoning, p),
+                    tokens: 0,
+                    cached: 0,
+                    logprobs: Vec::new(),
+                    tokens_text: Vec::new(),
+                    token_logprobs: Vec::new(),
+                    top: Vec::new(),
+                    offsets: Vec::new(),
+                    finish: None,
+                    error: None,
+                })
+                .collect(),
+            logprobs: plan.logprobs,
+            prompter,
+        }
+    }
+
+    fn token_logprobs(&self, c: &mut Choice, t: &TokenEvent) -> Option<Value> {
+        self.logprobs?;
+        let (text, bytes) = piece(&self.prompter, t.id);
+        match self.plan_kind {
+            Kind::Chat => {
+                let top: Vec<Value> = t
+                    .top_logprobs
+                    .iter()
+                    .map(|&(id, lp)| {
+                        let (s, b) = piece(&self.prompter, id);
+                        json!({"token": s, "logprob": lp, "bytes": b})
+                    })
+                    .collect();
+                let v = json!({"token": text, "logprob": t.logprob, "bytes": bytes, "top_logprobs": top});
+                c.logprobs.push(v.clone());
+                Some(v)
+            }
+            Kind::Completion => {
+                let top: Map<String, Value> =
+                    t.top_logprobs.iter().map(|&(id, lp)| (piece(&self.prompter, id).0, json!(lp))).collect();
+                let offset = c.offsets.last().copied().unwrap_or(0)
+                    + c.tokens_text.last().map_or(0, |s: &String| s.len());
+                c.tokens_text.push(text.clone());
+                c.token_logprobs.push(t.logprob);
+                c.top.push(Value::Object(top.clone()));
+                c.offsets.push(offset);
+                Some(
+                    json!({"tokens": [text], "token_logprobs": [t.logprob], "top_logprobs": [top], "text_offset": [offset]}),
+                )
+            }
+        }
+    }
+
+    /// Takes one event of choice `i`; returns the deltas it produced.
+    pub fn push(&mut self, i: usize, ev: SeqEvent) -> Delta {
+        let mut c = std::mem::replace(&mut self.choices[i], placeholder());
+        let mut d = Delta::default();
+        let text = match ev {
+            SeqEvent::Token(t) => {
+                c.tokens += 1;
+                d.logprobs = self.token_logprobs(&mut c, &t);
+                t.text
+            }
+            SeqEvent::Done(done) => {
+                c.cached = done.timings.prompt_cached;
+                let reason = match done.finish_reason {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                };
+                c.finish = Some(reason);
+                d.finish = Some(reason);
+                let mut s = c.splitter.push(&done.text);
+                let f = c.splitter.finish();
+                s.reasoning += &f.reasoning;
+                s.content += &f.content;
+                c.reasoning += &s.reasoning;
+                c.content += &s.content;
+                d.reasoning = s.reasoning;
+                d.content = s.content;
+                self.choices[i] = c;
+                return d;
+            }
+            SeqEvent::Failed(msg) => {
+                c.error = Some(msg);
+                c.finish = Some("error");
+                d.finish = Some("error");
+                self.choices[i] = c;
+                return d;
+            }
+        };
+        let s = c.splitter.push(&text);
+        c.reasoning += &s.reasoning;
+        c.content += &s.content;
+        d.reasoning = s.reasoning;
+        d.content = s.content;
+        self.choices[i] = c;
+        d
+    }
+
+    /// Whether every choice has ended.
+    pub fn done(&self) -> bool {
+        self.choices.iter().all(|c| c.finish.is_some())
+    }
+
+    /// The first failure, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.choices.iter().find_map(|c| c.error.as_deref())
+    }
+
+    /// `usage`.
+    pub fn usage(&self, prompt_tokens: usize) -> Value {
+        let completion: usize = self.choices.iter().map(|c| c.tokens).sum();
+        let cached = self.choices.iter().map(|c| c.cached).max().unwrap_or(0);
+        json!({
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        })
+    }
+
+    /// The whole (non-streaming) response body.
+    pub fn response(&self, id: &str, created: u64, model: &str, prompt_tokens: usize) -> Value {
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match self.plan_kind {
+                Kind::Chat => {
+                    let mut msg = json!({"role": "assistant", "content": c.content});
+                    if !c.reasoning.is_empty() {
+                        msg["reasoning_content"] = json!(c.reasoning);
+                    }
+                    let lp = self.logprobs.map(|_| json!({"content": c.logprobs}));
+                    json!({"index": i, "message": msg, "logprobs": lp, "finish_reason": c.finish})
+                }
+                Kind::Completion => {
+                    let lp = self.logprobs.map(|_| {
+                        json!({"tokens": c.tokens_text, "token_logprobs": c.token_logprobs,
+                               "top_logprobs": c.top, "text_offset": c.offsets})
+                    });
+                    json!({"index": i, "text": c.content, "logprobs": lp, "finish_reason": c.finish})
+                }
+            })
+            .collect();
+        json!({
+            "id": id,
+            "object": if self.plan_kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+            "created": created,
+            "model": model,
+            "system_fingerprint": concat!("ferrite-", env!("CARGO_PKG_VERSION")),
+            "choices": choices,
+            "usage": self.usage(prompt_tokens),
+        })
+    }
+
+    /// One streaming chunk for choice `i` with delta `d` (None if it carries nothing).
+    pub fn chunk(&self, i: usize, d: &Delta, first: bool, head: &Value) -> Option<Value> {
+        let mut v = head.clone();
+        let choice = match self.plan_kind {
+            Kind::Chat => {
+                let mut delta = Map::new();
+                if first {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if !d.reasoning.is_empty() {
+                    delta.insert("reasoning_content".into(), json!(d.reasoning));
+                }
+                if !d.content.is_empty() || (first && d.reasoning.is_empty()) {
+                    delta.insert("content".into(), json!(d.content));
+                }
+                if delta.is_empty() && d.finish.is_none() && d.logprobs.is_none() {
+                    return None;
+                }
+                let lp = d.logprobs.as_ref().map(|l| json!({"content": [l]}));
+                json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": d.finish})
+            }
+            Kind::Completion => {
+                if d.content.is_empty() && d.finish.is_none() && d.logprobs.is_none() {
+                    return None;
+                }
+                json!({"index": i, "text": d.content, "logprobs": d.logprobs, "finish_reason": d.finish})
+            }
+        };
+        v["choices"] = json!([choice]);
+        Some(v)
+    }
+}
+
+impl Choice {
+    /// `stop` or `length` once finished normally.
+    pub fn finish_reason(&self) -> Option<&'static str> {
+        self.finish.filter(|&f| f != "error")
+    }
+}
+
+fn placeholder() -> Choice {
+    Choice {
+        content: String::new(),
+        reasoning: String::new(),
+        splitter: ReasoningSplitter::new(ReasoningFormat::None, ""),
+        tokens: 0,
+        cached: 0,
+        logprobs: Vec::new(),
+        tokens_text: Vec::new(),
+        token_logprobs: Vec::new(),
+        top: Vec::new(),
+        offsets: Vec::new(),
+        finish: None,
+        error: None,
+    }
+}
