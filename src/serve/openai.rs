@@ -302,19 +302,21 @@ fn plan(
         }
         let room = c.ctx.saturating_sub(tokens.len());
         let max = match max_tokens {
-            Some(m) if tokens.len() + m as usize > c.ctx => return Err(ApiError {
-                code: Some("context_length_exceeded"),
-                ..ApiError::param(
-                    "max_tokens",
-                    format!(
+            Some(m) if tokens.len() + m as usize > c.ctx => {
+                return Err(ApiError {
+                    code: Some("context_length_exceeded"),
+                    ..ApiError::param(
+                        "max_tokens",
+                        format!(
                         "This model's maximum context length is {} tokens. However, you requested {} tokens \
                              ({} in the prompt, {m} for the completion).",
                         c.ctx,
                         tokens.len() + m as usize,
                         tokens.len()
                     ),
-                )
-            }),
+                    )
+                })
+            }
             Some(m) => m as usize,
             None => room,
         };
@@ -373,12 +375,14 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
                     match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str))
                     {
                         (Some("text"), Some(t)) => text.push_str(t),
-                        (Some(t), _) => return Err(ApiError::param(
-                            "messages",
-                            format!(
+                        (Some(t), _) => {
+                            return Err(ApiError::param(
+                                "messages",
+                                format!(
                                 "messages[{i}]: content parts of type {t:?} are not supported (text only)"
                             ),
-                        )),
+                            ))
+                        }
                         _ => {
                             return Err(ApiError::param(
                                 "messages",

@@ -1,0 +1,141 @@
+//! Continuous batching keeps every sequence exactly what it would be alone: sequences run
+//! together, preempted and recomputed for lack of KV blocks, or started from another's cached
+//! prefix produce the same greedy tokens as a single-sequence generation, and every block is
+//! free again at the end.
+
+mod common;
+
+use ferrite::{
+    BatchRequest, Engine, Event, GenerateRequest, LoadOptions, Prompt, SamplerParams, Scheduler,
+    SchedulerOptions, SeqEvent,
+};
+use std::collections::BTreeMap;
+
+const GEN: usize = 40;
+
+fn engine(kv_tokens: usize) -> Engine {
+    let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let opts =
+        LoadOptions { threads: Some(2), ctx: Some(96), kv_tokens: Some(kv_tokens), ..Default::default() };
+    Engine::load(path, &opts).unwrap()
+}
+
+fn prompts(e: &Engine) -> Vec<Vec<u32>> {
+    [
+        "The capital of France is",
+        "Once upon a time, a small robot",
+        "def fibonacci(n):",
+        "List three colors: red,",
+    ]
+    .iter()
+    .map(|p| e.tokenize(p))
+    .collect()
+}
+
+fn request(prompt: &[u32]) -> BatchRequest {
+    BatchRequest {
+        prompt: prompt.to_vec(),
+        max_tokens: GEN,
+        sampler: SamplerParams::greedy(),
+        stop: Vec::new(),
+        ignore_eos: true,
+        json_object: false,
+    }
+}
+
+/// Runs the scheduler to the end; returns each request's tokens and the `Done` it got.
+fn drain(s: &mut Scheduler) -> BTreeMap<u64, (Vec<u32>, usize)> {
+    let mut out: BTreeMap<u64, (Vec<u32>, usize)> = BTreeMap::new();
+    while s.step(&mut |id, ev| {
+        match ev {
+            SeqEvent::Token(t) => out.entry(id).or_default().0.push(t.id),
+            SeqEvent::Done(d) => out.entry(id).or_default().1 = d.timings.prompt_cached,
+            SeqEvent::Failed(m) => panic!("request {id} failed: {m}"),
+        }
+        true
+    }) {}
+    out
+}
+
+#[test]
+fn batched_preempted_and_prefix_shared_sequences_match_single_runs() {
+    let mut single = engine(96);
+    let ps = prompts(&single);
+    let reference: Vec<Vec<u32>> = ps
+        .iter()
+        .map(|p| {
+            let req = GenerateRequest {
+                prompt: Prompt::Tokens(p.clone()),
+                ignore_eos: true,
+                ..GenerateRequest::new("")
+            }
+            .max_tokens(GEN);
+            single
+                .generate(req)
+                .unwrap()
+                .filter_map(|e| match e.unwrap() {
+                    Event::Token(t) => Some(t.id),
+                    Event::Done(_) => None,
+                })
+                .collect()
+        })
+        .collect();
+    drop(single);
+
+    // All four at once.
+    let mut s = Scheduler::new(engine(4 * 96), SchedulerOptions::default());
+    for (i, p) in ps.iter().enumerate() {
+        s.add(i as u64, request(p)).unwrap();
+    }
+    let got = drain(&mut s);
+    for (i, r) in reference.iter().enumerate() {
+        assert_eq!(&got[&(i as u64)].0, r, "request {i} in a batch of four");
+    }
+    let st = s.stats();
+    assert_eq!((st.running, st.waiting, st.kv_blocks_used), (0, 0, 0));
+    assert_eq!(st.preemptions, 0);
+
+    // A cache of three blocks for four sequences that each grow to two blocks: sequences are
+    // preempted and recomputed, and still produce the same tokens.
+    let mut s = Scheduler::new(engine(96), SchedulerOptions::default());
+    for (i, p) in ps.iter().enumerate() {
+        s.add(i as u64, request(p)).unwrap();
+    }
+    let got = drain(&mut s);
+    for (i, r) in reference.iter().enumerate() {
+        assert_eq!(&got[&(i as u64)].0, r, "request {i} with preemption");
+    }
+    let st = s.stats();
+    assert!(st.preemptions > 0, "the small cache forced no preemption: {st:?}");
+    assert_eq!(st.kv_blocks_used, 0);
+
+    // The same long prompt twice, one after the other: the second starts from the first's
+    // cached blocks and generates the same tokens.
+    let mut s = Scheduler::new(engine(4 * 96), SchedulerOptions::default());
+    let long: Vec<u32> = ps.iter().flatten().copied().cycle().take(70).collect();
+    s.add(10, request(&long)).unwrap();
+    let first = drain(&mut s);
+    s.add(11, request(&long)).unwrap();
+    let second = drain(&mut s);
+    assert_eq!(first[&10].1, 0);
+    assert_eq!(second[&11].1, 64, "two whole blocks come from the prefix cache");
+    assert_eq!(first[&10].0, second[&11].0);
+    let st = s.stats();
+    assert_eq!((st.prefix_queries, st.prefix_hits), (140, 64));
+    assert_eq!(st.kv_blocks_used, 0);
+    assert!(st.kv_blocks_cached >= 2, "finished sequences leave their blocks cached");
+
+    // Cancelling frees blocks at once; a full queue refuses.
+    let mut s = Scheduler::new(
+        engine(4 * 96),
+        SchedulerOptions { max_running: 1, max_waiting: 1, ..Default::default() },
+    );
+    s.add(1, request(&ps[0])).unwrap();
+    s.step(&mut |_, _| true);
+    s.add(2, request(&ps[1])).unwrap();
+    assert!(matches!(s.add(3, request(&ps[2])), Err(ferrite::EngineError::Overloaded { .. })));
+    assert!(s.stats().kv_blocks_used > 0);
+    assert!(s.cancel(1) && s.cancel(2));
+    assert_eq!(s.stats().kv_blocks_used, 0);
+    assert!(!s.is_busy());
+}
