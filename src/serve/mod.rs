@@ -367,47 +367,37 @@ fn body_bytes(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> 
     })
 }
 
-async fn chat(
-    State(s): State<Shared>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let r = async {
-        let bytes = body_bytes(body)?;
-        let req: openai::ChatBody = openai::parse(&bytes)?;
-        let ready = s.ready.get().ok_or_else(loading)?;
-        let (ctx, p) = (ready.ctx.clone(), ready.prompter.clone());
-        // Templates are untrusted code with a time bound: render off the async threads.
-        let plan = tokio::task::spawn_blocking(move || openai::plan_chat(&ctx, &p, req))
-            .await
-            .map_err(|e| ApiError::from_engine(ferrite::EngineError::Invalid(e.to_string())))??;
-        Ok::<_, ApiError>((ready, plan))
-    }
-    .await;
-    match r {
-        Ok((ready, plan)) => respond(&s, ready, plan, started, "chatcmpl").await,
-        Err(e) => e.into_response(),
-    }
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+async fn chat(State(s): State<Shared>, body: Body) -> Response {
+    generate(s, body, openai::plan_chat, "chatcmpl").await
 }
 
-async fn completions(
-    State(s): State<Shared>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+async fn completions(State(s): State<Shared>, body: Body) -> Response {
+    generate(s, body, openai::plan_completion, "cmpl").await
+}
+
+/// Both generation routes: parse, plan (templates are untrusted code with a time bound, so
+/// planning runs off the async threads), then respond from the engine's events.
+async fn generate<T: for<'de> serde::Deserialize<'de> + Send + 'static>(
+    s: Shared,
+    body: Body,
+    plan: fn(&Ctx, &Prompter, T) -> Result<Plan, ApiError>,
+    id_prefix: &str,
 ) -> Response {
     let started = Instant::now();
     let r = async {
-        let bytes = body_bytes(body)?;
-        let req: openai::CompletionBody = openai::parse(&bytes)?;
+        let req: T = openai::parse(&body_bytes(body)?)?;
         let ready = s.ready.get().ok_or_else(loading)?;
         let (ctx, p) = (ready.ctx.clone(), ready.prompter.clone());
-        let plan = tokio::task::spawn_blocking(move || openai::plan_completion(&ctx, &p, req))
+        let plan = tokio::task::spawn_blocking(move || plan(&ctx, &p, req))
             .await
             .map_err(|e| ApiError::from_engine(ferrite::EngineError::Invalid(e.to_string())))??;
         Ok::<_, ApiError>((ready, plan))
     }
     .await;
     match r {
-        Ok((ready, plan)) => respond(&s, ready, plan, started, "cmpl").await,
+        Ok((ready, plan)) => respond(&s, ready, plan, started, id_prefix).await,
         Err(e) => e.into_response(),
     }
 }

@@ -527,24 +527,7 @@ impl Assembler {
         let reasoning = if plan.kind == Kind::Chat { reasoning } else { ReasoningFormat::None };
         Assembler {
             plan_kind: plan.kind,
-            choices: plan
-                .prompts
-                .iter()
-                .map(|p| Choice {
-                    content: String::new(),
-                    reasoning: String::new(),
-                    splitter: ReasoningSplitter::new(reasoning, p),
-                    tokens: 0,
-                    cached: 0,
-                    logprobs: Vec::new(),
-                    tokens_text: Vec::new(),
-                    token_logprobs: Vec::new(),
-                    top: Vec::new(),
-                    offsets: Vec::new(),
-                    finish: None,
-                    error: None,
-                })
-                .collect(),
+            choices: plan.prompts.iter().map(|p| Choice::new(ReasoningSplitter::new(reasoning, p))).collect(),
             logprobs: plan.logprobs,
             prompter,
         }
@@ -585,7 +568,8 @@ impl Assembler {
 
     /// Takes one event of choice `i`; returns the deltas it produced.
     pub fn push(&mut self, i: usize, ev: SeqEvent) -> Delta {
-        let mut c = std::mem::replace(&mut self.choices[i], placeholder());
+        let placeholder = Choice::new(ReasoningSplitter::new(ReasoningFormat::None, ""));
+        let mut c = std::mem::replace(&mut self.choices[i], placeholder);
         let mut d = Delta::default();
         let text = match ev {
             SeqEvent::Token(t) => {
@@ -720,25 +704,25 @@ impl Assembler {
 }
 
 impl Choice {
+    fn new(splitter: ReasoningSplitter) -> Self {
+        Choice {
+            content: String::new(),
+            reasoning: String::new(),
+            splitter,
+            tokens: 0,
+            cached: 0,
+            logprobs: Vec::new(),
+            tokens_text: Vec::new(),
+            token_logprobs: Vec::new(),
+            top: Vec::new(),
+            offsets: Vec::new(),
+            finish: None,
+            error: None,
+        }
+    }
+
     /// `stop` or `length` once finished normally.
     pub fn finish_reason(&self) -> Option<&'static str> {
         self.finish.filter(|&f| f != "error")
-    }
-}
-
-fn placeholder() -> Choice {
-    Choice {
-        content: String::new(),
-        reasoning: String::new(),
-        splitter: ReasoningSplitter::new(ReasoningFormat::None, ""),
-        tokens: 0,
-        cached: 0,
-        logprobs: Vec::new(),
-        tokens_text: Vec::new(),
-        token_logprobs: Vec::new(),
-        top: Vec::new(),
-        offsets: Vec::new(),
-        finish: None,
-        error: None,
     }
 }
