@@ -6,7 +6,7 @@
 mod common;
 
 use ferrite::{
-    BatchRequest, Engine, Event, GenerateRequest, LoadOptions, Prompt, SamplerParams, Scheduler,
+    BatchRequest, Engine, Event, GenerateRequest, KvCapacity, LoadOptions, Prompt, SamplerParams, Scheduler,
     SchedulerOptions, SeqEvent,
 };
 use std::collections::BTreeMap;
@@ -15,8 +15,12 @@ const GEN: usize = 40;
 
 fn engine(kv_tokens: usize) -> Engine {
     let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
-    let opts =
-        LoadOptions { threads: Some(2), ctx: Some(96), kv_tokens: Some(kv_tokens), ..Default::default() };
+    let opts = LoadOptions {
+        threads: Some(2),
+        ctx: Some(96),
+        kv: Some(KvCapacity::Tokens(kv_tokens)),
+        ..Default::default()
+    };
     Engine::load(path, &opts).unwrap()
 }
 

@@ -57,6 +57,35 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// How large the KV cache is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvCapacity {
+    /// This many tokens.
+    Tokens(usize),
+    /// As many tokens as fit in this many bytes.
+    Bytes(usize),
+    /// `n` full contexts, within `max_bytes`.
+    Contexts {
+        /// Contexts.
+        n: usize,
+        /// Byte cap.
+        max_bytes: usize,
+    },
+}
+
+impl KvCapacity {
+    /// Tokens for a context of `ctx` and `per_token` bytes per token (at least `ctx`).
+    pub fn tokens(self, ctx: usize, per_token: usize) -> usize {
+        let per_token = per_token.max(1);
+        let t = match self {
+            KvCapacity::Tokens(t) => t,
+            KvCapacity::Bytes(b) => b / per_token,
+            KvCapacity::Contexts { n, max_bytes } => (n * ctx).min(max_bytes / per_token),
+        };
+        t.max(ctx)
+    }
+}
+
 /// Called with (bytes done, bytes total) while weights are read in.
 pub type ProgressFn = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -67,9 +96,9 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Context length (default: the training context, capped at 4096).
     pub ctx: Option<usize>,
-    /// KV cache capacity in tokens, shared by all sequences (default: the context; a server
-    /// running several sequences wants more).
-    pub kv_tokens: Option<usize>,
+    /// KV cache capacity, shared by all sequences (default: one context; a server running
+    /// several sequences wants more). Never less than one context.
+    pub kv: Option<KvCapacity>,
     /// Device.
     pub backend: BackendKind,
     /// Read all weights in at load (with progress) instead of on first use.
@@ -81,7 +110,7 @@ impl std::fmt::Debug for LoadOptions {
         f.debug_struct("LoadOptions")
             .field("threads", &self.threads)
             .field("ctx", &self.ctx)
-            .field("kv_tokens", &self.kv_tokens)
+            .field("kv", &self.kv)
             .field("backend", &self.backend)
             .field("prefetch", &self.prefetch.is_some())
             .finish()
@@ -304,7 +333,8 @@ impl Engine {
                 })
             }
         };
-        let model = Model::load(backend, &file, cfg, opts.kv_tokens.unwrap_or(ctx).max(ctx))?;
+        let kv_tokens = opts.kv.map_or(ctx, |kv| kv.tokens(ctx, cfg.kv_bytes_per_token()));
+        let model = Model::load(backend, &file, cfg, kv_tokens)?;
         Ok(Engine {
             file,
             model,
@@ -341,6 +371,11 @@ impl Engine {
     /// Context length.
     pub fn ctx(&self) -> usize {
         self.ctx
+    }
+
+    /// KV cache capacity in tokens (whole blocks), shared by all sequences.
+    pub fn kv_tokens(&self) -> usize {
+        self.model.tables.n_blocks() * crate::kv_cache::BLOCK_SIZE
     }
 
     /// Worker threads.

@@ -132,6 +132,14 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// KV cache bytes per token: every layer's key and value heads, f16.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.n_layers
+            * self.n_head_kv
+            * (self.head_dim + self.head_dim_v)
+            * crate::info::KV_BYTES_PER_ELEM as usize
+    }
+
     /// Reads the config of a supported architecture.
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, MetadataError> {
         let md = file.metadata();

@@ -16,8 +16,8 @@ pub mod scheduler;
 pub mod text;
 
 pub use api::{
-    BackendKind, DoneEvent, Engine, Event, FinishReason, GenerateRequest, Generation, LoadOptions,
-    Perplexity, Prompt, Prompter, Timings, TokenEvent,
+    BackendKind, DoneEvent, Engine, Event, FinishReason, GenerateRequest, Generation, KvCapacity,
+    LoadOptions, Perplexity, Prompt, Prompter, Timings, TokenEvent,
 };
 pub use config::{Activation, Arch, ModelConfig, RopeScaling, RopeStyle};
 pub use error::EngineError;

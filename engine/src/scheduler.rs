@@ -13,7 +13,7 @@
 //! The scheduler is synchronous and owns the [`Engine`]; a server runs it on its own thread
 //! and feeds it requests between steps.
 
-use crate::api::{DoneEvent, Engine, FinishReason, Timings, TokenEvent};
+use crate::api::{DoneEvent, Engine, FinishReason, Prompter, Timings, TokenEvent};
 use crate::error::EngineError;
 use crate::json_mode::JsonObjectState;
 use crate::kv_cache::{SeqId, BLOCK_SIZE};
@@ -135,6 +135,9 @@ struct Draw {
 #[derive(Debug)]
 pub struct Scheduler {
     engine: Engine,
+    /// The engine's tokenizer, held apart so that sampling can read it while the engine's
+    /// cache is updated.
+    prompter: Prompter,
     opts: SchedulerOptions,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
@@ -154,6 +157,7 @@ impl Scheduler {
             ..opts
         };
         let mut s = Scheduler {
+            prompter: engine.prompter(),
             engine,
             opts,
             waiting: VecDeque::new(),
@@ -358,25 +362,14 @@ impl Scheduler {
 
     fn sample_and_emit(&mut self, emit: &mut dyn FnMut(RequestId, SeqEvent) -> bool) {
         let n_vocab = self.engine.config().n_vocab;
-        let prompter = self.engine.prompter();
-        let tok = prompter.tokenizer();
-        // Rows come back in batch order: one for each sequence that reached its last token.
-        let mut rows = Vec::with_capacity(self.running.len());
-        for (i, s) in self.running.iter().enumerate() {
-            if s.feeding > 0 && s.computed == s.tokens.len() {
-                rows.push(i);
-            }
-        }
+        let tok = self.prompter.tokenizer();
+        // Logits rows come back in batch order: one for each sequence that reached its last
+        // token.
+        let wants = |s: &Seq| s.feeding > 0 && s.computed == s.tokens.len();
+        let rows: Vec<usize> = (0..self.running.len()).filter(|&i| wants(&self.running[i])).collect();
         let logits = &self.logits;
+        let mut wanted: Vec<&mut Seq> = self.running.iter_mut().filter(|s| wants(s)).collect();
         let mut draws: Vec<Draw> = Vec::with_capacity(rows.len());
-        let mut wanted: Vec<&mut Seq> = Vec::with_capacity(rows.len());
-        {
-            let mut it = self.running.iter_mut().enumerate();
-            for &r in &rows {
-                let s = it.by_ref().find(|(i, _)| *i == r).expect("row of a running sequence").1;
-                wanted.push(s);
-            }
-        }
         self.engine.pool.install(|| {
             wanted
                 .par_iter_mut()

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use ferrite::reasoning::ReasoningFormat;
-use ferrite::{Engine, Prompter, Scheduler, SchedulerOptions};
+use ferrite::{Engine, KvCapacity, Prompter, Scheduler, SchedulerOptions};
 use metrics::Metrics;
 use openai::{ApiError, Assembler, Ctx, Plan};
 use serde_json::{json, Value};
@@ -225,33 +225,32 @@ async fn shutdown_signal() {
 
 fn load(args: &ServeArgs, state: &Shared) -> Result<(), String> {
     let ma = &args.model;
-    // Size the KV cache: one context per parallel sequence within the budget, never less
-    // than one context.
-    let header = ferrite::loader::GgufFile::open(&ma.model).map_err(|e| e.to_string())?;
-    let cfg = ferrite::ModelConfig::from_gguf(&header).map_err(|e| e.to_string())?;
-    drop(header);
-    let ctx = ma.ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
-    let per_token = cfg.n_layers * cfg.n_head_kv * (cfg.head_dim + cfg.head_dim_v) * 2;
-    let budget = args.kv_mem.map_or(2048 << 20, |m| m << 20);
-    let want = ctx * args.parallel.max(1);
-    let kv_tokens =
-        if args.kv_mem.is_some() { budget / per_token.max(1) } else { want.min(budget / per_token.max(1)) };
-    if kv_tokens < ctx {
-        eprintln!(
-            "ferrite: warning: a KV budget of {} MiB holds {kv_tokens} tokens, less than one context of {ctx}; using one context",
-            budget >> 20
-        );
-    }
+    // The KV cache: the given budget, else one context per parallel sequence up to 2 GiB;
+    // never less than one context.
+    let kv = match args.kv_mem {
+        Some(mib) => KvCapacity::Bytes(mib << 20),
+        None => KvCapacity::Contexts { n: args.parallel.max(1), max_bytes: 2048 << 20 },
+    };
     let opts = ferrite::LoadOptions {
         threads: ma.threads,
-        ctx: Some(ctx),
-        kv_tokens: Some(kv_tokens.max(ctx)),
+        ctx: ma.ctx,
+        kv: Some(kv),
         backend: ma.backend,
         prefetch: None,
     };
     let engine = Engine::load(&ma.model, &opts).map_err(|e| e.to_string())?;
     if let Some(w) = engine.template_warning() {
         eprintln!("ferrite: warning: {w}");
+    }
+    let per_token = engine.config().kv_bytes_per_token();
+    if let KvCapacity::Bytes(b) = kv {
+        if b / per_token.max(1) < engine.ctx() {
+            eprintln!(
+                "ferrite: warning: a KV budget of {} MiB holds less than one context of {} tokens; using one context",
+                b >> 20,
+                engine.ctx()
+            );
+        }
     }
     let prompter = engine.prompter();
     let file_name = ma.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -267,8 +266,8 @@ fn load(args: &ServeArgs, state: &Shared) -> Result<(), String> {
         engine.backend_name(),
         engine.threads(),
         engine.ctx(),
-        kv_tokens.max(engine.ctx()),
-        (kv_tokens.max(engine.ctx()) * per_token) >> 20,
+        engine.kv_tokens(),
+        (engine.kv_tokens() * per_token) >> 20,
         args.parallel
     );
     let sched = Scheduler::new(
@@ -318,9 +317,7 @@ async fn health(State(s): State<Shared>) -> Response {
 }
 
 async fn metrics_text(State(s): State<Shared>) -> Response {
-    if let Some(r) = s.ready.get() {
-        s.metrics.observe(&r.worker.stats());
-    }
+    // The engine thread copies its scheduler's state in after every step.
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 

@@ -4,10 +4,10 @@
 //! cancels that request's sequences and frees their KV blocks before the next step.
 
 use super::metrics::Metrics;
-use ferrite::{BatchRequest, EngineError, RequestId, Scheduler, SchedulerStats, SeqEvent};
+use ferrite::{BatchRequest, EngineError, RequestId, Scheduler, SeqEvent};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 /// Events of one HTTP request: (choice index, event).
@@ -25,7 +25,6 @@ pub enum Job {
 #[derive(Clone)]
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
-    stats: Arc<Mutex<SchedulerStats>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -40,8 +39,7 @@ impl Worker {
     /// Starts the engine thread.
     pub fn spawn(mut sched: Scheduler, metrics: Arc<Metrics>) -> Worker {
         let (tx, rx) = mpsc::channel::<Job>();
-        let stats = Arc::new(Mutex::new(sched.stats()));
-        let shared = stats.clone();
+        metrics.observe(&sched.stats());
         std::thread::Builder::new()
             .name("ferrite-engine".into())
             .spawn(move || {
@@ -76,13 +74,11 @@ impl Worker {
                         }
                         ok
                     });
-                    let s = sched.stats();
-                    metrics.observe(&s);
-                    *shared.lock().unwrap_or_else(|e| e.into_inner()) = s;
+                    metrics.observe(&sched.stats());
                 }
             })
             .expect("spawn the engine thread");
-        Worker { jobs: tx, stats }
+        Worker { jobs: tx }
     }
 
     /// Queues the choices of one request; their events arrive on the returned channel.
@@ -101,11 +97,6 @@ impl Worker {
     /// Cancels every request (their streams end).
     pub fn cancel_all(&self) {
         let _ = self.jobs.send(Job::CancelAll);
-    }
-
-    /// The scheduler's state after its last step.
-    pub fn stats(&self) -> SchedulerStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
