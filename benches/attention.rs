@@ -3,7 +3,7 @@
 //! Reported as K+V bytes read per second. `cargo bench --bench attention`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferrite::kernels::cpu::attn::{attend_run, HeadKv, Online, MAX_RUN};
+use ferrite::kernels::cpu::attn::{attend_run, HeadKv, Online, Run, MAX_RUN};
 
 /// (name, query heads sharing a KV head, head size, KV heads in a slot).
 const SHAPES: &[(&str, usize, usize, usize)] =
@@ -43,7 +43,18 @@ fn bench(c: &mut Criterion) {
                     b.iter(|| {
                         let mut st = Online::new(heads, &mut acc);
                         for s0 in (0..keys).step_by(RUN) {
-                            attend_run(&q, d, &kv, s0, RUN.min(keys - s0), 0.125, f16_accum, &mut st);
+                            attend_run(
+                                &Run {
+                                    q: &q,
+                                    dk: d,
+                                    kv: &kv,
+                                    slot0: s0,
+                                    n: RUN.min(keys - s0),
+                                    scale: 0.125,
+                                    f16_accum,
+                                },
+                                &mut st,
+                            );
                         }
                         st.l[0]
                     })
@@ -83,7 +94,18 @@ fn bench_cold(c: &mut Criterion) {
                     };
                     let mut st = Online::new(heads, &mut acc);
                     for s0 in (0..keys).step_by(RUN) {
-                        attend_run(&q, d, &kv, s0, RUN.min(keys - s0), 0.125, true, &mut st);
+                        attend_run(
+                            &Run {
+                                q: &q,
+                                dk: d,
+                                kv: &kv,
+                                slot0: s0,
+                                n: RUN.min(keys - s0),
+                                scale: 0.125,
+                                f16_accum: true,
+                            },
+                            &mut st,
+                        );
                     }
                     l += st.l[0];
                 }

@@ -54,17 +54,7 @@ fn norm_and_rope(c: &mut Criterion) {
         }
         g.finish();
 
-        let p = RopeParams {
-            n_dims: hd,
-            base,
-            neox,
-            freq_scale: 1.0,
-            ext_factor: 0.0,
-            attn_factor: 1.0,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            n_ctx_orig: 32768,
-        };
+        let p = RopeParams::new(hd, base, neox, 32768);
         let mut g = group(c, &format!("rope {model} {heads}x{hd}"));
         for rows in [1usize, 512] {
             let x0 = rand_vec(rows * heads * hd, &mut seed);

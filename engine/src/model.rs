@@ -384,17 +384,8 @@ impl<B: Backend> Model<B> {
 /// Rope parameters of a layer: its base (sliding layers have their own) and scaling.
 fn rope_params(c: &ModelConfig, layer: usize) -> RopeParams {
     let base = if c.is_swa_layer(layer) { c.rope_base_swa } else { c.rope_base };
-    let mut p = RopeParams {
-        n_dims: c.rope_dim,
-        base,
-        neox: c.rope_style == crate::config::RopeStyle::Neox,
-        freq_scale: 1.0,
-        ext_factor: 0.0,
-        attn_factor: 1.0,
-        beta_fast: 32.0,
-        beta_slow: 1.0,
-        n_ctx_orig: c.n_ctx_train,
-    };
+    let mut p =
+        RopeParams::new(c.rope_dim, base, c.rope_style == crate::config::RopeStyle::Neox, c.n_ctx_train);
     // Gemma 3's sliding layers never use the global scaling.
     if !c.is_swa_layer(layer) {
         match c.rope_scaling {

@@ -2,7 +2,7 @@
 //! odd head sizes and run lengths.
 
 use ferrite_kernels::cpu::attn::{
-    attend_run_scalar, attend_run_with, AttnKernel, HeadKv, Online, MAX_HEADS, MAX_RUN,
+    attend_run_scalar, attend_run_with, AttnKernel, HeadKv, Online, Run, MAX_HEADS, MAX_RUN,
 };
 use half::f16;
 use rand::rngs::StdRng;
@@ -47,8 +47,9 @@ fn simd_run_matches_scalar() {
                 // Several runs of odd lengths, continuing one state.
                 let mut slot = 1;
                 for n in [1usize, 17, MAX_RUN, 5, MAX_RUN - 1, 8] {
-                    attend_run_with(kernel, &q, dk, &kv, slot, n, 0.37, f16_accum, &mut sa);
-                    attend_run_scalar(&q, dk, &kv, slot, n, 0.37, f16_accum, &mut sb);
+                    let run = Run { q: &q, dk, kv: &kv, slot0: slot, n, scale: 0.37, f16_accum };
+                    attend_run_with(kernel, &run, &mut sa);
+                    attend_run_scalar(&run, &mut sb);
                     slot += n;
                 }
                 for h in 0..heads {

@@ -542,7 +542,8 @@ fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &
     while t < range.end {
         let n = (bs - t % bs).min(range.end - t);
         let slot0 = table[t / bs] as usize * bs + t % bs;
-        attn::attend_run(q, p.head_dim, kv, slot0, n, p.scale, p.f16_accum, st);
+        let run = attn::Run { q, dk: p.head_dim, kv, slot0, n, scale: p.scale, f16_accum: p.f16_accum };
+        attn::attend_run(&run, st);
         t += n;
     }
 }
@@ -675,17 +676,7 @@ mod tests {
             let positions = [0u32, 1, 17, 300];
             let x0 = rand_vec(&mut seed, positions.len() * n_heads * hd);
             let mut x = x0.clone();
-            let p = RopeParams {
-                n_dims: hd,
-                base: 10000.0,
-                neox,
-                freq_scale: 1.0,
-                ext_factor: 0.0,
-                attn_factor: 1.0,
-                beta_fast: 32.0,
-                beta_slow: 1.0,
-                n_ctx_orig: 4096,
-            };
+            let p = RopeParams::new(hd, 10000.0, neox, 4096);
             b.rope(&mut x, &positions, n_heads, hd, &p);
             for (r, &pos) in positions.iter().enumerate() {
                 for h in 0..n_heads {

@@ -58,6 +58,23 @@ pub struct RopeParams {
     pub n_ctx_orig: usize,
 }
 
+impl RopeParams {
+    /// Plain rope (no context-extension scaling) over `n_dims` dimensions.
+    pub fn new(n_dims: usize, base: f32, neox: bool, n_ctx_orig: usize) -> Self {
+        RopeParams {
+            n_dims,
+            base,
+            neox,
+            freq_scale: 1.0,
+            ext_factor: 0.0,
+            attn_factor: 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            n_ctx_orig,
+        }
+    }
+}
+
 /// Where each row of a batch attends: its sequence's block table and its position.
 #[derive(Clone, Debug, Default)]
 pub struct AttnBatch {

@@ -11,6 +11,20 @@
 
 use half::f16;
 
+/// One call's work: the queries of the heads sharing a KV head (`heads × dk`, contiguous),
+/// the run of `n` slots from `slot0` in that head's cache, the score scale, and whether
+/// softmax·V accumulates in f16 (llama.cpp's small-batch mode).
+#[derive(Clone, Copy, Debug)]
+pub struct Run<'a> {
+    pub q: &'a [f32],
+    pub dk: usize,
+    pub kv: &'a HeadKv<'a>,
+    pub slot0: usize,
+    pub n: usize,
+    pub scale: f32,
+    pub f16_accum: bool,
+}
+
 /// Where one head's keys and values live in the cache: f16 bits, `*_stride` values per slot,
 /// the head's first value at `*_off` within a slot.
 #[derive(Clone, Copy, Debug)]
@@ -52,23 +66,13 @@ pub const MAX_RUN: usize = 32;
 /// Most query heads per call (heads sharing one KV head are taken in chunks of this).
 pub const MAX_HEADS: usize = 8;
 
-/// Adds slots `slot0..slot0 + n` (`n <= MAX_RUN`) to the states of `st.heads` query heads
-/// (`q`: `heads × dk`, contiguous) that share one KV head: scores `q·k · scale`. Each key
+/// Adds the run's slots `slot0..slot0 + n` (`n <= MAX_RUN`) to the states of `st.heads`
+/// query heads (`q`: `heads × dk`, contiguous) that share one KV head: scores `q·k · scale`. Each key
 /// and value is loaded and converted once for all of them.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_run(
-    q: &[f32],
-    dk: usize,
-    kv: &HeadKv,
-    slot0: usize,
-    n: usize,
-    scale: f32,
-    f16_accum: bool,
-    st: &mut Online,
-) {
+pub fn attend_run(r: &Run, st: &mut Online) {
     let kernel = AttnKernel::best();
-    let kernel = if kernel.fits(dk, st.dv()) { kernel } else { AttnKernel::Avx2 };
-    attend_run_with(kernel, q, dk, kv, slot0, n, scale, f16_accum, st)
+    let kernel = if kernel.fits(r.dk, st.dv()) { kernel } else { AttnKernel::Avx2 };
+    attend_run_with(kernel, r, st)
 }
 
 /// The instruction sets [`attend_run`] has a body for.
@@ -135,18 +139,8 @@ impl AttnKernel {
 
 /// [`attend_run`] with a chosen kernel; one this CPU lacks, or that does not fit the head
 /// sizes, runs the scalar body.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_run_with(
-    kernel: AttnKernel,
-    q: &[f32],
-    dk: usize,
-    kv: &HeadKv,
-    slot0: usize,
-    n: usize,
-    scale: f32,
-    f16_accum: bool,
-    st: &mut Online,
-) {
+pub fn attend_run_with(kernel: AttnKernel, r: &Run, st: &mut Online) {
+    let Run { q, dk, kv, slot0, n, .. } = *r;
     assert!(n <= MAX_RUN && q.len() == st.heads * dk, "run shape");
     let dv = st.dv();
     if n == 0 {
@@ -159,31 +153,22 @@ pub fn attend_run_with(
     match kernel {
         AttnKernel::Avx2 if ok => {
             // SAFETY: `available` detected avx2, fma and f16c.
-            return unsafe { avx2::run(q, dk, kv, slot0, n, scale, f16_accum, st) };
+            return unsafe { avx2::run(r, st) };
         }
         AttnKernel::Avx512 if ok => {
             // SAFETY: `available` detected avx512f/vl (and avx2, fma, f16c); the ranges of
             // every key and value were asserted above.
-            return unsafe { avx512::run(q, dk, kv, slot0, n, scale, f16_accum, st) };
+            return unsafe { avx512::run(r, st) };
         }
         _ => {}
     }
     let _ = ok;
-    attend_run_scalar(q, dk, kv, slot0, n, scale, f16_accum, st)
+    attend_run_scalar(r, st)
 }
 
 /// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_run_scalar(
-    q: &[f32],
-    dk: usize,
-    kv: &HeadKv,
-    slot0: usize,
-    n: usize,
-    scale: f32,
-    f16_accum: bool,
-    st: &mut Online,
-) {
+pub fn attend_run_scalar(r: &Run, st: &mut Online) {
+    let Run { q, dk, kv, slot0, n, scale, f16_accum } = *r;
     let dv = st.dv();
     for h in 0..st.heads {
         let acc = &mut st.acc[h * dv..(h + 1) * dv];
@@ -193,7 +178,7 @@ pub fn attend_run_scalar(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
-    use super::{HeadKv, Online, MAX_HEADS, MAX_RUN};
+    use super::{Online, Run, MAX_HEADS, MAX_RUN};
     use std::arch::x86_64::*;
 
     /// Eight f16 values at `p[i..]` as f32.
@@ -259,26 +244,16 @@ pub(super) mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn run(
-        q: &[f32],
-        dk: usize,
-        kv: &HeadKv,
-        slot0: usize,
-        n: usize,
-        scale: f32,
-        f16_accum: bool,
-        o: &mut Online,
-    ) {
+    pub(super) fn run(r: &Run, o: &mut Online) {
         match o.heads {
-            1 => heads::<1>(q, dk, kv, slot0, n, scale, f16_accum, o),
-            2 => heads::<2>(q, dk, kv, slot0, n, scale, f16_accum, o),
-            3 => heads::<3>(q, dk, kv, slot0, n, scale, f16_accum, o),
-            4 => heads::<4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-            5 => heads::<5>(q, dk, kv, slot0, n, scale, f16_accum, o),
-            6 => heads::<6>(q, dk, kv, slot0, n, scale, f16_accum, o),
-            7 => heads::<7>(q, dk, kv, slot0, n, scale, f16_accum, o),
-            _ => heads::<8>(q, dk, kv, slot0, n, scale, f16_accum, o),
+            1 => heads::<1>(r, o),
+            2 => heads::<2>(r, o),
+            3 => heads::<3>(r, o),
+            4 => heads::<4>(r, o),
+            5 => heads::<5>(r, o),
+            6 => heads::<6>(r, o),
+            7 => heads::<7>(r, o),
+            _ => heads::<8>(r, o),
         }
     }
 
@@ -344,17 +319,8 @@ pub(super) mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    fn heads<const NH: usize>(
-        q: &[f32],
-        dk: usize,
-        kv: &HeadKv,
-        slot0: usize,
-        n: usize,
-        scale: f32,
-        f16_accum: bool,
-        o: &mut Online,
-    ) {
+    fn heads<const NH: usize>(r: &Run, o: &mut Online) {
+        let Run { q, dk, kv, slot0, n, scale, f16_accum } = *r;
         let dv = o.dv();
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
         let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
@@ -412,35 +378,25 @@ pub(super) mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::avx2::{factors, Cols};
-    use super::{HeadKv, Online, MAX_HEADS, MAX_RUN};
+    use super::{HeadKv, Online, Run, MAX_HEADS, MAX_RUN};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
     /// # Safety
     /// Every key `slot0..slot0 + n` (`dk` values) and value (`o.dv()` values) lies inside
     /// `kv`; `dk` and `o.dv()` are multiples of 16; `n <= MAX_RUN`.
-    pub(super) unsafe fn run(
-        q: &[f32],
-        dk: usize,
-        kv: &HeadKv,
-        slot0: usize,
-        n: usize,
-        scale: f32,
-        f16_accum: bool,
-        o: &mut Online,
-    ) {
+    pub(super) unsafe fn run(r: &Run, o: &mut Online) {
         // SAFETY: the caller's contract, passed on.
         unsafe {
             match o.heads {
-                1 => heads::<1, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-                2 => heads::<2, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-                3 => heads::<3, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-                4 => heads::<4, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-                5 => heads::<5, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-                6 => heads::<6, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-                7 => heads::<7, 4>(q, dk, kv, slot0, n, scale, f16_accum, o),
-                _ => heads::<8, 2>(q, dk, kv, slot0, n, scale, f16_accum, o),
+                1 => heads::<1, 4>(r, o),
+                2 => heads::<2, 4>(r, o),
+                3 => heads::<3, 4>(r, o),
+                4 => heads::<4, 4>(r, o),
+                5 => heads::<5, 4>(r, o),
+                6 => heads::<6, 4>(r, o),
+                7 => heads::<7, 4>(r, o),
+                _ => heads::<8, 2>(r, o),
             }
         }
     }
@@ -493,17 +449,8 @@ mod avx512 {
     /// # Safety
     /// As [`run`].
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn heads<const NH: usize, const G: usize>(
-        q: &[f32],
-        dk: usize,
-        kv: &HeadKv,
-        slot0: usize,
-        n: usize,
-        scale: f32,
-        f16_accum: bool,
-        o: &mut Online,
-    ) {
+    unsafe fn heads<const NH: usize, const G: usize>(r: &Run, o: &mut Online) {
+        let Run { q, dk, kv, slot0, n, scale, f16_accum } = *r;
         debug_assert!(n <= MAX_RUN && NH <= MAX_HEADS && q.len() == NH * dk);
         let dv = o.dv();
         let key = |j: usize| kv.k[(slot0 + j) * kv.k_stride + kv.k_off..].as_ptr();
