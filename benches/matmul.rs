@@ -2,7 +2,8 @@
 //! the CPU backend takes: weights repacked for the SIMD kernels where the format has a
 //! packed layout (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K), the row kernels otherwise (F32, F16,
 //! BF16, Q5_K). Decode (1 row) is reported as weight bytes read per second — generation is
-//! bound by reading weights — and a 64-row prefill tile as multiply-adds·2 per second.
+//! bound by reading weights — and 8 rows (a continuous-batching decode step) and a 64-row
+//! prefill tile as multiply-adds·2 per second.
 //! rayon's global pool (all cores). `cargo bench --bench matmul [-- FILTER]`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -69,7 +70,7 @@ fn bench(c: &mut Criterion) {
             let packed = PackedMatrix::pack(ty, &w, n_in, n_out);
             let path = packed.as_ref().map_or("rows", |p| p.isa().name());
             let (mut scratch, mut pack_scratch) = (Scratch::default(), PackScratch::default());
-            for n in [1usize, 64] {
+            for n in [1usize, 8, 64] {
                 let x: Vec<f32> = (0..n * n_in).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
                 let mut out = vec![0f32; n * n_out];
                 g.throughput(if n == 1 {

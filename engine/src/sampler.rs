@@ -113,12 +113,14 @@ pub struct Sampler {
     rng: Rng,
     history: VecDeque<u32>,
     cand: Vec<(u32, f32)>,
+    /// The candidates' sampling weights (reused: no allocation per token).
+    weights: Vec<f32>,
 }
 
 impl Sampler {
     /// A sampler for these settings.
     pub fn new(params: SamplerParams) -> Self {
-        Sampler { rng: Rng::new(params.seed), params, history: VecDeque::new(), cand: Vec::new() }
+        Sampler { rng: Rng::new(params.seed), params, history: VecDeque::new(), cand: Vec::new(), weights: Vec::new() }
     }
 
     /// Records a token (prompt or generated) for the penalties.
@@ -186,15 +188,17 @@ impl Sampler {
             self.cand.truncate(p.top_k);
         }
         let max = self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
-        let sum: f32 = self.cand.iter().map(|&(_, l)| (l - max).exp()).sum();
+        // The temperature-1 normaliser, before min-p cuts (top-p's target is a share of it).
+        let sum = if p.top_p < 1.0 { self.weights_of_cand(max, 1.0) } else { 0.0 };
         if p.min_p > 0.0 {
-            // p_i ≥ min_p · p_max  ⇔  e^(l_i − max) ≥ min_p.
-            self.cand.retain(|&(_, l)| (l - max).exp() >= p.min_p);
+            // p_i ≥ min_p · p_max  ⇔  l_i − max ≥ ln min_p.
+            let cut = p.min_p.ln();
+            self.cand.retain(|&(_, l)| l - max >= cut);
         }
         if p.top_p < 1.0 {
             // The smallest best-first prefix whose probability reaches top_p: select a prefix
             // of growing size until it is long enough, then cut it.
-            let target = p.top_p * sum;
+            let target = p.top_p * sum as f32;
             let mut k = 64.min(self.cand.len());
             loop {
                 if k < self.cand.len() {
@@ -220,19 +224,23 @@ impl Sampler {
             return argmax(logits);
         }
         // Temperature, then a draw.
-        // Temperature, then a draw (the weights are recomputed rather than stored: no
-        // vocabulary-sized allocation per token).
-        let weight = |l: f32| (((l - max) / p.temperature) as f64).exp();
-        let total: f64 = self.cand.iter().map(|&(_, l)| weight(l)).sum();
+        let total = self.weights_of_cand(max, 1.0 / p.temperature);
         let mut r = self.rng.next_f64() * total;
-        for &(id, l) in &self.cand {
-            let w = weight(l);
-            if r < w {
+        for (&(id, _), &w) in self.cand.iter().zip(&self.weights) {
+            if r < w as f64 {
                 return id;
             }
-            r -= w;
+            r -= w as f64;
         }
         self.cand[self.cand.len() - 1].0
+    }
+
+    /// Fills `weights` with `e^((l − max)·scale)` for each candidate (SIMD `exp`: the whole
+    /// vocabulary is a candidate when no top-k is set) and returns their sum.
+    fn weights_of_cand(&mut self, max: f32, scale: f32) -> f64 {
+        self.weights.clear();
+        self.weights.extend(self.cand.iter().map(|c| c.1));
+        softmax::exp_scaled(&mut self.weights, max, scale)
     }
 }
 

@@ -2,7 +2,7 @@
 //! lengths, ties, a maximum at either end, and rows with −∞ entries.
 
 use ferrite_kernels::cpu::softmax::{
-    argmax, argmax_scalar, log_sum_exp, log_sum_exp_scalar, max, max_scalar,
+    argmax, argmax_scalar, exp_scaled, exp_scaled_scalar, log_sum_exp, log_sum_exp_scalar, max, max_scalar,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,4 +33,27 @@ fn simd_reductions_match_scalar() {
     assert_eq!(max(&[]), f32::NEG_INFINITY);
     assert_eq!(argmax(&[]), 0);
     assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 9], f32::NEG_INFINITY), f32::NEG_INFINITY);
+}
+
+/// Sampling weights: every element within a few ulps of libm's, −∞ logits weigh 0, and the
+/// sums agree.
+#[test]
+fn exp_scaled_matches_scalar() {
+    let mut rng = StdRng::seed_from_u64(10);
+    for len in [1usize, 7, 31, 32, 33, 257, 1000, 49_152] {
+        for scale in [1.0f32, 1.25, 0.3] {
+            let mut x: Vec<f32> = (0..len).map(|_| rng.random_range(-40.0f32..25.0)).collect();
+            x.iter_mut().skip(1).step_by(5).for_each(|v| *v = f32::NEG_INFINITY);
+            let m = max_scalar(&x);
+            let (mut a, mut b) = (x.clone(), x.clone());
+            let (sa, sb) = (exp_scaled(&mut a, m, scale), exp_scaled_scalar(&mut b, m, scale));
+            for (i, (&p, &q)) in a.iter().zip(&b).enumerate() {
+                assert!((p - q).abs() <= 4.0 * f32::EPSILON * q + 1e-37, "len {len} [{i}]: {p} vs {q}");
+                if x[i] == f32::NEG_INFINITY {
+                    assert_eq!(p, 0.0);
+                }
+            }
+            assert!((sa - sb).abs() <= 1e-6 * sb, "len {len}: {sa} vs {sb}");
+        }
+    }
 }

@@ -33,56 +33,75 @@ fn quantize_with<B: QuantizeBlock>(x: &[f32], out: &mut [B]) {
     }
 }
 
-/// Q8_0/Q8_1 activation codes as llama.cpp's x86 build computes them (its AVX2 quantizer,
-/// not ggml's scalar reference): `id = 127 / max|x|` and round-half-to-even. The stored
-/// scale is `max / 127` in f16. Matching this exactly matters: models with massive
-/// activations (SmolLM2's token 0 carries values near 3000) turn a single different
-/// rounding into visibly different log-probabilities.
-#[inline(always)]
-fn q8_codes(src: &[f32]) -> (f32, [i8; QK]) {
+/// Q8_0/Q8_1 activation codes of one block as llama.cpp's x86 build computes them (its AVX2
+/// quantizer, not ggml's scalar reference): `id = 127 / max|x|` and round-half-to-even; the
+/// stored scale is `max / 127`. Returns the f32 scale, the codes and their sum. Matching this
+/// exactly matters: models with massive activations (SmolLM2's token 0 carries values near
+/// 3000) turn a single different rounding into visibly different log-probabilities.
+pub(crate) fn q8_block_scalar(src: &[f32]) -> (f32, [i8; QK], i32) {
     let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = max / 127.0;
     let id = if max != 0.0 { 127.0 / max } else { 0.0 };
-    (d, std::array::from_fn(|j| (src[j] * id).round_ties_even() as i8))
+    let qs: [i8; QK] = std::array::from_fn(|j| (src[j] * id).round_ties_even() as i8);
+    (d, qs, qs.iter().map(|&q| q as i32).sum())
 }
 
-/// Runs `$body` compiled with AVX2 (so that `round_ties_even` is one `vroundps`, not a
-/// libm call) when the CPU has it, else as plain code.
-macro_rules! with_avx2 {
-    ($name:ident, $body:ident, $($arg:ident: $ty:ty),*) => {
-        pub(crate) fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma,f16c")]
-                fn fast($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if super::use_avx2() {
-                    // SAFETY: `use_avx2` detected avx2, fma and f16c.
-                    return unsafe { fast($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
+/// [`q8_block_scalar`] with AVX2 when the CPU has it (same codes, bit for bit).
+#[inline]
+fn q8_block(src: &[f32]) -> (f32, [i8; QK], i32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::use_avx2() {
+        // SAFETY: `use_avx2` detected avx2, fma and f16c; `src` has QK values (checked inside).
+        return unsafe { q8_avx2::block(src) };
+    }
+    q8_block_scalar(src)
 }
 
-with_avx2!(quantize_q8_0_x86, q8_0_body, x: &[f32], out: &mut [BlockQ8_0]);
-with_avx2!(quantize_q8_1_x86, q8_1_body, x: &[f32], out: &mut [BlockQ8_1]);
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2 {
+    use super::QK;
+    use std::arch::x86_64::*;
 
-#[inline(always)]
-fn q8_0_body(x: &[f32], out: &mut [BlockQ8_0]) {
+    /// One block: the max of |x| as a lane-wise tree (max is exact in any order), codes
+    /// rounded half-to-even by `vcvtps2dq`, packed to bytes in order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn block(src: &[f32]) -> (f32, [i8; QK], i32) {
+        let src: &[f32; QK] = src[..QK].try_into().expect("one block");
+        // SAFETY: the four loads read src[0..32], which the array type guarantees.
+        let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.as_ptr().add(8 * i)) });
+        let sign = _mm256_set1_ps(-0.0);
+        let a: [__m256; 4] = v.map(|x| _mm256_andnot_ps(sign, x));
+        let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let max = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let d = max / 127.0;
+        let id = _mm256_set1_ps(if max != 0.0 { 127.0 / max } else { 0.0 });
+        let q: [__m256i; 4] = v.map(|x| _mm256_cvtps_epi32(_mm256_mul_ps(x, id)));
+        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 1)));
+        // The packs interleave 128-bit lanes; one permute puts the 8 dwords back in order.
+        let p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut qs = [0i8; QK];
+        // SAFETY: qs holds exactly 32 bytes.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+        (d, qs, sum)
+    }
+}
+
+pub(crate) fn quantize_q8_0_x86(x: &[f32], out: &mut [BlockQ8_0]) {
     for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let (d, qs) = q8_codes(src);
+        let (d, qs, _) = q8_block(src);
         *o = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs };
     }
 }
 
-#[inline(always)]
-fn q8_1_body(x: &[f32], out: &mut [BlockQ8_1]) {
+pub(crate) fn quantize_q8_1_x86(x: &[f32], out: &mut [BlockQ8_1]) {
     for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let (d, qs) = q8_codes(src);
-        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+        let (d, qs, sum) = q8_block(src);
         // The f32 `d`, not its f16 rounding, as ggml does.
         *o = BlockQ8_1 {
             d: f16::from_f32(d).to_le_bytes(),
@@ -360,5 +379,35 @@ impl VecDot for BlockBF16 {
     #[inline(always)]
     fn dot(w: &[Self], a: &[f32]) -> f32 {
         dot_f32(w.iter().map(|b| bf16::from_le_bytes(b.0).to_f32()), a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The SIMD block quantizer gives the scalar reference's codes, scale and sum exactly,
+    /// on random blocks of every magnitude (massive activations included) and on ties.
+    #[test]
+    fn q8_block_matches_scalar() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for case in 0..4000 {
+            let mag = 10f32.powi(rng.random_range(-6..5));
+            let mut x: Vec<f32> = (0..QK).map(|_| rng.random_range(-1.0..1.0) * mag).collect();
+            if case % 7 == 0 {
+                // Exact half steps: rounding ties must go to even.
+                let m = rng.random_range(1..200) as f32;
+                for (j, v) in x.iter_mut().enumerate() {
+                    *v = (j as f32 - 16.0 + 0.5) * m / 127.0;
+                }
+                x[0] = m;
+            }
+            if case % 11 == 0 {
+                x[rng.random_range(0..QK)] = 2800.0 * mag.signum();
+            }
+            assert_eq!(q8_block(&x), q8_block_scalar(&x), "case {case}");
+        }
+        assert_eq!(q8_block(&[0.0; QK]), q8_block_scalar(&[0.0; QK]));
     }
 }

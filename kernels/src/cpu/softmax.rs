@@ -1,4 +1,5 @@
-//! Reductions over a row of logits for sampling: max, argmax, log-sum-exp. Each has a
+//! Reductions over a row of logits for sampling: max, argmax, log-sum-exp, and the
+//! exponentiated weights a sampler draws from. Each has a
 //! scalar reference and an AVX2 body chosen at run time (a 152k vocabulary is scanned once
 //! or twice per generated token, so a scalar libm `exp` per logit cost ~0.5 ms a token).
 
@@ -60,6 +61,27 @@ pub fn log_sum_exp_scalar(x: &[f32], m: f32) -> f32 {
     m + x.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>().ln() as f32
 }
 
+/// Replaces each `x` by its sampling weight `e^((x − m)·scale)` and returns their sum
+/// (in f64). `m` is the row's max, `scale` the inverse temperature.
+pub fn exp_scaled(x: &mut [f32], m: f32, scale: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if super::use_avx2() {
+        // SAFETY: `use_avx2` detected avx2, fma and f16c.
+        return unsafe { avx2::exp_scaled(x, m, scale) };
+    }
+    exp_scaled_scalar(x, m, scale)
+}
+
+/// Scalar reference of [`exp_scaled`] (libm `exp`).
+pub fn exp_scaled_scalar(x: &mut [f32], m: f32, scale: f32) -> f64 {
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = ((*v - m) * scale).exp();
+        sum += *v as f64;
+    }
+    sum
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::attn::avx2::exp;
@@ -109,6 +131,37 @@ mod avx2 {
         // SAFETY: `lanes` holds 4 writable f64.
         unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(total[0], total[1])) };
         lanes.iter().sum::<f64>() + tail.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>()
+    }
+
+    /// In place `x ← e^((x − m)·scale)`, summed as in [`sum_exp`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn exp_scaled(x: &mut [f32], m: f32, scale: f32) -> f64 {
+        let mut chunks = x.chunks_exact_mut(32);
+        let (mv, sv) = (_mm256_set1_ps(m), _mm256_set1_ps(scale));
+        let mut total = [_mm256_setzero_pd(); 2];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, c) in chunks.by_ref().enumerate() {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let p = c[8 * k..].as_mut_ptr();
+                // SAFETY: `c` holds 32 f32, so p..p+8 is in bounds; unaligned load and store.
+                unsafe {
+                    let t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p), mv), sv);
+                    // Below e^-87 (masked logits at −∞ included) the weight is exactly 0.
+                    let live = _mm256_cmp_ps::<_CMP_GE_OQ>(t, _mm256_set1_ps(-87.0));
+                    let e = _mm256_and_ps(exp(t), live);
+                    _mm256_storeu_ps(p, e);
+                    *a = _mm256_add_ps(*a, e);
+                }
+            }
+            if i % 8 == 7 {
+                flush(&mut acc, &mut total);
+            }
+        }
+        flush(&mut acc, &mut total);
+        let mut lanes = [0f64; 4];
+        // SAFETY: `lanes` holds 4 writable f64.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(total[0], total[1])) };
+        lanes.iter().sum::<f64>() + super::exp_scaled_scalar(chunks.into_remainder(), m, scale)
     }
 
     /// Adds the f32 lanes of `acc` into the f64 lanes of `total` and clears them.
