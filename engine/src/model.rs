@@ -141,35 +141,55 @@ impl Batch {
     }
 }
 
-/// A model on a backend, with its KV cache.
-pub struct Model<B: Backend> {
-    /// Shape and numerics.
-    pub cfg: ModelConfig,
+/// The device side of a model: its weights, KV cache and activation buffers on one
+/// backend. `Model` holds it as a trait object so that one engine type runs any backend.
+trait Device: Send + std::fmt::Debug {
+    /// Runs a planned batch (`attn` says where each row reads and writes the cache) and
+    /// writes the logits of `logit_rows` into `out`.
+    fn forward(
+        &mut self,
+        cfg: &ModelConfig,
+        batch: &Batch,
+        attn: &AttnBatch,
+        logit_rows: &[u32],
+        out: &mut Vec<f32>,
+    ) -> Result<(), EngineError>;
+    fn name(&self) -> &'static str;
+    fn prepare_stats(&self) -> crate::backend::PrepareStats;
+}
+
+/// [`Device`] for a backend.
+struct OnBackend<B: Backend> {
     backend: B,
     weights: Weights<B>,
     kv: B::Kv,
+    scratch: Option<Scratch<B>>,
+    ropes: Vec<RopeParams>,
+}
+
+impl<B: Backend> std::fmt::Debug for OnBackend<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnBackend").field("backend", &self.backend.name()).finish_non_exhaustive()
+    }
+}
+
+/// A model on a backend, with its KV cache.
+#[derive(Debug)]
+pub struct Model {
+    /// Shape and numerics.
+    pub cfg: ModelConfig,
     /// Block tables of the paged KV cache.
     pub tables: BlockTables,
-    scratch: Option<Scratch<B>>,
+    device: Box<dyn Device>,
     attn: AttnBatch,
-    ropes: Vec<RopeParams>,
     /// Rows of the current batch that want logits (reused across steps).
     logit_rows: Vec<u32>,
 }
 
-impl<B: Backend> std::fmt::Debug for Model<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("backend", &self.backend.name())
-            .field("cfg", &self.cfg)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B: Backend> Model<B> {
+impl Model {
     /// Loads weights onto `backend` and allocates a KV cache of `kv_tokens` tokens (rounded up
     /// to whole blocks).
-    pub fn load(
+    pub fn load<B: Backend + 'static>(
         backend: B,
         file: &Arc<GgufFile>,
         cfg: ModelConfig,
@@ -187,27 +207,108 @@ impl<B: Backend> Model<B> {
         let ropes = (0..cfg.n_layers).map(|il| rope_params(&cfg, il)).collect();
         Ok(Model {
             cfg,
-            backend,
-            weights,
-            kv,
             tables: BlockTables::new(n_blocks),
-            scratch: None,
+            device: Box::new(OnBackend { backend, weights, kv, scratch: None, ropes }),
             attn: AttnBatch::default(),
-            ropes,
             logit_rows: Vec::new(),
         })
     }
 
-    /// The backend.
-    pub fn backend(&self) -> &B {
-        &self.backend
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.device.name()
     }
 
-    fn ensure_scratch(&mut self, n: usize) {
+    /// What preparing the weights cost (repacking on the CPU, uploads on a GPU).
+    pub fn prepare_stats(&self) -> crate::backend::PrepareStats {
+        self.device.prepare_stats()
+    }
+
+    /// Runs one batch through the model, storing its keys and values in the cache, and
+    /// returns the logits of the rows that asked for them (`n_vocab` each, in row order).
+    pub fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, EngineError> {
+        let mut logits = Vec::new();
+        self.forward_into(batch, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// `forward`, writing the logits into `out` (replaced; its allocation is reused, so a
+    /// decode loop allocates nothing per token for them).
+    pub fn forward_into(&mut self, batch: &Batch, out: &mut Vec<f32>) -> Result<(), EngineError> {
+        out.clear();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for &t in &batch.tokens {
+            if t as usize >= self.cfg.n_vocab {
+                return Err(EngineError::BadToken { id: t, n_vocab: self.cfg.n_vocab });
+            }
+        }
+        self.plan_attention(batch)?;
+        self.logit_rows.clear();
+        self.logit_rows.extend((0..batch.len() as u32).filter(|&i| batch.logits[i as usize]));
+        self.device.forward(&self.cfg, batch, &self.attn, &self.logit_rows, out)
+    }
+
+    /// Assigns KV slots to the batch's rows and gathers the block tables attention needs.
+    /// All or nothing: if the cache is full, no sequence changes.
+    fn plan_attention(&mut self, batch: &Batch) -> Result<(), EngineError> {
+        let a = &mut self.attn;
+        a.positions.clear();
+        a.table_of_row.clear();
+        a.tables.clear();
+        a.slots.clear();
+        let mut seqs: Vec<SeqId> = Vec::new();
+        let mut counts: Vec<usize> = Vec::new();
+        for &s in &batch.seq_ids {
+            match seqs.iter().position(|&x| x == s) {
+                Some(i) => counts[i] += 1,
+                None => {
+                    seqs.push(s);
+                    counts.push(1);
+                }
+            }
+        }
+        let need: usize = seqs
+            .iter()
+            .zip(&counts)
+            .map(|(&s, &c)| {
+                let len = self.tables.seq_len(s);
+                (len + c).div_ceil(BLOCK_SIZE) - len.div_ceil(BLOCK_SIZE)
+            })
+            .sum();
+        if need > self.tables.n_free() {
+            return Err(crate::kv_cache::KvFull {
+                needed: need,
+                free: self.tables.n_free(),
+                total: self.tables.n_blocks(),
+            }
+            .into());
+        }
+        let mut next_pos: Vec<usize> = seqs.iter().map(|&s| self.tables.seq_len(s)).collect();
+        let mut slots_of: Vec<std::vec::IntoIter<u32>> = Vec::with_capacity(seqs.len());
+        for (&s, &c) in seqs.iter().zip(&counts) {
+            slots_of.push(self.tables.append(s, c).expect("room checked above").into_iter());
+        }
+        for &s in &seqs {
+            a.tables.push(self.tables.table(s).to_vec());
+        }
+        for &s in &batch.seq_ids {
+            let i = seqs.iter().position(|&x| x == s).expect("collected above");
+            a.positions.push(next_pos[i] as u32);
+            next_pos[i] += 1;
+            a.table_of_row.push(i as u32);
+            a.slots.push(slots_of[i].next().expect("one slot per row"));
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> OnBackend<B> {
+    fn ensure_scratch(&mut self, c: &ModelConfig, n: usize) {
         if self.scratch.as_ref().is_some_and(|s| s.cap >= n) {
             return;
         }
-        let c = &self.cfg;
         let b = &self.backend;
         let q_w = c.n_head * c.head_dim;
         let kv_w = c.n_head_kv * c.head_dim;
@@ -228,31 +329,29 @@ impl<B: Backend> Model<B> {
             logits_rows: 0,
         });
     }
+}
 
-    /// Runs one batch through the model, storing its keys and values in the cache, and
-    /// returns the logits of the rows that asked for them (`n_vocab` each, in row order).
-    pub fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, EngineError> {
-        let mut logits = Vec::new();
-        self.forward_into(batch, &mut logits)?;
-        Ok(logits)
+impl<B: Backend> Device for OnBackend<B> {
+    fn name(&self) -> &'static str {
+        self.backend.name()
     }
 
-    /// `forward`, writing the logits into `out` (replaced; its allocation is reused, so a
-    /// decode loop allocates nothing per token for them).
-    pub fn forward_into(&mut self, batch: &Batch, out: &mut Vec<f32>) -> Result<(), EngineError> {
-        out.clear();
+    fn prepare_stats(&self) -> crate::backend::PrepareStats {
+        self.backend.prepare_stats()
+    }
+
+    fn forward(
+        &mut self,
+        cfg: &ModelConfig,
+        batch: &Batch,
+        attn: &AttnBatch,
+        logit_rows: &[u32],
+        out: &mut Vec<f32>,
+    ) -> Result<(), EngineError> {
         let n = batch.len();
-        if n == 0 {
-            return Ok(());
-        }
-        for &t in &batch.tokens {
-            if t as usize >= self.cfg.n_vocab {
-                return Err(EngineError::BadToken { id: t, n_vocab: self.cfg.n_vocab });
-            }
-        }
-        self.plan_attention(batch)?;
-        self.ensure_scratch(n);
-        let Model { cfg: c, backend: b, weights: w, kv, scratch, attn, ropes, logit_rows, .. } = self;
+        self.ensure_scratch(cfg, n);
+        let OnBackend { backend: b, weights: w, kv, scratch, ropes } = self;
+        let c = cfg;
         let s = scratch.as_mut().expect("allocated above");
 
         b.embed(&w.tok_embd, &batch.tokens, c.embed_scale.unwrap_or(1.0), &mut s.x)?;
@@ -309,8 +408,6 @@ impl<B: Backend> Model<B> {
         }
 
         // Logits only for the rows that need them.
-        logit_rows.clear();
-        logit_rows.extend((0..n as u32).filter(|&i| batch.logits[i as usize]));
         let rows = logit_rows.len();
         if rows == 0 {
             return Ok(());
@@ -324,59 +421,6 @@ impl<B: Backend> Model<B> {
         let head = w.output.as_ref().unwrap_or(&w.tok_embd);
         b.matmul(head, &s.sel, rows, &mut s.logits);
         b.read(&s.logits, rows * c.n_vocab, out);
-        Ok(())
-    }
-
-    /// Assigns KV slots to the batch's rows and gathers the block tables attention needs.
-    /// All or nothing: if the cache is full, no sequence changes.
-    fn plan_attention(&mut self, batch: &Batch) -> Result<(), EngineError> {
-        let a = &mut self.attn;
-        a.positions.clear();
-        a.table_of_row.clear();
-        a.tables.clear();
-        a.slots.clear();
-        let mut seqs: Vec<SeqId> = Vec::new();
-        let mut counts: Vec<usize> = Vec::new();
-        for &s in &batch.seq_ids {
-            match seqs.iter().position(|&x| x == s) {
-                Some(i) => counts[i] += 1,
-                None => {
-                    seqs.push(s);
-                    counts.push(1);
-                }
-            }
-        }
-        let need: usize = seqs
-            .iter()
-            .zip(&counts)
-            .map(|(&s, &c)| {
-                let len = self.tables.seq_len(s);
-                (len + c).div_ceil(BLOCK_SIZE) - len.div_ceil(BLOCK_SIZE)
-            })
-            .sum();
-        if need > self.tables.n_free() {
-            return Err(crate::kv_cache::KvFull {
-                needed: need,
-                free: self.tables.n_free(),
-                total: self.tables.n_blocks(),
-            }
-            .into());
-        }
-        let mut next_pos: Vec<usize> = seqs.iter().map(|&s| self.tables.seq_len(s)).collect();
-        let mut slots_of: Vec<std::vec::IntoIter<u32>> = Vec::with_capacity(seqs.len());
-        for (&s, &c) in seqs.iter().zip(&counts) {
-            slots_of.push(self.tables.append(s, c).expect("room checked above").into_iter());
-        }
-        for &s in &seqs {
-            a.tables.push(self.tables.table(s).to_vec());
-        }
-        for &s in &batch.seq_ids {
-            let i = seqs.iter().position(|&x| x == s).expect("collected above");
-            a.positions.push(next_pos[i] as u32);
-            next_pos[i] += 1;
-            a.table_of_row.push(i as u32);
-            a.slots.push(slots_of[i].next().expect("one slot per row"));
-        }
         Ok(())
     }
 }

@@ -120,7 +120,13 @@ pub struct Sampler {
 impl Sampler {
     /// A sampler for these settings.
     pub fn new(params: SamplerParams) -> Self {
-        Sampler { rng: Rng::new(params.seed), params, history: VecDeque::new(), cand: Vec::new(), weights: Vec::new() }
+        Sampler {
+            rng: Rng::new(params.seed),
+            params,
+            history: VecDeque::new(),
+            cand: Vec::new(),
+            weights: Vec::new(),
+        }
     }
 
     /// Records a token (prompt or generated) for the penalties.

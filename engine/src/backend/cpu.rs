@@ -406,7 +406,7 @@ pub fn gelu_tanh_exact(x: f32) -> f32 {
 
 /// cos/sin for each rotated pair of a position into `cos`/`sin` (replaced), with YaRN where
 /// enabled (ggml's rope_yarn).
-fn rope_cache(pos: u32, p: &RopeParams, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+pub(crate) fn rope_cache(pos: u32, p: &RopeParams, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
     let half = p.n_dims / 2;
     let theta_scale = p.base.powf(-2.0 / p.n_dims as f32);
     let corr = yarn_corr_dims(p);

@@ -6,6 +6,8 @@
 //! paged block tables hand out.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgsl;
 
 use crate::error::EngineError;
 use ferrite_loader::GgufFile;

@@ -1,0 +1,744 @@
+//! The WGSL backend: every op of the Backend set as a compute shader (shaders/*.wgsl) run
+//! through wgpu on Vulkan, Metal or DX12.
+//!
+//! Commands are recorded into one encoder and submitted only when the host needs data
+//! (`read`, `write`) or the parameter arena is full, so a forward pass is one submission
+//! with one readback (its logits). Small per-op data — parameters, token ids, positions,
+//! slots, block tables, rope tables — goes into a host-side arena that is uploaded just
+//! before the submission, each op reading its own aligned slice. Weights are uploaded once
+//! as raw GGUF blocks and dequantized in registers; matrices larger than the adapter's
+//! biggest storage binding are split by rows.
+//!
+//! Numerics follow the CPU backend where it can be followed: activations for quantized
+//! weights become the same 8-bit codes, integer block sums are exact, blocks are combined
+//! in the same order with the same fused multiply-adds, the KV cache holds f16-rounded
+//! values, rope uses the CPU's cos/sin. What differs: attention accumulates in f32 (the CPU
+//! mirrors llama.cpp's f16 accumulation for small batches), and the GPU's exp/tanh.
+
+use super::{Activation, AttnBatch, AttnParams, Backend, PrepareStats, RopeParams, WeightUse};
+use crate::error::EngineError;
+use crate::kv_cache::BLOCK_SIZE;
+use ferrite_kernels::quant::QuantType;
+use ferrite_loader::GgufFile;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+
+/// The kernel files: (name, source). Each is compiled with `common.wgsl` prepended.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("matmul", include_str!("../../../shaders/matmul.wgsl")),
+    ("quantize", include_str!("../../../shaders/quantize.wgsl")),
+    ("ops", include_str!("../../../shaders/ops.wgsl")),
+    ("attention", include_str!("../../../shaders/attention.wgsl")),
+];
+
+/// The full source of a kernel file as the device compiles it.
+pub fn shader_source(body: &str) -> String {
+    format!("{COMMON}\n{body}")
+}
+
+/// Invocations per workgroup of every kernel.
+const WG: u64 = 64;
+/// Workgroups per dispatch dimension (WebGPU's minimum maximum).
+const MAX_GROUPS: u64 = 65535;
+/// Bytes of the per-submission parameter arena.
+const ARENA_BYTES: u64 = 16 << 20;
+
+/// Weight types the matmul and embedding kernels read.
+fn supported(ty: QuantType) -> bool {
+    matches!(ty, QuantType::F32 | QuantType::F16 | QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1)
+}
+
+/// An activation buffer: `len` f32 on the device.
+#[derive(Debug)]
+pub struct WgpuBuf {
+    buf: wgpu::Buffer,
+    len: usize,
+}
+
+/// Rows `row0..row0 + rows` of a matrix in one device buffer.
+#[derive(Debug)]
+pub struct Part {
+    buf: wgpu::Buffer,
+    row0: usize,
+    rows: usize,
+}
+
+/// An uploaded weight.
+#[derive(Debug)]
+pub enum WgpuWeight {
+    /// A matrix as raw GGUF blocks, split by rows to fit the binding limit.
+    Matrix { ty: QuantType, n_in: usize, n_out: usize, parts: Vec<Part> },
+    /// A vector (norm weight, bias) as f32.
+    Vector { buf: wgpu::Buffer, len: usize },
+}
+
+/// The KV cache: per layer, keys and values as `[slot][kv head · dim]` f32 (f16-rounded).
+#[derive(Debug)]
+pub struct WgpuKv {
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+    kw: usize,
+    vw: usize,
+}
+
+/// One compiled entry point.
+#[derive(Debug)]
+struct Pipe {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// What is recorded but not yet submitted.
+#[derive(Debug)]
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// Host side of the arena: parameter and index words for the recorded ops.
+    arena: Vec<u32>,
+    arena_buf: wgpu::Buffer,
+    /// Rope tables already in the arena this submission: (params, positions) → offset.
+    ropes: Vec<(RopeParams, Vec<u32>, u64, u64)>,
+    /// Attention metadata already in the arena: (positions, tables) → offset.
+    attn_meta: Option<AttnMeta>,
+    /// Activation codes and scales for quantized matmuls (grown as needed).
+    xq: Option<(wgpu::Buffer, u64)>,
+    xd: Option<(wgpu::Buffer, u64)>,
+}
+
+/// An attention batch already in the arena: its positions, tables and rows, and where.
+type AttnMeta = (Vec<u32>, Vec<Vec<u32>>, Vec<u32>, u64, u64);
+
+/// A buffer binding: a whole device buffer or a slice of the arena.
+enum Res<'a> {
+    Buf(&'a wgpu::Buffer),
+    Arena(u64, u64),
+}
+
+/// The wgpu device, its compiled kernels and the recording state.
+#[derive(Debug)]
+pub struct WgpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    pipes: HashMap<&'static str, Pipe>,
+    pending: Mutex<Pending>,
+    /// Largest storage binding, bytes.
+    max_binding: u64,
+    /// Storage binding offset alignment, bytes.
+    align: u64,
+    prepared: Mutex<PrepareStats>,
+}
+
+/// Every entry point: (file, entry).
+const ENTRIES: &[(&str, &str)] = &[
+    ("matmul", "mm_f32"),
+    ("matmul", "mm_f16"),
+    ("matmul", "mm_q8_0"),
+    ("matmul", "mm_q4_0"),
+    ("matmul", "mm_q4_1"),
+    ("quantize", "quantize_q8"),
+    ("ops", "rms_norm"),
+    ("ops", "rms_norm_to"),
+    ("ops", "rope"),
+    ("ops", "gated_act"),
+    ("ops", "add"),
+    ("ops", "add_bias"),
+    ("ops", "get_rows"),
+    ("ops", "kv_store"),
+    ("ops", "embed"),
+    ("attention", "attention"),
+];
+
+fn unavailable(why: impl Into<String>) -> EngineError {
+    EngineError::BackendUnavailable { name: "wgpu".into(), why: why.into() }
+}
+
+impl WgpuBackend {
+    /// Opens the best adapter. With `allow_cpu` false, a software adapter (lavapipe,
+    /// WARP) counts as none: `--backend auto` wants a real GPU, tests take any.
+    pub fn new(allow_cpu: bool) -> Result<Self, EngineError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            unavailable(format!("no GPU adapter found ({e}); is a Vulkan, Metal or DX12 driver installed?"))
+        })?;
+        let info = adapter.get_info();
+        if !allow_cpu && info.device_type == wgpu::DeviceType::Cpu {
+            return Err(unavailable(format!("only a software adapter ({}) was found", info.name)));
+        }
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ferrite"),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| unavailable(format!("{}: {e}", info.name)))?;
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let align = limits.min_storage_buffer_offset_alignment as u64;
+        let mut modules = HashMap::new();
+        for (name, body) in SHADERS {
+            let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(shader_source(body).into()),
+            });
+            modules.insert(*name, m);
+        }
+        let mut pipes = HashMap::new();
+        for &(file, entry) in ENTRIES {
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &modules[file],
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            let layout = pipeline.get_bind_group_layout(0);
+            pipes.insert(entry, Pipe { pipeline, layout });
+        }
+        let arena_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("arena"),
+            size: ARENA_BYTES,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(WgpuBackend {
+            device,
+            queue,
+            info,
+            pipes,
+            pending: Mutex::new(Pending {
+                encoder: None,
+                arena: Vec::new(),
+                arena_buf,
+                ropes: Vec::new(),
+                attn_meta: None,
+                xq: None,
+                xd: None,
+            }),
+            max_binding,
+            align,
+            prepared: Mutex::new(PrepareStats::default()),
+        })
+    }
+
+    /// The adapter's name and driver, for logs.
+    pub fn adapter(&self) -> String {
+        format!("{} ({:?}, {})", self.info.name, self.info.backend, self.info.driver)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn upload(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let mut padded;
+        let contents = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4).max(4), 0);
+            &padded[..]
+        };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Submits what is recorded (after uploading the arena) and starts a fresh arena.
+    fn flush(&self, st: &mut Pending) {
+        if let Some(enc) = st.encoder.take() {
+            if !st.arena.is_empty() {
+                self.queue.write_buffer(&st.arena_buf, 0, bytemuck_words(&st.arena));
+            }
+            self.queue.submit([enc.finish()]);
+        }
+        st.arena.clear();
+        st.ropes.clear();
+        st.attn_meta = None;
+    }
+
+    /// Makes room in the arena for one op: its data words plus parameters, submitting what
+    /// is recorded if they would not fit (an op's slices never straddle a submission).
+    fn room(&self, st: &mut Pending, data_words: usize) {
+        let align_words = (self.align / 4).max(1) as usize;
+        let need = (data_words + 3 * align_words + 64) as u64 * 4;
+        assert!(need <= ARENA_BYTES, "one op's data exceeds the arena");
+        if st.arena.len() as u64 * 4 + need > ARENA_BYTES {
+            self.flush(st);
+        }
+    }
+
+    /// Appends words to the arena at an aligned offset (after `room`). Returns (byte
+    /// offset, byte size).
+    fn push(&self, st: &mut Pending, words: &[u32]) -> (u64, u64) {
+        let align_words = (self.align / 4).max(1) as usize;
+        let start = st.arena.len().next_multiple_of(align_words);
+        let bytes = (words.len().max(1) * 4) as u64;
+        assert!((start * 4) as u64 + bytes <= ARENA_BYTES, "arena overflow: `room` not called");
+        st.arena.resize(start, 0);
+        st.arena.extend_from_slice(words);
+        if words.is_empty() {
+            st.arena.push(0);
+        }
+        ((start * 4) as u64, bytes)
+    }
+
+    /// Records one dispatch of `entry` with `params` at binding 0 and `res` after it,
+    /// over `groups` workgroups (split into x and y when above the per-dimension limit).
+    fn dispatch(
+        &self,
+        st: &mut Pending,
+        entry: &str,
+        params: &[u32],
+        res: &[(u32, Res)],
+        groups: (u64, u64),
+    ) {
+        let (x, y) = groups;
+        if x == 0 || y == 0 {
+            return;
+        }
+        let (gx, gy) = if x > MAX_GROUPS { (MAX_GROUPS, x.div_ceil(MAX_GROUPS) * y) } else { (x, y) };
+        assert!(x <= MAX_GROUPS || y == 1, "2-D dispatch beyond the x limit");
+        let (po, ps) = self.push(st, params);
+        let pipe = &self.pipes[entry];
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &st.arena_buf,
+                offset: po,
+                size: std::num::NonZeroU64::new(ps),
+            }),
+        }];
+        for (binding, r) in res {
+            let resource = match r {
+                Res::Buf(b) => b.as_entire_binding(),
+                Res::Arena(o, s) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &st.arena_buf,
+                    offset: *o,
+                    size: std::num::NonZeroU64::new(*s),
+                }),
+            };
+            entries.push(wgpu::BindGroupEntry { binding: *binding, resource });
+        }
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipe.layout,
+            entries: &entries,
+        });
+        let enc = st.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default())
+        });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(&pipe.pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(gx as u32, gy as u32, 1);
+    }
+
+    /// Workgroups for `len` invocations in 1-D.
+    fn linear(len: usize) -> (u64, u64) {
+        ((len as u64).div_ceil(WG), 1)
+    }
+
+    /// A scratch buffer of at least `bytes`, grown (never shrunk) as needed.
+    fn scratch(&self, slot: &mut Option<(wgpu::Buffer, u64)>, label: &str, bytes: u64) -> wgpu::Buffer {
+        if slot.as_ref().is_none_or(|(_, cap)| *cap < bytes) {
+            *slot = Some((self.storage(label, bytes), bytes));
+        }
+        slot.as_ref().expect("set above").0.clone()
+    }
+}
+
+/// A word slice as bytes.
+fn bytemuck_words(w: &[u32]) -> &[u8] {
+    bytemuck::cast_slice(w)
+}
+
+fn f(x: f32) -> u32 {
+    x.to_bits()
+}
+
+fn u(x: usize) -> u32 {
+    u32::try_from(x).expect("shape fits in u32")
+}
+
+impl Backend for WgpuBackend {
+    type Buf = WgpuBuf;
+    type Weight = WgpuWeight;
+    type Kv = WgpuKv;
+
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn weight(&self, file: &Arc<GgufFile>, name: &str, _usage: WeightUse) -> Result<WgpuWeight, EngineError> {
+        let t0 = std::time::Instant::now();
+        let view = file.tensor(name)?;
+        let info = view.info;
+        let ty = QuantType::from_ggml_id(info.ty.id()).ok_or_else(|| EngineError::Tensor {
+            name: name.into(),
+            what: format!("tensor type id {} is not supported", info.ty.id()),
+        })?;
+        let tensor_err = |what: String| EngineError::Tensor { name: name.into(), what };
+        if info.dims.len() <= 1 {
+            let mut v = vec![0f32; info.n_elements as usize];
+            ty.dequantize_row(view.data, &mut v).map_err(|e| tensor_err(e.to_string()))?;
+            let buf = self.upload(name, bytemuck::cast_slice(&v));
+            return Ok(WgpuWeight::Vector { buf, len: v.len() });
+        }
+        if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
+            return Err(tensor_err(format!("expected a matrix, dims {:?}", info.dims)));
+        }
+        if !supported(ty) {
+            return Err(tensor_err(format!(
+                "{} matrices have no wgpu kernel yet (F32, F16, Q8_0, Q4_0, Q4_1 do)",
+                ty.name()
+            )));
+        }
+        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
+        let row_bytes = ty.row_bytes(n_in).map_err(|e| tensor_err(e.to_string()))?;
+        // Rows per part: within the binding limit, and a whole number of u32 words apart
+        // is not needed (kernels address bytes), but each part starts at row 0 of its buffer.
+        let per_part = ((self.max_binding as usize / row_bytes.max(1)).max(1)).min(n_out);
+        let mut parts = Vec::new();
+        let mut row0 = 0;
+        while row0 < n_out {
+            let rows = per_part.min(n_out - row0);
+            let bytes = &view.data[row0 * row_bytes..(row0 + rows) * row_bytes];
+            parts.push(Part { buf: self.upload(name, bytes), row0, rows });
+            row0 += rows;
+        }
+        let mut stats = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        stats.matrices += 1;
+        stats.bytes += view.data.len();
+        stats.seconds += t0.elapsed().as_secs_f64();
+        stats.variant = Some("wgsl");
+        Ok(WgpuWeight::Matrix { ty, n_in, n_out, parts })
+    }
+
+    fn prepare_stats(&self) -> PrepareStats {
+        self.prepared.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn alloc(&self, len: usize) -> WgpuBuf {
+        WgpuBuf { buf: self.storage("activations", (len * 4) as u64), len }
+    }
+
+    fn alloc_kv(
+        &self,
+        n_layers: usize,
+        n_slots: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+        head_dim_v: usize,
+    ) -> Result<WgpuKv, EngineError> {
+        let (kw, vw) = (n_head_kv * head_dim, n_head_kv * head_dim_v);
+        let bytes = |w: usize| {
+            n_slots
+                .checked_mul(w)
+                .and_then(|x| x.checked_mul(4))
+                .filter(|&b| b as u64 <= self.max_binding)
+                .ok_or_else(|| {
+                    unavailable(format!(
+                        "a layer's KV cache ({n_slots} slots × {w} values) exceeds the adapter's largest binding ({} MiB)",
+                        self.max_binding >> 20
+                    ))
+                })
+        };
+        let (kb, vb) = (bytes(kw)?, bytes(vw)?);
+        Ok(WgpuKv {
+            k: (0..n_layers).map(|_| self.storage("kv.k", kb as u64)).collect(),
+            v: (0..n_layers).map(|_| self.storage("kv.v", vb as u64)).collect(),
+            kw,
+            vw,
+        })
+    }
+
+    fn write(&self, buf: &mut WgpuBuf, data: &[f32]) {
+        assert!(data.len() <= buf.len, "write past the buffer");
+        let mut st = self.lock();
+        // Queue writes land before the next submission's commands: submit earlier ones first.
+        self.flush(&mut st);
+        self.queue.write_buffer(&buf.buf, 0, bytemuck::cast_slice(data));
+    }
+
+    fn read(&self, buf: &WgpuBuf, len: usize, out: &mut Vec<f32>) {
+        let mut st = self.lock();
+        self.flush(&mut st);
+        out.clear();
+        if len == 0 {
+            return;
+        }
+        let bytes = (len * 4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        enc.copy_buffer_to_buffer(&buf.buf, 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");
+        rx.recv().expect("map callback ran").expect("readback mapping failed");
+        {
+            let view = staging.get_mapped_range(..).expect("mapped above");
+            out.extend_from_slice(bytemuck::cast_slice(&view[..]));
+        }
+        staging.unmap();
+    }
+
+    fn embed(
+        &self,
+        table: &WgpuWeight,
+        ids: &[u32],
+        scale: f32,
+        out: &mut WgpuBuf,
+    ) -> Result<(), EngineError> {
+        let WgpuWeight::Matrix { ty, n_in, n_out, parts } = table else {
+            return Err(EngineError::Invalid("embedding table is not a matrix".into()));
+        };
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= *n_out) {
+            return Err(EngineError::BadToken { id, n_vocab: *n_out });
+        }
+        let code = match ty {
+            QuantType::F32 => 0,
+            QuantType::F16 => 1,
+            QuantType::Q4_0 => 2,
+            QuantType::Q4_1 => 3,
+            _ => 8,
+        };
+        let mut st = self.lock();
+        self.room(&mut st, ids.len() + 64 * parts.len());
+        let (io, is) = self.push(&mut st, ids);
+        for part in parts {
+            let params = [u(ids.len()), u(*n_in), code, u(part.row0), u(part.rows), f(scale)];
+            let res = [(1, Res::Buf(&out.buf)), (4, Res::Arena(io, is)), (5, Res::Buf(&part.buf))];
+            self.dispatch(&mut st, "embed", &params, &res, Self::linear(ids.len() * n_in));
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, w: &WgpuWeight, x: &WgpuBuf, n: usize, out: &mut WgpuBuf) {
+        let WgpuWeight::Matrix { ty, n_in, n_out, parts } = w else {
+            panic!("matmul with a vector weight");
+        };
+        let mut st = self.lock();
+        self.room(&mut st, 64 * (parts.len() + 1));
+        let quantized = !matches!(ty, QuantType::F32 | QuantType::F16);
+        let (xq, xd) = if quantized {
+            let nblk = n * n_in / 32;
+            let xq = self.scratch(&mut st.xq, "acts.q", (n * n_in) as u64);
+            let xd = self.scratch(&mut st.xd, "acts.d", (nblk * 8) as u64);
+            let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&xq)), (3, Res::Buf(&xd))];
+            let groups = ((*n_in as u64 / 32).div_ceil(WG), n as u64);
+            self.dispatch(&mut st, "quantize_q8", &[u(*n_in), u(n)], &res, groups);
+            (Some(xq), Some(xd))
+        } else {
+            (None, None)
+        };
+        let entry = match ty {
+            QuantType::F32 => "mm_f32",
+            QuantType::F16 => "mm_f16",
+            QuantType::Q8_0 => "mm_q8_0",
+            QuantType::Q4_0 => "mm_q4_0",
+            QuantType::Q4_1 => "mm_q4_1",
+            other => unreachable!("{} matrices are refused at load", other.name()),
+        };
+        for part in parts {
+            let params = [u(*n_in), u(n), u(part.row0), u(part.rows), u(*n_out)];
+            let mut res = vec![(1, Res::Buf(&part.buf)), (5, Res::Buf(&out.buf))];
+            match (&xq, &xd) {
+                (Some(q), Some(d)) => {
+                    res.push((3, Res::Buf(q)));
+                    res.push((4, Res::Buf(d)));
+                }
+                _ => res.push((2, Res::Buf(&x.buf))),
+            }
+            self.dispatch(&mut st, entry, &params, &res, ((part.rows as u64).div_ceil(WG), n as u64));
+        }
+    }
+
+    fn add_bias(&self, x: &mut WgpuBuf, bias: &WgpuWeight, n: usize) {
+        let WgpuWeight::Vector { buf, len } = bias else { panic!("a matrix used as a bias") };
+        let mut st = self.lock();
+        self.room(&mut st, 0);
+        let res = [(1, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
+        self.dispatch(&mut st, "add_bias", &[u(n), u(*len)], &res, Self::linear(n * len));
+    }
+
+    fn rms_norm(&self, x: &mut WgpuBuf, weight: &WgpuWeight, n_rows: usize, width: usize, eps: f32) {
+        let WgpuWeight::Vector { buf, .. } = weight else { panic!("a matrix used as a norm weight") };
+        let mut st = self.lock();
+        self.room(&mut st, 0);
+        let res = [(1, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
+        self.dispatch(&mut st, "rms_norm", &[u(n_rows), u(width), f(eps)], &res, Self::linear(n_rows));
+    }
+
+    fn rms_norm_to(
+        &self,
+        x: &WgpuBuf,
+        weight: &WgpuWeight,
+        n_rows: usize,
+        width: usize,
+        eps: f32,
+        out: &mut WgpuBuf,
+    ) {
+        let WgpuWeight::Vector { buf, .. } = weight else { panic!("a matrix used as a norm weight") };
+        let mut st = self.lock();
+        self.room(&mut st, 0);
+        let res = [(1, Res::Buf(&out.buf)), (2, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
+        self.dispatch(&mut st, "rms_norm_to", &[u(n_rows), u(width), f(eps)], &res, Self::linear(n_rows));
+    }
+
+    fn rope(&self, x: &mut WgpuBuf, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams) {
+        let half = p.n_dims / 2;
+        if half == 0 || positions.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        self.room(&mut st, positions.len() * half * 2);
+        let cached = st.ropes.iter().find(|(rp, pos, _, _)| rp == p && pos == positions).map(|r| (r.2, r.3));
+        let (to, ts) = match cached {
+            Some(c) => c,
+            None => {
+                let (mut cos, mut sin) = (Vec::new(), Vec::new());
+                let mut table = Vec::with_capacity(positions.len() * half * 2);
+                for &pos in positions {
+                    super::cpu::rope_cache(pos, p, &mut cos, &mut sin);
+                    for (c, s) in cos.iter().zip(&sin) {
+                        table.push(c.to_bits());
+                        table.push(s.to_bits());
+                    }
+                }
+                let (o, s) = self.push(&mut st, &table);
+                st.ropes.push((*p, positions.to_vec(), o, s));
+                (o, s)
+            }
+        };
+        let params = [u(positions.len()), u(n_heads), u(head_dim), u(half), p.neox as u32];
+        let res = [(1, Res::Buf(&x.buf)), (2, Res::Arena(to, ts))];
+        self.dispatch(&mut st, "rope", &params, &res, Self::linear(positions.len() * n_heads * half));
+    }
+
+    fn kv_store(&self, kv: &mut WgpuKv, layer: usize, k: &WgpuBuf, v: &WgpuBuf, slots: &[u32]) {
+        let mut st = self.lock();
+        self.room(&mut st, slots.len());
+        let (so, ss) = self.push(&mut st, slots);
+        let res = [
+            (1, Res::Buf(&kv.k[layer])),
+            (2, Res::Buf(&k.buf)),
+            (3, Res::Buf(&v.buf)),
+            (4, Res::Arena(so, ss)),
+            (6, Res::Buf(&kv.v[layer])),
+        ];
+        let params = [u(slots.len()), u(kv.kw), u(kv.vw)];
+        self.dispatch(&mut st, "kv_store", &params, &res, Self::linear(slots.len() * kv.kw.max(kv.vw)));
+    }
+
+    fn attention(
+        &self,
+        q: &WgpuBuf,
+        kv: &WgpuKv,
+        layer: usize,
+        batch: &AttnBatch,
+        p: &AttnParams,
+        out: &mut WgpuBuf,
+    ) {
+        assert!(p.head_dim_v <= 256, "attention kernel holds at most 256 values per head");
+        let n = batch.positions.len();
+        let mut st = self.lock();
+        self.room(&mut st, 2 * n + batch.tables.len() + 1 + batch.tables.iter().map(Vec::len).sum::<usize>());
+        let same = st.attn_meta.as_ref().is_some_and(|(pos, tables, rows, _, _)| {
+            pos == &batch.positions && tables == &batch.tables && rows == &batch.table_of_row
+        });
+        if !same {
+            let mut meta: Vec<u32> = Vec::new();
+            meta.extend_from_slice(&batch.positions);
+            meta.extend_from_slice(&batch.table_of_row);
+            let mut off = u(2 * n + batch.tables.len() + 1);
+            for t in &batch.tables {
+                meta.push(off);
+                off += u(t.len());
+            }
+            meta.push(off);
+            for t in &batch.tables {
+                meta.extend_from_slice(t);
+            }
+            let (o, s) = self.push(&mut st, &meta);
+            st.attn_meta =
+                Some((batch.positions.clone(), batch.tables.clone(), batch.table_of_row.clone(), o, s));
+        }
+        let (mo, ms) = st.attn_meta.as_ref().map(|m| (m.3, m.4)).expect("set above");
+        let params = [
+            u(n),
+            u(p.n_head),
+            u(p.n_head_kv),
+            u(p.head_dim),
+            u(p.head_dim_v),
+            f(p.scale),
+            u(p.window.unwrap_or(0)),
+            u(BLOCK_SIZE),
+        ];
+        let res = [
+            (1, Res::Buf(&q.buf)),
+            (2, Res::Buf(&kv.k[layer])),
+            (3, Res::Buf(&kv.v[layer])),
+            (4, Res::Arena(mo, ms)),
+            (5, Res::Buf(&out.buf)),
+        ];
+        self.dispatch(&mut st, "attention", &params, &res, Self::linear(n * p.n_head));
+    }
+
+    fn gated_act(&self, gate: &mut WgpuBuf, up: &WgpuBuf, len: usize, act: Activation) {
+        let mut st = self.lock();
+        self.room(&mut st, 0);
+        let code = match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        };
+        let res = [(1, Res::Buf(&gate.buf)), (2, Res::Buf(&up.buf))];
+        self.dispatch(&mut st, "gated_act", &[u(len), code], &res, Self::linear(len));
+    }
+
+    fn add(&self, x: &mut WgpuBuf, y: &WgpuBuf, len: usize) {
+        let mut st = self.lock();
+        self.room(&mut st, 0);
+        let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&y.buf))];
+        self.dispatch(&mut st, "add", &[u(len)], &res, Self::linear(len));
+    }
+
+    fn get_rows(&self, x: &WgpuBuf, rows: &[u32], width: usize, out: &mut WgpuBuf) {
+        let mut st = self.lock();
+        self.room(&mut st, rows.len());
+        let (ro, rs) = self.push(&mut st, rows);
+        let res = [(1, Res::Buf(&out.buf)), (2, Res::Buf(&x.buf)), (4, Res::Arena(ro, rs))];
+        self.dispatch(
+            &mut st,
+            "get_rows",
+            &[u(rows.len()), u(width)],
+            &res,
+            Self::linear(rows.len() * width),
+        );
+    }
+}

@@ -1,0 +1,235 @@
+// Element-wise and row ops of the forward pass: embedding lookup, RMSNorm, rope, gated
+// activations, residual add, bias add, row gather and KV-cache store. Every entry point
+// binds `p` (its parameters, u32 words; floats as bits) at 0 and its buffers from 1.
+
+@group(0) @binding(0) var<storage, read> p: array<u32>;
+@group(0) @binding(1) var<storage, read_write> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> c: array<f32>;
+@group(0) @binding(4) var<storage, read> ids: array<u32>;
+@group(0) @binding(5) var<storage, read> tw: array<u32>;
+@group(0) @binding(6) var<storage, read_write> a2: array<f32>;
+
+fn pf(i: u32) -> f32 {
+    return bitcast<f32>(p[i]);
+}
+
+// Sum of two floats as an unevaluated pair (Knuth's two-sum), for an f64-like running sum.
+fn two_sum(hi: f32, lo: f32, x: f32) -> vec2<f32> {
+    let s = hi + x;
+    let bb = s - hi;
+    let err = (hi - (s - bb)) + (x - bb);
+    return vec2<f32>(s, lo + err);
+}
+
+// 1/√(mean(x²) + eps) of row `row` of `src`: the CPU sums x² in f64, here in a float pair.
+fn rms_scale_a(row: u32, width: u32, eps: f32) -> f32 {
+    var s = vec2<f32>(0.0, 0.0);
+    for (var i = 0u; i < width; i++) {
+        let v = a[row * width + i];
+        s = two_sum(s.x, s.y, v * v);
+    }
+    return rms_finish(s, width, eps);
+}
+
+fn rms_scale_b(row: u32, width: u32, eps: f32) -> f32 {
+    var s = vec2<f32>(0.0, 0.0);
+    for (var i = 0u; i < width; i++) {
+        let v = b[row * width + i];
+        s = two_sum(s.x, s.y, v * v);
+    }
+    return rms_finish(s, width, eps);
+}
+
+fn rms_finish(s: vec2<f32>, width: u32, eps: f32) -> f32 {
+    // (hi + lo) / width, rounded once: a quotient and its correction.
+    let n = f32(width);
+    let q = s.x / n;
+    let r = fma(-q, n, s.x) + s.y;
+    let mean = q + r / n;
+    return 1.0 / sqrt(mean + eps);
+}
+
+// p: n_rows, width, eps. a: rows (in place), c: weight.
+@compute @workgroup_size(64)
+fn rms_norm(@builtin(global_invocation_id) id: vec3<u32>) {
+    let row = id.x;
+    let width = p[1];
+    if (row >= p[0]) {
+        return;
+    }
+    let s = rms_scale_a(row, width, pf(2));
+    for (var i = 0u; i < width; i++) {
+        a[row * width + i] = (a[row * width + i] * s) * c[i];
+    }
+}
+
+// p: n_rows, width, eps. b: input rows, c: weight, a: output.
+@compute @workgroup_size(64)
+fn rms_norm_to(@builtin(global_invocation_id) id: vec3<u32>) {
+    let row = id.x;
+    let width = p[1];
+    if (row >= p[0]) {
+        return;
+    }
+    let s = rms_scale_b(row, width, pf(2));
+    for (var i = 0u; i < width; i++) {
+        a[row * width + i] = (b[row * width + i] * s) * c[i];
+    }
+}
+
+// p: n_rows, n_heads, head_dim, half (rotated pairs), neox. a: rows in place; b: cos and sin
+// per row and pair (computed on the host exactly as the CPU backend does).
+@compute @workgroup_size(64)
+fn rope(@builtin(global_invocation_id) id: vec3<u32>) {
+    let half = p[3];
+    let l = id.x + id.y * 65535u * 64u;
+    let i = l % half;
+    let hr = l / half;
+    let n_heads = p[1];
+    let head = hr % n_heads;
+    let row = hr / n_heads;
+    if (row >= p[0]) {
+        return;
+    }
+    let base = (row * n_heads + head) * p[2];
+    var ia = base + 2u * i;
+    var ib = ia + 1u;
+    if (p[4] != 0u) {
+        ia = base + i;
+        ib = base + i + half;
+    }
+    let cs = b[2u * (row * half + i)];
+    let sn = b[2u * (row * half + i) + 1u];
+    let x0 = a[ia];
+    let x1 = a[ib];
+    a[ia] = x0 * cs - x1 * sn;
+    a[ib] = x0 * sn + x1 * cs;
+}
+
+fn gelu_exact(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + tanh(0.7978846 * x * (1.0 + 0.044715 * x * x)));
+}
+
+// p: len, act (0 SiLU, 1 GELU-tanh). a: gate (in place), b: up.
+@compute @workgroup_size(64)
+fn gated_act(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * 65535u * 64u;
+    if (i >= p[0]) {
+        return;
+    }
+    let g = a[i];
+    var v: f32;
+    if (p[1] == 0u) {
+        v = g / (1.0 + exp(-g));
+    } else if (g <= -10.0) {
+        v = 0.0;
+    } else if (g >= 10.0) {
+        v = g;
+    } else {
+        // ggml's table: f16 input, f16 result.
+        v = f16_round(gelu_exact(f16_round(g)));
+    }
+    a[i] = v * b[i];
+}
+
+// p: len. a += b.
+@compute @workgroup_size(64)
+fn add(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * 65535u * 64u;
+    if (i < p[0]) {
+        a[i] += b[i];
+    }
+}
+
+// p: n_rows, width. a[row] += c.
+@compute @workgroup_size(64)
+fn add_bias(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * 65535u * 64u;
+    if (i < p[0] * p[1]) {
+        a[i] += c[i % p[1]];
+    }
+}
+
+// p: n_rows, width. a[j] = b[ids[j]].
+@compute @workgroup_size(64)
+fn get_rows(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * 65535u * 64u;
+    let width = p[1];
+    if (i < p[0] * width) {
+        a[i] = b[ids[i / width] * width + i % width];
+    }
+}
+
+// p: n_rows, kw (keys per row), vw, slot stride unused. b: keys, c: values; a: key cache,
+// a2: value cache (both `[slot][width]`, values rounded to f16 as the CPU cache stores them).
+@compute @workgroup_size(64)
+fn kv_store(@builtin(global_invocation_id) id: vec3<u32>) {
+    let l = id.x + id.y * 65535u * 64u;
+    let i = l % max(p[1], p[2]);
+    let row = l / max(p[1], p[2]);
+    if (row >= p[0]) {
+        return;
+    }
+    let slot = ids[row];
+    if (i < p[1]) {
+        a[slot * p[1] + i] = f16_round(b[row * p[1] + i]);
+    }
+    if (i < p[2]) {
+        a2[slot * p[2] + i] = f16_round(c[row * p[2] + i]);
+    }
+}
+
+// Embedding rows of a raw GGUF table part (rows row0..row0+rows): p: n_ids, width, type
+// (0 F32, 1 F16, 8 Q8_0, 2 Q4_0, 3 Q4_1), row0, rows, scale. a: output rows.
+fn t_half(o: u32) -> f32 {
+    return f16_to_f32((tw[o >> 2u] >> ((o & 2u) * 8u)) & 0xffffu);
+}
+
+fn t_byte(o: u32) -> u32 {
+    return (tw[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
+}
+
+@compute @workgroup_size(64)
+fn embed(@builtin(global_invocation_id) id: vec3<u32>) {
+    let width = p[1];
+    let l = id.x + id.y * 65535u * 64u;
+    let i = l % width;
+    let j = l / width;
+    if (j >= p[0]) {
+        return;
+    }
+    let tok = ids[j];
+    if (tok < p[3] || tok >= p[3] + p[4]) {
+        return;
+    }
+    let r = tok - p[3];
+    let ty = p[2];
+    var v: f32;
+    if (ty == 0u) {
+        v = bitcast<f32>(tw[r * width + i]);
+    } else if (ty == 1u) {
+        v = t_half(2u * (r * width + i));
+    } else {
+        let nblk = width / 32u;
+        let bi = i / 32u;
+        let k = i % 32u;
+        if (ty == 8u) {
+            let o = (r * nblk + bi) * 34u;
+            v = f32((i32(t_byte(o + 2u + k)) << 24u) >> 24u) * t_half(o);
+        } else if (ty == 2u) {
+            let o = (r * nblk + bi) * 18u;
+            let q = (t_byte(o + 2u + k % 16u) >> (4u * (k / 16u))) & 0xfu;
+            v = f32(i32(q) - 8) * t_half(o);
+        } else {
+            let o = (r * nblk + bi) * 20u;
+            let q = (t_byte(o + 4u + k % 16u) >> (4u * (k / 16u))) & 0xfu;
+            v = f32(q) * t_half(o) + t_half(o + 2u);
+        }
+    }
+    let scale = pf(5);
+    if (scale != 1.0) {
+        v *= scale;
+    }
+    a[j * width + i] = v;
+}
