@@ -1,5 +1,5 @@
-// Element-wise and row ops of the forward pass: embedding lookup, RMSNorm, rope, gated
-// activations, residual add, bias add, row gather and KV-cache store. Every entry point
+// Element-wise and row ops of the forward pass: RMSNorm, rope, gated activations,
+// residual add, bias add, row gather and KV-cache store. Every entry point
 // binds `p` (its parameters, u32 words; floats as bits) at 0 and its buffers from 1.
 
 @group(0) @binding(0) var<storage, read> p: array<u32>;
@@ -7,8 +7,7 @@
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> c: array<f32>;
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
-@group(0) @binding(5) var<storage, read> tw: array<u32>;
-@group(0) @binding(6) var<storage, read_write> a2: array<f32>;
+@group(0) @binding(5) var<storage, read_write> a2: array<f32>;
 
 fn pf(i: u32) -> f32 {
     return bitcast<f32>(p[i]);
@@ -161,7 +160,7 @@ fn get_rows(@builtin(global_invocation_id) id: vec3<u32>) {
     }
 }
 
-// p: n_rows, kw (keys per row), vw, slot stride unused. b: keys, c: values; a: key cache,
+// p: n_rows, kw (keys per row), vw. b: keys, c: values; a: key cache,
 // a2: value cache (both `[slot][width]`, values rounded to f16 as the CPU cache stores them).
 @compute @workgroup_size(64)
 fn kv_store(@builtin(global_invocation_id) id: vec3<u32>) {
@@ -178,58 +177,4 @@ fn kv_store(@builtin(global_invocation_id) id: vec3<u32>) {
     if (i < p[2]) {
         a2[slot * p[2] + i] = f16_round(c[row * p[2] + i]);
     }
-}
-
-// Embedding rows of a raw GGUF table part (rows row0..row0+rows): p: n_ids, width, type
-// (0 F32, 1 F16, 8 Q8_0, 2 Q4_0, 3 Q4_1), row0, rows, scale. a: output rows.
-fn t_half(o: u32) -> f32 {
-    return f16_to_f32((tw[o >> 2u] >> ((o & 2u) * 8u)) & 0xffffu);
-}
-
-fn t_byte(o: u32) -> u32 {
-    return (tw[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
-}
-
-@compute @workgroup_size(64)
-fn embed(@builtin(global_invocation_id) id: vec3<u32>) {
-    let width = p[1];
-    let l = id.x + id.y * 65535u * 64u;
-    let i = l % width;
-    let j = l / width;
-    if (j >= p[0]) {
-        return;
-    }
-    let tok = ids[j];
-    if (tok < p[3] || tok >= p[3] + p[4]) {
-        return;
-    }
-    let r = tok - p[3];
-    let ty = p[2];
-    var v: f32;
-    if (ty == 0u) {
-        v = bitcast<f32>(tw[r * width + i]);
-    } else if (ty == 1u) {
-        v = t_half(2u * (r * width + i));
-    } else {
-        let nblk = width / 32u;
-        let bi = i / 32u;
-        let k = i % 32u;
-        if (ty == 8u) {
-            let o = (r * nblk + bi) * 34u;
-            v = f32((i32(t_byte(o + 2u + k)) << 24u) >> 24u) * t_half(o);
-        } else if (ty == 2u) {
-            let o = (r * nblk + bi) * 18u;
-            let q = (t_byte(o + 2u + k % 16u) >> (4u * (k / 16u))) & 0xfu;
-            v = f32(i32(q) - 8) * t_half(o);
-        } else {
-            let o = (r * nblk + bi) * 20u;
-            let q = (t_byte(o + 4u + k % 16u) >> (4u * (k / 16u))) & 0xfu;
-            v = f32(q) * t_half(o) + t_half(o + 2u);
-        }
-    }
-    let scale = pf(5);
-    if (scale != 1.0) {
-        v *= scale;
-    }
-    a[j * width + i] = v;
 }

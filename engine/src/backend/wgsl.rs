@@ -46,9 +46,19 @@ const MAX_GROUPS: u64 = 65535;
 /// Bytes of the per-submission parameter arena.
 const ARENA_BYTES: u64 = 16 << 20;
 
-/// Weight types the matmul and embedding kernels read.
-fn supported(ty: QuantType) -> bool {
-    matches!(ty, QuantType::F32 | QuantType::F16 | QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1)
+/// Weight types `matmul.wgsl` reads (its `QTYPE` is the ggml type id), and whether their
+/// matmul multiplies 8-bit activation codes.
+const WEIGHT_TYPES: &[(QuantType, bool)] = &[
+    (QuantType::F32, false),
+    (QuantType::F16, false),
+    (QuantType::Q4_0, true),
+    (QuantType::Q4_1, true),
+    (QuantType::Q8_0, true),
+];
+
+/// Whether `ty` has kernels, and if so whether its matmul uses activation codes.
+fn weight_kind(ty: QuantType) -> Option<bool> {
+    WEIGHT_TYPES.iter().find(|(t, _)| *t == ty).map(|&(_, q)| q)
 }
 
 /// An activation buffer: `len` f32 on the device.
@@ -105,6 +115,8 @@ struct Pending {
     /// Activation codes and scales for quantized matmuls (grown as needed).
     xq: Option<(wgpu::Buffer, u64)>,
     xd: Option<(wgpu::Buffer, u64)>,
+    /// Mappable buffer for `read` (grown as needed, reused every token).
+    readback: Option<(wgpu::Buffer, u64)>,
 }
 
 /// An attention batch already in the arena: its positions, tables and rows, and where.
@@ -122,7 +134,8 @@ pub struct WgpuBackend {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
-    pipes: HashMap<&'static str, Pipe>,
+    /// Entry points by (name, weight type id; 0 for untyped kernels).
+    pipes: HashMap<(&'static str, u32), Pipe>,
     pending: Mutex<Pending>,
     /// Largest storage binding, bytes.
     max_binding: u64,
@@ -131,13 +144,11 @@ pub struct WgpuBackend {
     prepared: Mutex<PrepareStats>,
 }
 
-/// Every entry point: (file, entry).
+/// Entry points compiled once per weight type in `WEIGHT_TYPES`: (file, entry).
+const TYPED_ENTRIES: &[(&str, &str)] = &[("matmul", "mm_float"), ("matmul", "mm_quant"), ("matmul", "embed")];
+
+/// The other entry points: (file, entry).
 const ENTRIES: &[(&str, &str)] = &[
-    ("matmul", "mm_f32"),
-    ("matmul", "mm_f16"),
-    ("matmul", "mm_q8_0"),
-    ("matmul", "mm_q4_0"),
-    ("matmul", "mm_q4_1"),
     ("quantize", "quantize_q8"),
     ("ops", "rms_norm"),
     ("ops", "rms_norm_to"),
@@ -147,7 +158,6 @@ const ENTRIES: &[(&str, &str)] = &[
     ("ops", "add_bias"),
     ("ops", "get_rows"),
     ("ops", "kv_store"),
-    ("ops", "embed"),
     ("attention", "attention"),
 ];
 
@@ -188,18 +198,28 @@ impl WgpuBackend {
             });
             modules.insert(*name, m);
         }
+        let typed = TYPED_ENTRIES.iter().flat_map(|&(f, e)| {
+            WEIGHT_TYPES
+                .iter()
+                .filter(move |(_, q)| e == "embed" || *q == (e == "mm_quant"))
+                .map(move |(t, _)| (f, e, t.ggml_id()))
+        });
         let mut pipes = HashMap::new();
-        for &(file, entry) in ENTRIES {
+        for (file, entry, ty) in typed.chain(ENTRIES.iter().map(|&(f, e)| (f, e, 0))) {
+            let constants = [("QTYPE", ty as f64)];
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
                 module: &modules[file],
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: if file == "matmul" { &constants } else { &[] },
+                    ..Default::default()
+                },
                 cache: None,
             });
             let layout = pipeline.get_bind_group_layout(0);
-            pipes.insert(entry, Pipe { pipeline, layout });
+            pipes.insert((entry, ty), Pipe { pipeline, layout });
         }
         let arena_buf = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("arena"),
@@ -220,6 +240,7 @@ impl WgpuBackend {
                 attn_meta: None,
                 xq: None,
                 xd: None,
+                readback: None,
             }),
             max_binding,
             align,
@@ -265,7 +286,7 @@ impl WgpuBackend {
     fn flush(&self, st: &mut Pending) {
         if let Some(enc) = st.encoder.take() {
             if !st.arena.is_empty() {
-                self.queue.write_buffer(&st.arena_buf, 0, bytemuck_words(&st.arena));
+                self.queue.write_buffer(&st.arena_buf, 0, bytemuck::cast_slice(&st.arena));
             }
             self.queue.submit([enc.finish()]);
         }
@@ -300,12 +321,13 @@ impl WgpuBackend {
         ((start * 4) as u64, bytes)
     }
 
-    /// Records one dispatch of `entry` with `params` at binding 0 and `res` after it,
-    /// over `groups` workgroups (split into x and y when above the per-dimension limit).
+    /// Records one dispatch of `entry` (for weight type id `ty`, 0 if untyped) with `params`
+    /// at binding 0 and `res` after it, over `groups` workgroups (split into x and y when
+    /// above the per-dimension limit).
     fn dispatch(
         &self,
         st: &mut Pending,
-        entry: &str,
+        (entry, ty): (&'static str, u32),
         params: &[u32],
         res: &[(u32, Res)],
         groups: (u64, u64),
@@ -317,7 +339,7 @@ impl WgpuBackend {
         let (gx, gy) = if x > MAX_GROUPS { (MAX_GROUPS, x.div_ceil(MAX_GROUPS) * y) } else { (x, y) };
         assert!(x <= MAX_GROUPS || y == 1, "2-D dispatch beyond the x limit");
         let (po, ps) = self.push(st, params);
-        let pipe = &self.pipes[entry];
+        let pipe = &self.pipes[&(entry, ty)];
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -365,11 +387,6 @@ impl WgpuBackend {
     }
 }
 
-/// A word slice as bytes.
-fn bytemuck_words(w: &[u32]) -> &[u8] {
-    bytemuck::cast_slice(w)
-}
-
 fn f(x: f32) -> u32 {
     x.to_bits()
 }
@@ -405,7 +422,7 @@ impl Backend for WgpuBackend {
         if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
             return Err(tensor_err(format!("expected a matrix, dims {:?}", info.dims)));
         }
-        if !supported(ty) {
+        if weight_kind(ty).is_none() {
             return Err(tensor_err(format!(
                 "{} matrices have no wgpu kernel yet (F32, F16, Q8_0, Q4_0, Q4_1 do)",
                 ty.name()
@@ -486,23 +503,27 @@ impl Backend for WgpuBackend {
             return;
         }
         let bytes = (len * 4) as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        if st.readback.as_ref().is_none_or(|(_, cap)| *cap < bytes) {
+            let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            st.readback = Some((b, bytes));
+        }
+        let staging = &st.readback.as_ref().expect("set above").0;
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-        enc.copy_buffer_to_buffer(&buf.buf, 0, &staging, 0, bytes);
+        enc.copy_buffer_to_buffer(&buf.buf, 0, staging, 0, bytes);
         self.queue.submit([enc.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
             let _ = tx.send(r);
         });
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");
         rx.recv().expect("map callback ran").expect("readback mapping failed");
         {
-            let view = staging.get_mapped_range(..).expect("mapped above");
+            let view = staging.get_mapped_range(..bytes).expect("mapped above");
             out.extend_from_slice(bytemuck::cast_slice(&view[..]));
         }
         staging.unmap();
@@ -521,20 +542,14 @@ impl Backend for WgpuBackend {
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= *n_out) {
             return Err(EngineError::BadToken { id, n_vocab: *n_out });
         }
-        let code = match ty {
-            QuantType::F32 => 0,
-            QuantType::F16 => 1,
-            QuantType::Q4_0 => 2,
-            QuantType::Q4_1 => 3,
-            _ => 8,
-        };
         let mut st = self.lock();
         self.room(&mut st, ids.len() + 64 * parts.len());
         let (io, is) = self.push(&mut st, ids);
         for part in parts {
-            let params = [u(ids.len()), u(*n_in), code, u(part.row0), u(part.rows), f(scale)];
-            let res = [(1, Res::Buf(&out.buf)), (4, Res::Arena(io, is)), (5, Res::Buf(&part.buf))];
-            self.dispatch(&mut st, "embed", &params, &res, Self::linear(ids.len() * n_in));
+            // matmul.wgsl's parameters: width, ids, the part's rows, the table's rows, scale.
+            let params = [u(*n_in), u(ids.len()), u(part.row0), u(part.rows), u(*n_out), f(scale)];
+            let res = [(1, Res::Buf(&part.buf)), (5, Res::Buf(&out.buf)), (6, Res::Arena(io, is))];
+            self.dispatch(&mut st, ("embed", ty.ggml_id()), &params, &res, Self::linear(ids.len() * n_in));
         }
         Ok(())
     }
@@ -545,28 +560,21 @@ impl Backend for WgpuBackend {
         };
         let mut st = self.lock();
         self.room(&mut st, 64 * (parts.len() + 1));
-        let quantized = !matches!(ty, QuantType::F32 | QuantType::F16);
+        let quantized = weight_kind(*ty).expect("unsupported types are refused at load");
         let (xq, xd) = if quantized {
             let nblk = n * n_in / 32;
             let xq = self.scratch(&mut st.xq, "acts.q", (n * n_in) as u64);
             let xd = self.scratch(&mut st.xd, "acts.d", (nblk * 8) as u64);
             let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&xq)), (3, Res::Buf(&xd))];
             let groups = ((*n_in as u64 / 32).div_ceil(WG), n as u64);
-            self.dispatch(&mut st, "quantize_q8", &[u(*n_in), u(n)], &res, groups);
+            self.dispatch(&mut st, ("quantize_q8", 0), &[u(*n_in), u(n)], &res, groups);
             (Some(xq), Some(xd))
         } else {
             (None, None)
         };
-        let entry = match ty {
-            QuantType::F32 => "mm_f32",
-            QuantType::F16 => "mm_f16",
-            QuantType::Q8_0 => "mm_q8_0",
-            QuantType::Q4_0 => "mm_q4_0",
-            QuantType::Q4_1 => "mm_q4_1",
-            other => unreachable!("{} matrices are refused at load", other.name()),
-        };
+        let entry = (if quantized { "mm_quant" } else { "mm_float" }, ty.ggml_id());
         for part in parts {
-            let params = [u(*n_in), u(n), u(part.row0), u(part.rows), u(*n_out)];
+            let params = [u(*n_in), u(n), u(part.row0), u(part.rows), u(*n_out), f(1.0)];
             let mut res = vec![(1, Res::Buf(&part.buf)), (5, Res::Buf(&out.buf))];
             match (&xq, &xd) {
                 (Some(q), Some(d)) => {
@@ -584,7 +592,7 @@ impl Backend for WgpuBackend {
         let mut st = self.lock();
         self.room(&mut st, 0);
         let res = [(1, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
-        self.dispatch(&mut st, "add_bias", &[u(n), u(*len)], &res, Self::linear(n * len));
+        self.dispatch(&mut st, ("add_bias", 0), &[u(n), u(*len)], &res, Self::linear(n * len));
     }
 
     fn rms_norm(&self, x: &mut WgpuBuf, weight: &WgpuWeight, n_rows: usize, width: usize, eps: f32) {
@@ -592,7 +600,7 @@ impl Backend for WgpuBackend {
         let mut st = self.lock();
         self.room(&mut st, 0);
         let res = [(1, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
-        self.dispatch(&mut st, "rms_norm", &[u(n_rows), u(width), f(eps)], &res, Self::linear(n_rows));
+        self.dispatch(&mut st, ("rms_norm", 0), &[u(n_rows), u(width), f(eps)], &res, Self::linear(n_rows));
     }
 
     fn rms_norm_to(
@@ -608,7 +616,13 @@ impl Backend for WgpuBackend {
         let mut st = self.lock();
         self.room(&mut st, 0);
         let res = [(1, Res::Buf(&out.buf)), (2, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
-        self.dispatch(&mut st, "rms_norm_to", &[u(n_rows), u(width), f(eps)], &res, Self::linear(n_rows));
+        self.dispatch(
+            &mut st,
+            ("rms_norm_to", 0),
+            &[u(n_rows), u(width), f(eps)],
+            &res,
+            Self::linear(n_rows),
+        );
     }
 
     fn rope(&self, x: &mut WgpuBuf, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams) {
@@ -638,7 +652,7 @@ impl Backend for WgpuBackend {
         };
         let params = [u(positions.len()), u(n_heads), u(head_dim), u(half), p.neox as u32];
         let res = [(1, Res::Buf(&x.buf)), (2, Res::Arena(to, ts))];
-        self.dispatch(&mut st, "rope", &params, &res, Self::linear(positions.len() * n_heads * half));
+        self.dispatch(&mut st, ("rope", 0), &params, &res, Self::linear(positions.len() * n_heads * half));
     }
 
     fn kv_store(&self, kv: &mut WgpuKv, layer: usize, k: &WgpuBuf, v: &WgpuBuf, slots: &[u32]) {
@@ -650,10 +664,10 @@ impl Backend for WgpuBackend {
             (2, Res::Buf(&k.buf)),
             (3, Res::Buf(&v.buf)),
             (4, Res::Arena(so, ss)),
-            (6, Res::Buf(&kv.v[layer])),
+            (5, Res::Buf(&kv.v[layer])),
         ];
         let params = [u(slots.len()), u(kv.kw), u(kv.vw)];
-        self.dispatch(&mut st, "kv_store", &params, &res, Self::linear(slots.len() * kv.kw.max(kv.vw)));
+        self.dispatch(&mut st, ("kv_store", 0), &params, &res, Self::linear(slots.len() * kv.kw.max(kv.vw)));
     }
 
     fn attention(
@@ -707,7 +721,7 @@ impl Backend for WgpuBackend {
             (4, Res::Arena(mo, ms)),
             (5, Res::Buf(&out.buf)),
         ];
-        self.dispatch(&mut st, "attention", &params, &res, Self::linear(n * p.n_head));
+        self.dispatch(&mut st, ("attention", 0), &params, &res, Self::linear(n * p.n_head));
     }
 
     fn gated_act(&self, gate: &mut WgpuBuf, up: &WgpuBuf, len: usize, act: Activation) {
@@ -718,14 +732,14 @@ impl Backend for WgpuBackend {
             Activation::GeluTanh => 1,
         };
         let res = [(1, Res::Buf(&gate.buf)), (2, Res::Buf(&up.buf))];
-        self.dispatch(&mut st, "gated_act", &[u(len), code], &res, Self::linear(len));
+        self.dispatch(&mut st, ("gated_act", 0), &[u(len), code], &res, Self::linear(len));
     }
 
     fn add(&self, x: &mut WgpuBuf, y: &WgpuBuf, len: usize) {
         let mut st = self.lock();
         self.room(&mut st, 0);
         let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&y.buf))];
-        self.dispatch(&mut st, "add", &[u(len)], &res, Self::linear(len));
+        self.dispatch(&mut st, ("add", 0), &[u(len)], &res, Self::linear(len));
     }
 
     fn get_rows(&self, x: &WgpuBuf, rows: &[u32], width: usize, out: &mut WgpuBuf) {
@@ -735,7 +749,7 @@ impl Backend for WgpuBackend {
         let res = [(1, Res::Buf(&out.buf)), (2, Res::Buf(&x.buf)), (4, Res::Arena(ro, rs))];
         self.dispatch(
             &mut st,
-            "get_rows",
+            ("get_rows", 0),
             &[u(rows.len()), u(width)],
             &res,
             Self::linear(rows.len() * width),

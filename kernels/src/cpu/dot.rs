@@ -46,15 +46,21 @@ pub(crate) fn q8_block_scalar(src: &[f32]) -> (f32, [i8; QK], i32) {
     (d, qs, qs.iter().map(|&q| q as i32).sum())
 }
 
-/// [`q8_block_scalar`] with AVX2 when the CPU has it (same codes, bit for bit).
+/// Calls `f` with each 32-value block's [`q8_block_scalar`] result, computed with AVX2 when
+/// the CPU has it (same codes, bit for bit; the check is made once per row).
 #[inline]
-fn q8_block(src: &[f32]) -> (f32, [i8; QK], i32) {
+fn q8_blocks(x: &[f32], mut f: impl FnMut(usize, (f32, [i8; QK], i32))) {
     #[cfg(target_arch = "x86_64")]
     if super::use_avx2() {
-        // SAFETY: `use_avx2` detected avx2, fma and f16c; `src` has QK values (checked inside).
-        return unsafe { q8_avx2::block(src) };
+        for (i, src) in x.chunks_exact(QK).enumerate() {
+            // SAFETY: `use_avx2` detected avx2, fma and f16c; `src` has QK values.
+            f(i, unsafe { q8_avx2::block(src) });
+        }
+        return;
     }
-    q8_block_scalar(src)
+    for (i, src) in x.chunks_exact(QK).enumerate() {
+        f(i, q8_block_scalar(src));
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -93,22 +99,20 @@ mod q8_avx2 {
 }
 
 pub(crate) fn quantize_q8_0_x86(x: &[f32], out: &mut [BlockQ8_0]) {
-    for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let (d, qs, _) = q8_block(src);
-        *o = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs };
-    }
+    q8_blocks(&x[..out.len().min(x.len() / QK) * QK], |i, (d, qs, _)| {
+        out[i] = BlockQ8_0 { d: f16::from_f32(d).to_le_bytes(), qs };
+    });
 }
 
 pub(crate) fn quantize_q8_1_x86(x: &[f32], out: &mut [BlockQ8_1]) {
-    for (o, src) in out.iter_mut().zip(x.chunks_exact(QK)) {
-        let (d, qs, sum) = q8_block(src);
+    q8_blocks(&x[..out.len().min(x.len() / QK) * QK], |i, (d, qs, sum)| {
         // The f32 `d`, not its f16 rounding, as ggml does.
-        *o = BlockQ8_1 {
+        out[i] = BlockQ8_1 {
             d: f16::from_f32(d).to_le_bytes(),
             s: f16::from_f32(d * sum as f32).to_le_bytes(),
             qs,
         };
-    }
+    });
 }
 
 /// The activation side of a `VecDot` impl: activation block type, its size, its quantizer.
@@ -406,8 +410,8 @@ mod tests {
             if case % 11 == 0 {
                 x[rng.random_range(0..QK)] = 2800.0 * mag.signum();
             }
-            assert_eq!(q8_block(&x), q8_block_scalar(&x), "case {case}");
+            q8_blocks(&x, |_, got| assert_eq!(got, q8_block_scalar(&x), "case {case}"));
         }
-        assert_eq!(q8_block(&[0.0; QK]), q8_block_scalar(&[0.0; QK]));
+        q8_blocks(&[0.0; QK], |_, got| assert_eq!(got, q8_block_scalar(&[0.0; QK])));
     }
 }
