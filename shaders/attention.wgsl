@@ -1,73 +1,222 @@
-// Causal attention over the paged KV cache, one invocation per (row, query head): online
-// softmax over the row's keys (no score matrix), GQA by head index, an optional sliding
-// window. Keys and values are `[slot][kv head][dim]`; a row's position `t` lives in slot
-// `table[t / 32] · 32 + t % 32` of its sequence's block table.
+// Causal attention over the paged KV cache in two passes, mirroring the CPU backend's
+// arithmetic. Keys and values are `[slot][kv head][dim]` (f16-rounded f32); position `t` of
+// a sequence lives in slot `table[t / bs] · bs + t % bs` of its block table.
 //
-// p: n_rows, n_head, n_head_kv, head_dim, head_dim_v, scale (bits), window (0: none),
-//    block size. rows_info: positions[n_rows], table_of_row[n_rows], table offsets[n_seq + 1],
-//    then the tables, offsets counted from the start of rows_info.
+// `attention`: one workgroup per (row, query head, part of the row's key range). The part's
+// keys go in runs that end at cache-block boundaries, as on the CPU: the run's scores are
+// computed in parallel (one key per invocation), then every invocation walks the run for
+// the value dimensions it owns, holding the online-softmax state (max m, sum l) itself.
+// Two modes, as llama.cpp's CPU flash attention and ours:
+//   - f32: one rescale per run, `acc += e·v` in f32;
+//   - f16 (small batches): the query rounded to f16, the running `Σ e·v` rounded to f16
+//     after every rescale and every multiply-add, key by key.
+// Each part writes (acc, m, l) to `part_out`; `attention_merge` combines a row's parts.
+// Parts exist where the CPU splits (a long single-row f16 batch: two halves) and to keep
+// every invocation's loop count small (software drivers cut loops at 65535 iterations).
+//
+// p: rows in this dispatch, n_head, n_head_kv, head_dim, head_dim_v, scale (bits), window
+//    (0: none), block size, f16 mode, parts per row, first row of this dispatch, split-KV
+//    minimum (0: no split; set for single-row f16 batches), keys per part at most, rows in
+//    the batch.
+// rows_info: positions[n], table_of_row[n], table offsets[n_seq + 1], then the tables,
+//    offsets counted from the start of rows_info (n: all rows of the batch).
 
 @group(0) @binding(0) var<storage, read> p: array<u32>;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> kc: array<f32>;
 @group(0) @binding(3) var<storage, read> vc: array<f32>;
 @group(0) @binding(4) var<storage, read> rows_info: array<u32>;
-@group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> o: array<f32>;
 
-const MAX_DV: u32 = 256u;
+const WG: u32 = 64u;
+const MAX_RUN: u32 = 32u;
+const MAX_DK: u32 = 256u;
+/// Value dimensions one invocation owns: head_dim_v ≤ WG · DV_PER.
+const DV_PER: u32 = 4u;
+/// Below every real score: the online softmax's starting max.
+const LOWEST: f32 = -3.4028235e38;
 
-@compute @workgroup_size(64)
-fn attention(@builtin(global_invocation_id) id: vec3<u32>) {
-    let n_rows = p[0];
-    let n_head = p[1];
-    let dk = p[3];
-    let dv = p[4];
-    let scale = bitcast<f32>(p[5]);
-    let window = p[6];
-    let bs = p[7];
-    let row = id.x / n_head;
-    let h = id.x % n_head;
-    if (row >= n_rows) {
-        return;
-    }
-    let g = h / (n_head / p[2]);
-    let kw = p[2] * dk;
-    let vw = p[2] * dv;
+var<workgroup> qs: array<f32, MAX_DK>;
+var<workgroup> sc: array<f32, MAX_RUN>;
+
+// The number of keys of `row`'s range and where it starts.
+fn key_range(row: u32) -> vec2<u32> {
     let pos = rows_info[row];
-    let seq = rows_info[n_rows + row];
-    let table = rows_info[2u * n_rows + seq];
+    let window = p[6];
     var first = 0u;
     if (window != 0u && pos + 1u > window) {
         first = pos + 1u - window;
     }
-    var acc: array<f32, MAX_DV>;
-    for (var j = 0u; j < dv; j++) {
-        acc[j] = 0.0;
+    return vec2<u32>(first, pos + 1u - first);
+}
+
+// How many parts `row`'s keys split into: two halves where the CPU splits, then halved
+// again until no part is longer than the cap.
+fn parts_of(len: u32) -> u32 {
+    var k = 1u;
+    if (p[11] != 0u && len >= p[11]) {
+        k = 2u;
     }
-    var m = -3.4028235e38;
-    var l = 0.0;
+    while ((len + k - 1u) / k > p[12]) {
+        k *= 2u;
+    }
+    return k;
+}
+
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let n_head = p[1];
+    let n_parts = p[9];
+    let job = wg.x + wg.y * 65535u;
+    let nr = p[0];
+    if (job >= nr * n_head * n_parts) {
+        return;
+    }
+    let part = job % n_parts;
+    let h = (job / n_parts) % n_head;
+    let r = job / (n_parts * n_head);
+    let row = p[10] + r;
+    let dk = p[3];
+    let dv = p[4];
+    let scale = bitcast<f32>(p[5]);
+    let bs = p[7];
+    let f16_mode = p[8] != 0u;
+    let g = h / (n_head / p[2]);
+    let kw = p[2] * dk;
+    let vw = p[2] * dv;
+    let n_batch = p[13];
+    let seq = rows_info[n_batch + row];
+    let table = rows_info[2u * n_batch + seq];
+
+    let kr = key_range(row);
+    let k_parts = parts_of(kr.y);
+    let part_len = (kr.y + k_parts - 1u) / k_parts;
+    var t = kr.x + min(part * part_len, kr.y);
+    let end = kr.x + min((part + 1u) * part_len, kr.y);
+
     let qo = (row * n_head + h) * dk;
-    for (var t = first; t <= pos; t++) {
-        let slot = rows_info[table + t / bs] * bs + t % bs;
-        let ko = slot * kw + g * dk;
-        var s = 0.0;
-        for (var j = 0u; j < dk; j++) {
-            s += q[qo + j] * kc[ko + j];
+    for (var i = lid; i < dk; i += WG) {
+        var x = q[qo + i];
+        if (f16_mode) {
+            x = f16_round(x);
         }
-        s *= scale;
-        let m_new = max(m, s);
-        let c = exp(m - m_new);
-        let e = exp(s - m_new);
-        l = l * c + e;
-        let vo = slot * vw + g * dv;
-        for (var j = 0u; j < dv; j++) {
-            acc[j] = acc[j] * c + e * vc[vo + j];
+        qs[i] = x;
+    }
+    var acc = array<f32, DV_PER>(0.0, 0.0, 0.0, 0.0);
+    var m = LOWEST;
+    var l = 0.0;
+    // Every invocation runs the same number of runs (uniform barriers).
+    while (true) {
+        workgroupBarrier();
+        if (t >= end) {
+            break;
         }
-        m = m_new;
+        let n = min(bs - t % bs, end - t);
+        let slot0 = rows_info[table + t / bs] * bs + t % bs;
+        if (lid < n) {
+            let ko = (slot0 + lid) * kw + g * dk;
+            var s = 0.0;
+            for (var i = 0u; i < dk; i++) {
+                s = fma(qs[i], kc[ko + i], s);
+            }
+            sc[lid] = s * scale;
+        }
+        workgroupBarrier();
+        if (f16_mode) {
+            for (var j = 0u; j < n; j++) {
+                let s = sc[j];
+                var ms = 1.0;
+                var vs = 1.0;
+                if (s > m) {
+                    ms = exp(m - s);
+                    m = s;
+                    for (var c = 0u; c < DV_PER; c++) {
+                        acc[c] = f16_round(acc[c] * ms);
+                    }
+                } else {
+                    vs = exp(s - m);
+                }
+                let vo = (slot0 + j) * vw + g * dv;
+                for (var c = 0u; c < DV_PER; c++) {
+                    let d = lid + c * WG;
+                    if (d < dv) {
+                        acc[c] = f16_round(fma(vc[vo + d], vs, acc[c]));
+                    }
+                }
+                l = l * ms + vs;
+            }
+        } else {
+            var mx = LOWEST;
+            for (var j = 0u; j < n; j++) {
+                mx = max(mx, sc[j]);
+            }
+            if (mx > m) {
+                let c0 = exp(m - mx);
+                l *= c0;
+                for (var c = 0u; c < DV_PER; c++) {
+                    acc[c] *= c0;
+                }
+                m = mx;
+            }
+            for (var j = 0u; j < n; j++) {
+                let e = exp(sc[j] - m);
+                l += e;
+                let vo = (slot0 + j) * vw + g * dv;
+                for (var c = 0u; c < DV_PER; c++) {
+                    let d = lid + c * WG;
+                    if (d < dv) {
+                        acc[c] = fma(vc[vo + d], e, acc[c]);
+                    }
+                }
+            }
+        }
+        t += n;
+    }
+    // Partial state of this (row, head, part): dv sums, then m and l.
+    let po = job * (dv + 2u);
+    for (var c = 0u; c < DV_PER; c++) {
+        let d = lid + c * WG;
+        if (d < dv) {
+            part_out[po + d] = acc[c];
+        }
+    }
+    if (lid == 0u) {
+        part_out[po + dv] = m;
+        part_out[po + dv + 1u] = l;
+    }
+}
+
+// One invocation per (row, head, value dimension): the parts' states rescaled to their
+// common max and summed in order, then divided by the summed weights.
+@compute @workgroup_size(64)
+fn attention_merge(@builtin(global_invocation_id) id: vec3<u32>) {
+    let n_head = p[1];
+    let dv = p[4];
+    let n_parts = p[9];
+    let i = id.x + id.y * 65535u * WG;
+    if (i >= p[0] * n_head * dv) {
+        return;
+    }
+    let d = i % dv;
+    let rh = i / dv;
+    let base = rh * n_parts * (dv + 2u);
+    var m = LOWEST;
+    for (var k = 0u; k < n_parts; k++) {
+        m = max(m, part_out[base + k * (dv + 2u) + dv]);
+    }
+    var l = 0.0;
+    var x = 0.0;
+    for (var k = 0u; k < n_parts; k++) {
+        let b = base + k * (dv + 2u);
+        let lk = part_out[b + dv + 1u];
+        if (lk > 0.0) {
+            let c = exp(part_out[b + dv] - m);
+            l += lk * c;
+            x += part_out[b + d] * c;
+        }
     }
     let inv = select(0.0, 1.0 / l, l > 0.0);
-    let oo = (row * n_head + h) * dv;
-    for (var j = 0u; j < dv; j++) {
-        o[oo + j] = acc[j] * inv;
-    }
+    o[(p[10] * n_head + rh) * dv + d] = x * inv;
 }

@@ -1,9 +1,10 @@
 // Reads of raw GGUF weight blocks, and the kernels that use them: matmul
 // `y[t][row0 + r] = W[r] · x[t]` for one part of a weight matrix (rows row0..row0+rows), one
 // invocation per (row, token), and the embedding lookup. `QTYPE` (ggml's type id: 0 F32,
-// 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0) is set per pipeline. Quantized weights multiply the 8-bit
-// activation codes `quantize_q8` makes (the CPU backend's) with packed integer dot
-// products and combine blocks in the CPU kernel's order with the same fmas.
+// 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 8 Q8_0, 12 Q4_K, 14 Q6_K) is set per pipeline. Quantized
+// weights multiply the 8-bit activation codes that quantize.wgsl makes (the CPU backend's:
+// per 32 values for the 32-value formats, per 256 for the K-quants) with packed integer dot
+// products and combine blocks in the CPU kernel's order.
 
 override QTYPE: u32 = 0u;
 
@@ -42,12 +43,33 @@ fn w_byte(o: u32) -> u32 {
     return (w[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
 }
 
+fn w_i8(o: u32) -> i32 {
+    return (i32(w_byte(o)) << 24u) >> 24u;
+}
+
 fn block_bytes() -> u32 {
     switch QTYPE {
         case 2u: { return 18u; }
         case 3u: { return 20u; }
+        case 6u: { return 22u; }
+        case 12u: { return 144u; }
+        case 14u: { return 210u; }
         default: { return 34u; }
     }
+}
+
+fn block_elems() -> u32 {
+    return select(32u, 256u, QTYPE == 12u || QTYPE == 14u);
+}
+
+// Q4_K's 6-bit scale (x) and min (y) of sub-block j, from the 12 bytes at offset o.
+fn scale_min_k4(o: u32, j: u32) -> vec2<u32> {
+    if (j < 4u) {
+        return vec2<u32>(w_byte(o + j) & 63u, w_byte(o + j + 4u) & 63u);
+    }
+    let sc = (w_byte(o + j + 4u) & 0xfu) | ((w_byte(o + j - 4u) >> 6u) << 4u);
+    let m = (w_byte(o + j + 4u) >> 4u) | ((w_byte(o + j) >> 6u) << 4u);
+    return vec2<u32>(sc, m);
 }
 
 // Value i of row r, dequantized as the CPU backend does.
@@ -55,11 +77,35 @@ fn w_value(r: u32, i: u32) -> f32 {
     switch QTYPE {
         case 0u: { return bitcast<f32>(w[r * p.n_in + i]); }
         case 1u: { return w_half(2u * (r * p.n_in + i)); }
+        case 12u: {
+            let o = (r * (p.n_in / 256u) + i / 256u) * 144u;
+            let k = i % 256u;
+            let j = k / 32u;
+            let q = (w_byte(o + 16u + (j / 2u) * 32u + k % 32u) >> (4u * (j % 2u))) & 0xfu;
+            let sm = scale_min_k4(o + 4u, j);
+            return (w_half(o) * f32(sm.x)) * f32(q) - w_half(o + 2u) * f32(sm.y);
+        }
+        case 14u: {
+            let o = (r * (p.n_in / 256u) + i / 256u) * 210u;
+            let k = i % 256u;
+            let h = k / 128u;
+            let quad = (k % 128u) / 32u;
+            let l = k % 32u;
+            let lo = (w_byte(o + 64u * h + l + 32u * (quad % 2u)) >> (4u * (quad / 2u))) & 0xfu;
+            let hi = (w_byte(o + 128u + 32u * h + l) >> (2u * quad)) & 3u;
+            let q = i32(lo | (hi << 4u)) - 32;
+            return (w_half(o + 208u) * f32(w_i8(o + 192u + k / 16u))) * f32(q);
+        }
         default: {
             let o = (r * (p.n_in / 32u) + i / 32u) * block_bytes();
             let k = i % 32u;
+            if (QTYPE == 6u) {
+                let nib = (w_byte(o + 6u + k % 16u) >> (4u * (k / 16u))) & 0xfu;
+                let hb = (w_word(o + 2u) >> k) & 1u;
+                return f32(i32(nib | (hb << 4u)) - 16) * w_half(o);
+            }
             if (QTYPE == 8u) {
-                return f32((i32(w_byte(o + 2u + k)) << 24u) >> 24u) * w_half(o);
+                return f32(w_i8(o + 2u + k)) * w_half(o);
             }
             let qs = select(2u, 4u, QTYPE == 3u);
             let q = (w_byte(o + qs + k % 16u) >> (4u * (k / 16u))) & 0xfu;
@@ -100,8 +146,50 @@ fn a_word(t: u32, b: u32, k: u32) -> u32 {
     return xq[t * (p.n_in / 4u) + b * 8u + k];
 }
 
+// Q4_K block at byte o against 256-block b of token t: Σ_j scale_j · (codes · acts) and
+// Σ_j min_j · Σacts_j, folded into acc with the CPU kernel's two fmas.
+fn dot_q4_k(o: u32, t: u32, b: u32, a: u32, acc: f32) -> f32 {
+    var sumi = 0;
+    var mins = 0;
+    for (var j = 0u; j < 8u; j++) {
+        let sm = scale_min_k4(o + 4u, j);
+        let qo = o + 16u + (j / 2u) * 32u;
+        let shift = 4u * (j % 2u);
+        var s = 0;
+        for (var k = 0u; k < 8u; k++) {
+            s += dot4I8Packed((w_word(qo + 4u * k) >> shift) & 0x0f0f0f0fu, a_word(t, 8u * b + j, k));
+        }
+        sumi += i32(sm.x) * s;
+        mins += i32(sm.y) * i32(xd[a + 1u + j]);
+    }
+    let yd = xd[a];
+    return fma(-f32(mins), w_half(o + 2u) * yd, fma(f32(sumi), w_half(o) * yd, acc));
+}
+
+// Q6_K block at byte o against 256-block b of token t: one integer sum per 16-value scale.
+fn dot_q6_k(o: u32, t: u32, b: u32) -> i32 {
+    var sumi = 0;
+    for (var s = 0u; s < 16u; s++) {
+        let h = s / 8u;
+        let r = (s % 8u) * 16u;
+        let quad = r / 32u;
+        let lo = o + 64u * h + r % 32u + 32u * (quad % 2u);
+        let hi = o + 128u + 32u * h + r % 32u;
+        var g = 0;
+        for (var k = 0u; k < 4u; k++) {
+            let v = ((w_word(lo + 4u * k) >> (4u * (quad / 2u))) & 0x0f0f0f0fu)
+                | (((w_word(hi + 4u * k) >> (2u * quad)) & 0x03030303u) << 4u);
+            let aw = a_word(t, 8u * b + s / 2u, (s % 2u) * 4u + k);
+            g += dot4I8Packed(v, aw) - 32 * dot4I8Packed(0x01010101u, aw);
+        }
+        sumi += w_i8(o + 192u + s) * g;
+    }
+    return sumi;
+}
+
 // Quantized weights: per block, the exact integer sum of weight codes × activation codes
-// (Q4_0's −8 offset folded in as −8·Σa), then `acc += isum · d_w · d_a` (Q4_1: `+ m · s`).
+// (Q4_0's −8 and Q5_0's −16 offsets folded in as −8·Σa, −16·Σa), then
+// `acc += isum · d_w · d_a` (Q4_1: `+ m · s`); K-quants per 256-value block.
 @compute @workgroup_size(64)
 fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
     let r = id.x;
@@ -109,8 +197,23 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
     if (r >= p.rows || t >= p.n) {
         return;
     }
-    let nblk = p.n_in / 32u;
     var acc = 0.0;
+    if (QTYPE == 12u || QTYPE == 14u) {
+        let nblk = p.n_in / 256u;
+        for (var b = 0u; b < nblk; b++) {
+            let o = (r * nblk + b) * block_bytes();
+            // The block's scale and sub-block sums sit where its eight 32-blocks' would.
+            let a = 2u * (t * (p.n_in / 32u) + 8u * b);
+            if (QTYPE == 12u) {
+                acc = dot_q4_k(o, t, b, a, acc);
+            } else {
+                acc = fma(f32(dot_q6_k(o, t, b)), w_half(o + 208u) * xd[a], acc);
+            }
+        }
+        y[t * p.n_out + p.row0 + r] = acc;
+        return;
+    }
+    let nblk = p.n_in / 32u;
     for (var b = 0u; b < nblk; b++) {
         let o = (r * nblk + b) * block_bytes();
         var isum = 0;
@@ -119,14 +222,25 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
                 isum += dot4I8Packed(w_word(o + 2u + 4u * k), a_word(t, b, k));
             }
         } else {
-            let qs = select(2u, 4u, QTYPE == 3u);
+            let qs = select(select(2u, 4u, QTYPE == 3u), 6u, QTYPE == 6u);
+            var qh = 0u;
+            if (QTYPE == 6u) {
+                qh = w_word(o + 2u);
+            }
             for (var k = 0u; k < 4u; k++) {
-                let q = w_word(o + qs + 4u * k);
+                var q = w_word(o + qs + 4u * k);
                 let lo = a_word(t, b, k);
                 let hi = a_word(t, b, k + 4u);
-                isum += dot4I8Packed(q & 0x0f0f0f0fu, lo) + dot4I8Packed((q >> 4u) & 0x0f0f0f0fu, hi);
-                if (QTYPE == 2u) {
-                    isum -= 8 * (dot4I8Packed(0x01010101u, lo) + dot4I8Packed(0x01010101u, hi));
+                var ql = q & 0x0f0f0f0fu;
+                var qhi = (q >> 4u) & 0x0f0f0f0fu;
+                if (QTYPE == 6u) {
+                    ql |= spread_bits((qh >> (4u * k)) & 0xfu);
+                    qhi |= spread_bits((qh >> (16u + 4u * k)) & 0xfu);
+                }
+                isum += dot4I8Packed(ql, lo) + dot4I8Packed(qhi, hi);
+                if (QTYPE == 2u || QTYPE == 6u) {
+                    let off = select(8, 16, QTYPE == 6u);
+                    isum -= off * (dot4I8Packed(0x01010101u, lo) + dot4I8Packed(0x01010101u, hi));
                 }
             }
         }
@@ -137,6 +251,11 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
         }
     }
     y[t * p.n_out + p.row0 + r] = acc;
+}
+
+// Four bits as the fifth bit (16) of four bytes: Q5_0's high bits beside its nibbles.
+fn spread_bits(b: u32) -> u32 {
+    return ((b & 1u) << 4u) | ((b & 2u) << 11u) | ((b & 4u) << 18u) | ((b & 8u) << 25u);
 }
 
 // Embedding rows from a table part: y[j] = W[ids[j] − row0] · scale for the ids in this part

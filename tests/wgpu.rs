@@ -1,5 +1,7 @@
 //! The WGSL backend end to end on SmolLM2 and its four variants: for every reference case,
-//! 32 greedy tokens on `--backend wgpu` equal the CPU backend's. Needs a wgpu adapter (CI:
+//! 32 greedy tokens on `--backend wgpu` equal the CPU backend's. The F32 and F16 copies run
+//! in CI; the quantized copies part from the CPU after near-ties (ulp-level differences
+//! flip 8-bit activation codes; see docs/ARCHITECTURE.md) and are run by hand. Needs a wgpu adapter (CI:
 //! Mesa's lavapipe); without one the test says so and passes, unless
 //! FERRITE_WGPU_REQUIRED=1 (set by .ci/run) makes a missing adapter a failure.
 #![cfg(feature = "wgpu")]
@@ -20,13 +22,21 @@ fn greedy(engine: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
 }
 
 #[test]
-#[ignore = "open: the 659-token `long` case differs from the first token on every variant (a bug in a \
-            path only long prompts take), and quantized variants part after near-ties; ~10 min on \
-            lavapipe. Run: cargo test --release --test wgpu -- --ignored"]
-fn smollm2_variants_greedy_equal_cpu() {
+fn smollm2_float_copies_greedy_equal_cpu() {
+    greedy_equal_cpu(&["smollm2-f32", "smollm2-f16"]);
+}
+
+#[test]
+#[ignore = "open: quantized copies part from the CPU after near-ties; ~7 min on lavapipe. \
+            Run: cargo test --release --test wgpu -- --ignored"]
+fn smollm2_quantized_copies_greedy_equal_cpu() {
+    greedy_equal_cpu(&["smollm2-q4_1", "smollm2-q4_0", "smollm2-q8_0"]);
+}
+
+fn greedy_equal_cpu(keys: &[&str]) {
     let opts = |backend| LoadOptions { ctx: Some(1024), backend, ..Default::default() };
     let mut failures = Vec::new();
-    for key in ["smollm2-q4_1", "smollm2-q4_0", "smollm2-q8_0", "smollm2-f16", "smollm2-f32"] {
+    for key in keys {
         let r = common::reference(&format!("{key}.json"));
         let Some(path) = common::model(r["model_file"].as_str().unwrap(), true) else { return };
         let mut gpu = match Engine::load(&path, &opts(BackendKind::Wgpu)) {

@@ -549,7 +549,7 @@ fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &
 }
 
 /// Keys from which a single-row batch is split in two (llama.cpp's split-KV decode).
-const SPLIT_KV_MIN: usize = 512;
+pub(crate) const SPLIT_KV_MIN: usize = 512;
 /// Parts of a split-KV decode: the reference ran llama.cpp with 2 threads.
 const SPLIT_KV_PARTS: usize = 2;
 

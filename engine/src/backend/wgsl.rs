@@ -12,8 +12,10 @@
 //! Numerics follow the CPU backend where it can be followed: activations for quantized
 //! weights become the same 8-bit codes, integer block sums are exact, blocks are combined
 //! in the same order with the same fused multiply-adds, the KV cache holds f16-rounded
-//! values, rope uses the CPU's cos/sin. What differs: attention accumulates in f32 (the CPU
-//! mirrors llama.cpp's f16 accumulation for small batches), and the GPU's exp/tanh.
+//! values, rope uses the CPU's cos/sin, attention walks the same runs of keys in the same
+//! f32 or f16 accumulation mode and splits where the CPU splits. What differs: the order of
+//! a few sums (q·k, RMSNorm's), ranges past `ATTN_PART_KEYS` keys (split here, not on the
+//! CPU), and the GPU's exp/tanh.
 
 use super::{Activation, AttnBatch, AttnParams, Backend, PrepareStats, RopeParams, WeightUse};
 use crate::error::EngineError;
@@ -46,18 +48,21 @@ const MAX_GROUPS: u64 = 65535;
 /// Bytes of the per-submission parameter arena.
 const ARENA_BYTES: u64 = 16 << 20;
 
-/// Weight types `matmul.wgsl` reads (its `QTYPE` is the ggml type id), and whether their
-/// matmul multiplies 8-bit activation codes.
-const WEIGHT_TYPES: &[(QuantType, bool)] = &[
-    (QuantType::F32, false),
-    (QuantType::F16, false),
-    (QuantType::Q4_0, true),
-    (QuantType::Q4_1, true),
-    (QuantType::Q8_0, true),
+/// Weight types `matmul.wgsl` reads (its `QTYPE` is the ggml type id), and for those whose
+/// matmul multiplies 8-bit activation codes, the quantize.wgsl entry that makes them.
+const WEIGHT_TYPES: &[(QuantType, Option<&str>)] = &[
+    (QuantType::F32, None),
+    (QuantType::F16, None),
+    (QuantType::Q4_0, Some("quantize_q8")),
+    (QuantType::Q4_1, Some("quantize_q8")),
+    (QuantType::Q5_0, Some("quantize_q8")),
+    (QuantType::Q8_0, Some("quantize_q8")),
+    (QuantType::Q4_K, Some("quantize_q8k")),
+    (QuantType::Q6_K, Some("quantize_q8k")),
 ];
 
-/// Whether `ty` has kernels, and if so whether its matmul uses activation codes.
-fn weight_kind(ty: QuantType) -> Option<bool> {
+/// Whether `ty` has kernels, and if so the activation quantizer its matmul uses.
+fn weight_kind(ty: QuantType) -> Option<Option<&'static str>> {
     WEIGHT_TYPES.iter().find(|(t, _)| *t == ty).map(|&(_, q)| q)
 }
 
@@ -115,6 +120,8 @@ struct Pending {
     /// Activation codes and scales for quantized matmuls (grown as needed).
     xq: Option<(wgpu::Buffer, u64)>,
     xd: Option<(wgpu::Buffer, u64)>,
+    /// Attention's per-part softmax states (grown as needed).
+    attn_parts: Option<(wgpu::Buffer, u64)>,
     /// Mappable buffer for `read` (grown as needed, reused every token).
     readback: Option<(wgpu::Buffer, u64)>,
 }
@@ -150,6 +157,7 @@ const TYPED_ENTRIES: &[(&str, &str)] = &[("matmul", "mm_float"), ("matmul", "mm_
 /// The other entry points: (file, entry).
 const ENTRIES: &[(&str, &str)] = &[
     ("quantize", "quantize_q8"),
+    ("quantize", "quantize_q8k"),
     ("ops", "rms_norm"),
     ("ops", "rms_norm_to"),
     ("ops", "rope"),
@@ -159,7 +167,22 @@ const ENTRIES: &[(&str, &str)] = &[
     ("ops", "get_rows"),
     ("ops", "kv_store"),
     ("attention", "attention"),
+    ("attention", "attention_merge"),
 ];
+
+/// Keys one attention part covers at most: longer ranges split into more parts, merged
+/// after. Keeps every invocation's loops short (software drivers cut a loop at 65535
+/// iterations) and gives long decode steps more workgroups.
+const ATTN_PART_KEYS: usize = 4096;
+
+/// Parts a row with `len` keys splits into (as `parts_of` in attention.wgsl).
+fn attn_parts(len: usize, split_min: usize) -> usize {
+    let mut k = if split_min != 0 && len >= split_min { 2 } else { 1 };
+    while len.div_ceil(k) > ATTN_PART_KEYS {
+        k *= 2;
+    }
+    k
+}
 
 fn unavailable(why: impl Into<String>) -> EngineError {
     EngineError::BackendUnavailable { name: "wgpu".into(), why: why.into() }
@@ -201,7 +224,7 @@ impl WgpuBackend {
         let typed = TYPED_ENTRIES.iter().flat_map(|&(f, e)| {
             WEIGHT_TYPES
                 .iter()
-                .filter(move |(_, q)| e == "embed" || *q == (e == "mm_quant"))
+                .filter(move |(_, q)| e == "embed" || q.is_some() == (e == "mm_quant"))
                 .map(move |(t, _)| (f, e, t.ggml_id()))
         });
         let mut pipes = HashMap::new();
@@ -240,6 +263,7 @@ impl WgpuBackend {
                 attn_meta: None,
                 xq: None,
                 xd: None,
+                attn_parts: None,
                 readback: None,
             }),
             max_binding,
@@ -424,8 +448,9 @@ impl Backend for WgpuBackend {
         }
         if weight_kind(ty).is_none() {
             return Err(tensor_err(format!(
-                "{} matrices have no wgpu kernel yet (F32, F16, Q8_0, Q4_0, Q4_1 do)",
-                ty.name()
+                "{} matrices have no wgpu kernel yet (these do: {})",
+                ty.name(),
+                WEIGHT_TYPES.iter().map(|(t, _)| t.name()).collect::<Vec<_>>().join(", ")
             )));
         }
         let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
@@ -560,19 +585,20 @@ impl Backend for WgpuBackend {
         };
         let mut st = self.lock();
         self.room(&mut st, 64 * (parts.len() + 1));
-        let quantized = weight_kind(*ty).expect("unsupported types are refused at load");
-        let (xq, xd) = if quantized {
+        let quantizer = weight_kind(*ty).expect("unsupported types are refused at load");
+        let (xq, xd) = if let Some(quantizer) = quantizer {
             let nblk = n * n_in / 32;
             let xq = self.scratch(&mut st.xq, "acts.q", (n * n_in) as u64);
             let xd = self.scratch(&mut st.xd, "acts.d", (nblk * 8) as u64);
             let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&xq)), (3, Res::Buf(&xd))];
-            let groups = ((*n_in as u64 / 32).div_ceil(WG), n as u64);
-            self.dispatch(&mut st, ("quantize_q8", 0), &[u(*n_in), u(n)], &res, groups);
+            let block = if quantizer == "quantize_q8k" { 256 } else { 32 };
+            let groups = ((*n_in as u64 / block).div_ceil(WG), n as u64);
+            self.dispatch(&mut st, (quantizer, 0), &[u(*n_in), u(n)], &res, groups);
             (Some(xq), Some(xd))
         } else {
             (None, None)
         };
-        let entry = (if quantized { "mm_quant" } else { "mm_float" }, ty.ggml_id());
+        let entry = (if quantizer.is_some() { "mm_quant" } else { "mm_float" }, ty.ggml_id());
         for part in parts {
             let params = [u(*n_in), u(n), u(part.row0), u(part.rows), u(*n_out), f(1.0)];
             let mut res = vec![(1, Res::Buf(&part.buf)), (5, Res::Buf(&out.buf))];
@@ -679,8 +705,14 @@ impl Backend for WgpuBackend {
         p: &AttnParams,
         out: &mut WgpuBuf,
     ) {
-        assert!(p.head_dim_v <= 256, "attention kernel holds at most 256 values per head");
+        assert!(
+            p.head_dim <= 256 && p.head_dim_v <= 256,
+            "attention kernel holds at most 256 values per head"
+        );
         let n = batch.positions.len();
+        if n == 0 {
+            return;
+        }
         let mut st = self.lock();
         self.room(&mut st, 2 * n + batch.tables.len() + 1 + batch.tables.iter().map(Vec::len).sum::<usize>());
         let same = st.attn_meta.as_ref().is_some_and(|(pos, tables, rows, _, _)| {
@@ -704,24 +736,55 @@ impl Backend for WgpuBackend {
                 Some((batch.positions.clone(), batch.tables.clone(), batch.table_of_row.clone(), o, s));
         }
         let (mo, ms) = st.attn_meta.as_ref().map(|m| (m.3, m.4)).expect("set above");
-        let params = [
-            u(n),
-            u(p.n_head),
-            u(p.n_head_kv),
-            u(p.head_dim),
-            u(p.head_dim_v),
-            f(p.scale),
-            u(p.window.unwrap_or(0)),
-            u(BLOCK_SIZE),
-        ];
-        let res = [
-            (1, Res::Buf(&q.buf)),
-            (2, Res::Buf(&kv.k[layer])),
-            (3, Res::Buf(&kv.v[layer])),
-            (4, Res::Arena(mo, ms)),
-            (5, Res::Buf(&out.buf)),
-        ];
-        self.dispatch(&mut st, ("attention", 0), &params, &res, Self::linear(n * p.n_head));
+        // Parts per row: the CPU's split of long single-row f16 batches, and the cap.
+        let split_min = if p.f16_accum && p.single_row { super::cpu::SPLIT_KV_MIN } else { 0 };
+        let keys = |pos: u32| {
+            let pos = pos as usize;
+            pos + 1 - p.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+        };
+        let n_parts = batch.positions.iter().map(|&pos| attn_parts(keys(pos), split_min)).max().unwrap_or(1);
+        // Rows per dispatch pair, so that their partial states fit one binding.
+        let row_bytes = (p.n_head * n_parts * (p.head_dim_v + 2) * 4) as u64;
+        let per = ((self.max_binding / row_bytes) as usize).clamp(1, n);
+        let part_buf = self.scratch(&mut st.attn_parts, "attention.parts", per as u64 * row_bytes);
+        let mut row0 = 0;
+        while row0 < n {
+            let nr = per.min(n - row0);
+            self.room(&mut st, 0);
+            let params = [
+                u(nr),
+                u(p.n_head),
+                u(p.n_head_kv),
+                u(p.head_dim),
+                u(p.head_dim_v),
+                f(p.scale),
+                u(p.window.unwrap_or(0)),
+                u(BLOCK_SIZE),
+                p.f16_accum as u32,
+                u(n_parts),
+                u(row0),
+                u(split_min),
+                u(ATTN_PART_KEYS),
+                u(n),
+            ];
+            let res = [
+                (1, Res::Buf(&q.buf)),
+                (2, Res::Buf(&kv.k[layer])),
+                (3, Res::Buf(&kv.v[layer])),
+                (4, Res::Arena(mo, ms)),
+                (5, Res::Buf(&part_buf)),
+            ];
+            self.dispatch(&mut st, ("attention", 0), &params, &res, ((nr * p.n_head * n_parts) as u64, 1));
+            let res = [(5, Res::Buf(&part_buf)), (6, Res::Buf(&out.buf))];
+            self.dispatch(
+                &mut st,
+                ("attention_merge", 0),
+                &params,
+                &res,
+                Self::linear(nr * p.n_head * p.head_dim_v),
+            );
+            row0 += nr;
+        }
     }
 
     fn gated_act(&self, gate: &mut WgpuBuf, up: &WgpuBuf, len: usize, act: Activation) {
