@@ -413,27 +413,17 @@ fn chained_matmuls_match_cpu() {
             ],
         );
         let x = rng.vec(n * a);
-        let run = |be: &dyn Fn() -> Vec<f32>| be();
-        let cpu = run(&|| {
-            let (up, down) = (
-                c.weight(&file, "up", WeightUse::Matmul).unwrap(),
-                c.weight(&file, "down", WeightUse::Matmul).unwrap(),
-            );
-            let (mut h, mut y) = (c.alloc(n * b), c.alloc(n * a));
-            c.matmul(&up, &put(&c, &x), n, &mut h);
-            c.matmul(&down, &h, n, &mut y);
-            get(&c, &y, n * a)
-        });
-        let gpu = run(&|| {
-            let (up, down) = (
-                g.weight(&file, "up", WeightUse::Matmul).unwrap(),
-                g.weight(&file, "down", WeightUse::Matmul).unwrap(),
-            );
-            let (mut h, mut y) = (g.alloc(n * b), g.alloc(n * a));
-            g.matmul(&up, &put(g, &x), n, &mut h);
-            g.matmul(&down, &h, n, &mut y);
-            get(g, &y, n * a)
-        });
+        let (cpu, gpu) = (chain(&c, &file, &x, n, a, b), chain(g, &file, &x, n, a, b));
         close(&format!("chained {ty:?}"), &cpu, &gpu, 1e-4);
     }
+}
+
+/// `down · (up · x)` for `n` rows of `a` values through `b`, read back once at the end.
+fn chain<B: Backend>(be: &B, file: &Arc<GgufFile>, x: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
+    let up = be.weight(file, "up", WeightUse::Matmul).unwrap();
+    let down = be.weight(file, "down", WeightUse::Matmul).unwrap();
+    let (mut h, mut y) = (be.alloc(n * b), be.alloc(n * a));
+    be.matmul(&up, &put(be, x), n, &mut h);
+    be.matmul(&down, &h, n, &mut y);
+    get(be, &y, n * a)
 }

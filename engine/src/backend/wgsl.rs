@@ -47,6 +47,8 @@ const WG: u64 = 64;
 const MAX_GROUPS: u64 = 65535;
 /// Bytes of the per-submission parameter arena.
 const ARENA_BYTES: u64 = 16 << 20;
+/// Parameter words of a dispatch at most.
+const MAX_PARAMS: usize = 16;
 
 /// Weight types `matmul.wgsl` reads (its `QTYPE` is the ggml type id), and for those whose
 /// matmul multiplies 8-bit activation codes, the quantize.wgsl entry that makes them.
@@ -319,11 +321,12 @@ impl WgpuBackend {
         st.attn_meta = None;
     }
 
-    /// Makes room in the arena for one op: its data words plus parameters, submitting what
-    /// is recorded if they would not fit (an op's slices never straddle a submission).
-    fn room(&self, st: &mut Pending, data_words: usize) {
+    /// Makes room in the arena for one op: `data_words` of data in `pushes` pushes (data
+    /// slices and each dispatch's parameters, each aligned), submitting what is recorded if
+    /// they would not fit, so that none of the op's slices straddles a submission.
+    fn room(&self, st: &mut Pending, data_words: usize, pushes: usize) {
         let align_words = (self.align / 4).max(1) as usize;
-        let need = (data_words + 3 * align_words + 64) as u64 * 4;
+        let need = (data_words + pushes * (align_words + MAX_PARAMS)) as u64 * 4;
         assert!(need <= ARENA_BYTES, "one op's data exceeds the arena");
         if st.arena.len() as u64 * 4 + need > ARENA_BYTES {
             self.flush(st);
@@ -362,6 +365,7 @@ impl WgpuBackend {
         }
         let (gx, gy) = if x > MAX_GROUPS { (MAX_GROUPS, x.div_ceil(MAX_GROUPS) * y) } else { (x, y) };
         assert!(x <= MAX_GROUPS || y == 1, "2-D dispatch beyond the x limit");
+        debug_assert!(params.len() <= MAX_PARAMS, "`room` reserves MAX_PARAMS words per dispatch");
         let (po, ps) = self.push(st, params);
         let pipe = &self.pipes[&(entry, ty)];
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -568,7 +572,7 @@ impl Backend for WgpuBackend {
             return Err(EngineError::BadToken { id, n_vocab: *n_out });
         }
         let mut st = self.lock();
-        self.room(&mut st, ids.len() + 64 * parts.len());
+        self.room(&mut st, ids.len(), 1 + parts.len());
         let (io, is) = self.push(&mut st, ids);
         for part in parts {
             // matmul.wgsl's parameters: width, ids, the part's rows, the table's rows, scale.
@@ -584,15 +588,15 @@ impl Backend for WgpuBackend {
             panic!("matmul with a vector weight");
         };
         let mut st = self.lock();
-        self.room(&mut st, 64 * (parts.len() + 1));
+        self.room(&mut st, 0, 1 + parts.len());
         let quantizer = weight_kind(*ty).expect("unsupported types are refused at load");
         let (xq, xd) = if let Some(quantizer) = quantizer {
             let nblk = n * n_in / 32;
             let xq = self.scratch(&mut st.xq, "acts.q", (n * n_in) as u64);
             let xd = self.scratch(&mut st.xd, "acts.d", (nblk * 8) as u64);
             let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&xq)), (3, Res::Buf(&xd))];
-            let block = if quantizer == "quantize_q8k" { 256 } else { 32 };
-            let groups = ((*n_in as u64 / block).div_ceil(WG), n as u64);
+            // One invocation per weight block: the activation block matches it (32 or 256).
+            let groups = (((*n_in / ty.block_elems()) as u64).div_ceil(WG), n as u64);
             self.dispatch(&mut st, (quantizer, 0), &[u(*n_in), u(n)], &res, groups);
             (Some(xq), Some(xd))
         } else {
@@ -616,7 +620,7 @@ impl Backend for WgpuBackend {
     fn add_bias(&self, x: &mut WgpuBuf, bias: &WgpuWeight, n: usize) {
         let WgpuWeight::Vector { buf, len } = bias else { panic!("a matrix used as a bias") };
         let mut st = self.lock();
-        self.room(&mut st, 0);
+        self.room(&mut st, 0, 1);
         let res = [(1, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
         self.dispatch(&mut st, ("add_bias", 0), &[u(n), u(*len)], &res, Self::linear(n * len));
     }
@@ -624,7 +628,7 @@ impl Backend for WgpuBackend {
     fn rms_norm(&self, x: &mut WgpuBuf, weight: &WgpuWeight, n_rows: usize, width: usize, eps: f32) {
         let WgpuWeight::Vector { buf, .. } = weight else { panic!("a matrix used as a norm weight") };
         let mut st = self.lock();
-        self.room(&mut st, 0);
+        self.room(&mut st, 0, 1);
         let res = [(1, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
         self.dispatch(&mut st, ("rms_norm", 0), &[u(n_rows), u(width), f(eps)], &res, Self::linear(n_rows));
     }
@@ -640,7 +644,7 @@ impl Backend for WgpuBackend {
     ) {
         let WgpuWeight::Vector { buf, .. } = weight else { panic!("a matrix used as a norm weight") };
         let mut st = self.lock();
-        self.room(&mut st, 0);
+        self.room(&mut st, 0, 1);
         let res = [(1, Res::Buf(&out.buf)), (2, Res::Buf(&x.buf)), (3, Res::Buf(buf))];
         self.dispatch(
             &mut st,
@@ -657,7 +661,7 @@ impl Backend for WgpuBackend {
             return;
         }
         let mut st = self.lock();
-        self.room(&mut st, positions.len() * half * 2);
+        self.room(&mut st, positions.len() * half * 2, 2);
         let cached = st.ropes.iter().find(|(rp, pos, _, _)| rp == p && pos == positions).map(|r| (r.2, r.3));
         let (to, ts) = match cached {
             Some(c) => c,
@@ -683,7 +687,7 @@ impl Backend for WgpuBackend {
 
     fn kv_store(&self, kv: &mut WgpuKv, layer: usize, k: &WgpuBuf, v: &WgpuBuf, slots: &[u32]) {
         let mut st = self.lock();
-        self.room(&mut st, slots.len());
+        self.room(&mut st, slots.len(), 2);
         let (so, ss) = self.push(&mut st, slots);
         let res = [
             (1, Res::Buf(&kv.k[layer])),
@@ -713,8 +717,21 @@ impl Backend for WgpuBackend {
         if n == 0 {
             return;
         }
+        // Parts per row: the CPU's split of long single-row f16 batches, and the cap.
+        let split_min = if p.f16_accum && p.single_row { super::cpu::SPLIT_KV_MIN } else { 0 };
+        let keys = |pos: u32| {
+            let pos = pos as usize;
+            pos + 1 - p.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+        };
+        let n_parts = batch.positions.iter().map(|&pos| attn_parts(keys(pos), split_min)).max().unwrap_or(1);
+        // Rows per dispatch pair, so that their partial states fit one binding.
+        let row_bytes = (p.n_head * n_parts * (p.head_dim_v + 2) * 4) as u64;
+        let per = ((self.max_binding / row_bytes) as usize).clamp(1, n);
+        let meta_words = 2 * n + batch.tables.len() + 1 + batch.tables.iter().map(Vec::len).sum::<usize>();
         let mut st = self.lock();
-        self.room(&mut st, 2 * n + batch.tables.len() + 1 + batch.tables.iter().map(Vec::len).sum::<usize>());
+        // The metadata and every dispatch pair's parameters in one reservation: a flush
+        // between them would drop the metadata the later pairs read.
+        self.room(&mut st, meta_words, 1 + 2 * n.div_ceil(per));
         let same = st.attn_meta.as_ref().is_some_and(|(pos, tables, rows, _, _)| {
             pos == &batch.positions && tables == &batch.tables && rows == &batch.table_of_row
         });
@@ -736,21 +753,10 @@ impl Backend for WgpuBackend {
                 Some((batch.positions.clone(), batch.tables.clone(), batch.table_of_row.clone(), o, s));
         }
         let (mo, ms) = st.attn_meta.as_ref().map(|m| (m.3, m.4)).expect("set above");
-        // Parts per row: the CPU's split of long single-row f16 batches, and the cap.
-        let split_min = if p.f16_accum && p.single_row { super::cpu::SPLIT_KV_MIN } else { 0 };
-        let keys = |pos: u32| {
-            let pos = pos as usize;
-            pos + 1 - p.window.map_or(0, |w| (pos + 1).saturating_sub(w))
-        };
-        let n_parts = batch.positions.iter().map(|&pos| attn_parts(keys(pos), split_min)).max().unwrap_or(1);
-        // Rows per dispatch pair, so that their partial states fit one binding.
-        let row_bytes = (p.n_head * n_parts * (p.head_dim_v + 2) * 4) as u64;
-        let per = ((self.max_binding / row_bytes) as usize).clamp(1, n);
         let part_buf = self.scratch(&mut st.attn_parts, "attention.parts", per as u64 * row_bytes);
         let mut row0 = 0;
         while row0 < n {
             let nr = per.min(n - row0);
-            self.room(&mut st, 0);
             let params = [
                 u(nr),
                 u(p.n_head),
@@ -789,7 +795,7 @@ impl Backend for WgpuBackend {
 
     fn gated_act(&self, gate: &mut WgpuBuf, up: &WgpuBuf, len: usize, act: Activation) {
         let mut st = self.lock();
-        self.room(&mut st, 0);
+        self.room(&mut st, 0, 1);
         let code = match act {
             Activation::Silu => 0,
             Activation::GeluTanh => 1,
@@ -800,14 +806,14 @@ impl Backend for WgpuBackend {
 
     fn add(&self, x: &mut WgpuBuf, y: &WgpuBuf, len: usize) {
         let mut st = self.lock();
-        self.room(&mut st, 0);
+        self.room(&mut st, 0, 1);
         let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&y.buf))];
         self.dispatch(&mut st, ("add", 0), &[u(len)], &res, Self::linear(len));
     }
 
     fn get_rows(&self, x: &WgpuBuf, rows: &[u32], width: usize, out: &mut WgpuBuf) {
         let mut st = self.lock();
-        self.room(&mut st, rows.len());
+        self.room(&mut st, rows.len(), 2);
         let (ro, rs) = self.push(&mut st, rows);
         let res = [(1, Res::Buf(&out.buf)), (2, Res::Buf(&x.buf)), (4, Res::Arena(ro, rs))];
         self.dispatch(
