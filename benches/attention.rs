@@ -26,7 +26,8 @@ fn rand_bits(n: usize, seed: &mut u64) -> Vec<u16> {
 /// the first head's denominator (so that nothing is optimised away).
 fn attend_all(q: &[f32], d: usize, kv: &HeadKv, keys: usize, f16_accum: bool, st: &mut Online) -> f32 {
     for s0 in (0..keys).step_by(RUN) {
-        let run = Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125, f16_accum };
+        let run =
+            Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125, f16_accum, group: st.heads };
         attend_run(&run, st);
     }
     st.l[0]

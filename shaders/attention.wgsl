@@ -17,7 +17,7 @@
 // p: rows in this dispatch, n_head, n_head_kv, head_dim, head_dim_v, scale (bits), window
 //    (0: none), block size, f16 mode, parts per row, first row of this dispatch, split-KV
 //    minimum (0: no split; set for single-row f16 batches), keys per part at most, rows in
-//    the batch.
+//    the batch, score order (see `score`), scale again (bits).
 // rows_info: positions[n], table_of_row[n], table offsets[n_seq + 1], then the tables,
 //    offsets counted from the start of rows_info (n: all rows of the batch).
 
@@ -62,6 +62,62 @@ fn parts_of(len: u32) -> u32 {
         k *= 2u;
     }
     return k;
+}
+
+// Sum of 16 lanes as the AVX-512 kernel's horizontal sum: per group of four lanes
+// (x0 + x2) + (x1 + x3), then (g0 + g1) + (g2 + g3).
+fn tree16(a: array<f32, 16>) -> f32 {
+    var g: array<f32, 4>;
+    for (var k = 0u; k < 4u; k++) {
+        g[k] = (a[4u * k] + a[4u * k + 2u]) + (a[4u * k + 1u] + a[4u * k + 3u]);
+    }
+    return (g[0] + g[1]) + (g[2] + g[3]);
+}
+
+// q·k of the key at `ko`, times `scale`, summed in the order of the CPU attention kernel
+// that the host runs, so that scores agree bit for bit: `order` 0 scalar (8 lanes, summed in
+// turn, then the tail), 1 AVX2 (8 lanes, a pairwise tree), 2 AVX-512 (16 lanes), 3 AVX-512
+// with even and odd 16-value chunks in separate lanes (four heads or fewer per KV head).
+fn score(ko: u32, dk: u32, scale: f32, order: u32) -> f32 {
+    if (order >= 2u) {
+        var even: array<f32, 16>;
+        var odd: array<f32, 16>;
+        for (var c = 0u; c < dk / 16u; c++) {
+            let to_odd = order == 3u && c % 2u == 1u;
+            for (var l = 0u; l < 16u; l++) {
+                let i = 16u * c + l;
+                if (to_odd) {
+                    odd[l] = fma_exact(qs[i], kc[ko + i], odd[l]);
+                } else {
+                    even[l] = fma_exact(qs[i], kc[ko + i], even[l]);
+                }
+            }
+        }
+        let s = tree16(even) * scale;
+        if (order == 3u) {
+            // The same scale from a second parameter word: with one value, the compiler may
+            // rewrite a·x + b·x as (a + b)·x, which rounds differently.
+            return s + tree16(odd) * bitcast<f32>(p[15]);
+        }
+        return s;
+    }
+    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let lanes = select(dk, dk / 8u * 8u, order == 0u);
+    for (var i = 0u; i < lanes; i++) {
+        acc[i % 8u] = fma_exact(qs[i], kc[ko + i], acc[i % 8u]);
+    }
+    if (order == 1u) {
+        return (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) * scale;
+    }
+    var s = 0.0;
+    for (var j = 0u; j < 8u; j++) {
+        s += acc[j];
+    }
+    var tail = 0.0;
+    for (var i = lanes; i < dk; i++) {
+        tail += qs[i] * kc[ko + i];
+    }
+    return (s + tail) * scale;
 }
 
 @compute @workgroup_size(64)
@@ -117,11 +173,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         let slot0 = rows_info[table + t / bs] * bs + t % bs;
         if (lid < n) {
             let ko = (slot0 + lid) * kw + g * dk;
-            var s = 0.0;
-            for (var i = 0u; i < dk; i++) {
-                s = fma(qs[i], kc[ko + i], s);
-            }
-            sc[lid] = s * scale;
+            sc[lid] = score(ko, dk, scale, p[14]);
         }
         workgroupBarrier();
         if (f16_mode) {
@@ -130,47 +182,47 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
                 var ms = 1.0;
                 var vs = 1.0;
                 if (s > m) {
-                    ms = exp(m - s);
+                    ms = exp_cpu(m - s);
                     m = s;
                     for (var c = 0u; c < DV_PER; c++) {
                         acc[c] = f16_round(acc[c] * ms);
                     }
                 } else {
-                    vs = exp(s - m);
+                    vs = exp_cpu(s - m);
                 }
                 let vo = (slot0 + j) * vw + g * dv;
                 for (var c = 0u; c < DV_PER; c++) {
                     let d = lid + c * WG;
                     if (d < dv) {
-                        acc[c] = f16_round(fma(vc[vo + d], vs, acc[c]));
+                        acc[c] = f16_round(fma_exact(vc[vo + d], vs, acc[c]));
                     }
                 }
-                l = l * ms + vs;
+                l = fma_exact(l, ms, vs);
             }
         } else {
-            var mx = LOWEST;
+            // As the CPU: the run's weights summed apart, then l·c + Σe in one rounding.
+            var mx = m;
             for (var j = 0u; j < n; j++) {
                 mx = max(mx, sc[j]);
             }
-            if (mx > m) {
-                let c0 = exp(m - mx);
-                l *= c0;
-                for (var c = 0u; c < DV_PER; c++) {
-                    acc[c] *= c0;
-                }
-                m = mx;
+            let c0 = exp_cpu(m - mx);
+            for (var c = 0u; c < DV_PER; c++) {
+                acc[c] *= c0;
             }
+            m = mx;
+            var sum = 0.0;
             for (var j = 0u; j < n; j++) {
-                let e = exp(sc[j] - m);
-                l += e;
+                let e = exp_cpu(sc[j] - m);
+                sum += e;
                 let vo = (slot0 + j) * vw + g * dv;
                 for (var c = 0u; c < DV_PER; c++) {
                     let d = lid + c * WG;
                     if (d < dv) {
-                        acc[c] = fma(vc[vo + d], e, acc[c]);
+                        acc[c] = fma_exact(vc[vo + d], e, acc[c]);
                     }
                 }
             }
+            l = fma_exact(l, c0, sum);
         }
         t += n;
     }
@@ -212,7 +264,7 @@ fn attention_merge(@builtin(global_invocation_id) id: vec3<u32>) {
         let b = base + k * (dv + 2u);
         let lk = part_out[b + dv + 1u];
         if (lk > 0.0) {
-            let c = exp(part_out[b + dv] - m);
+            let c = exp_cpu(part_out[b + dv] - m);
             l += lk * c;
             x += part_out[b + d] * c;
         }

@@ -117,8 +117,11 @@ fn w_value(r: u32, i: u32) -> f32 {
     }
 }
 
-// F32 and F16 weights: f32 activations (rounded to f16 for f16 weights, as ggml does), a dot
-// in 8 lanes summed in order, as the CPU's row kernel.
+// F32 and F16 weights: f32 activations (rounded to f16 for f16 weights, as ggml does), in
+// the CPU's order. One token: a dot in 8 lanes (multiply, then add), the lanes summed in
+// turn. A batch: the CPU's tiled GEMM, 32-row tiles taken 4 rows at a time with fused
+// multiply-adds in 8 lanes, lanes summed in turn plus the tail past a multiple of 8; a
+// tile's last rows past a multiple of 4 summed plainly.
 @compute @workgroup_size(64)
 fn mm_float(@builtin(global_invocation_id) id: vec3<u32>) {
     let r = id.x;
@@ -126,19 +129,44 @@ fn mm_float(@builtin(global_invocation_id) id: vec3<u32>) {
     if (r >= p.rows || t >= p.n) {
         return;
     }
-    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for (var i = 0u; i < p.n_in; i++) {
-        var a = x[t * p.n_in + i];
-        if (QTYPE == 1u) {
-            a = f16_round(a);
-        }
-        acc[i % 8u] += w_value(r, i) * a;
-    }
+    let gr = p.row0 + r;
+    let tile0 = gr / 32u * 32u;
+    let gemm = p.n > 1u;
+    let fused = gemm && gr - tile0 < min(32u, p.n_out - tile0) / 4u * 4u;
     var s = 0.0;
+    if (gemm && !fused) {
+        for (var i = 0u; i < p.n_in; i++) {
+            s += w_value(r, i) * act(t, i);
+        }
+        y[t * p.n_out + gr] = s;
+        return;
+    }
+    let lanes = select(p.n_in, p.n_in / 8u * 8u, fused);
+    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (var i = 0u; i < lanes; i++) {
+        if (fused) {
+            acc[i % 8u] = fma_exact(w_value(r, i), act(t, i), acc[i % 8u]);
+        } else {
+            acc[i % 8u] += w_value(r, i) * act(t, i);
+        }
+    }
     for (var j = 0u; j < 8u; j++) {
         s += acc[j];
     }
-    y[t * p.n_out + p.row0 + r] = s;
+    var tail = 0.0;
+    for (var i = lanes; i < p.n_in; i++) {
+        tail += w_value(r, i) * act(t, i);
+    }
+    y[t * p.n_out + gr] = s + tail;
+}
+
+// Activation i of token t as a float weight's dot sees it.
+fn act(t: u32, i: u32) -> f32 {
+    let a = x[t * p.n_in + i];
+    if (QTYPE == 1u) {
+        return f16_round(a);
+    }
+    return a;
 }
 
 // Activation codes of token t, block b, word k (4 codes).
@@ -163,7 +191,7 @@ fn dot_q4_k(o: u32, t: u32, b: u32, a: u32, acc: f32) -> f32 {
         mins += i32(sm.y) * i32(xd[a + 1u + j]);
     }
     let yd = xd[a];
-    return fma(-f32(mins), w_half(o + 2u) * yd, fma(f32(sumi), w_half(o) * yd, acc));
+    return fma_exact(-f32(mins), w_half(o + 2u) * yd, fma_exact(f32(sumi), w_half(o) * yd, acc));
 }
 
 // Q6_K block at byte o against 256-block b of token t: one integer sum per 16-value scale.
@@ -207,7 +235,7 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
             if (QTYPE == 12u) {
                 acc = dot_q4_k(o, t, b, a, acc);
             } else {
-                acc = fma(f32(dot_q6_k(o, t, b)), w_half(o + 208u) * xd[a], acc);
+                acc = fma_exact(f32(dot_q6_k(o, t, b)), w_half(o + 208u) * xd[a], acc);
             }
         }
         y[t * p.n_out + p.row0 + r] = acc;
@@ -245,9 +273,9 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
             }
         }
         let a = 2u * (t * nblk + b);
-        acc = fma(f32(isum), w_half(o) * xd[a], acc);
+        acc = fma_exact(f32(isum), w_half(o) * xd[a], acc);
         if (QTYPE == 3u) {
-            acc = fma(w_half(o + 2u), xd[a + 1u], acc);
+            acc = fma_exact(w_half(o + 2u), xd[a + 1u], acc);
         }
     }
     y[t * p.n_out + p.row0 + r] = acc;

@@ -13,40 +13,24 @@ fn pf(i: u32) -> f32 {
     return bitcast<f32>(p[i]);
 }
 
-// Sum of two floats as an unevaluated pair (Knuth's two-sum), for an f64-like running sum.
-fn two_sum(hi: f32, lo: f32, x: f32) -> vec2<f32> {
-    let s = hi + x;
-    let bb = s - hi;
-    let err = (hi - (s - bb)) + (x - bb);
-    return vec2<f32>(s, lo + err);
-}
-
-// 1/√(mean(x²) + eps) of row `row` of `src`: the CPU sums x² in f64, here in a float pair.
+// 1/√(mean(x²) + eps) of row `row` of `src`, the squares summed wide (f64 where the adapter
+// has it, as the CPU sums).
 fn rms_scale_a(row: u32, width: u32, eps: f32) -> f32 {
-    var s = vec2<f32>(0.0, 0.0);
+    var s = wide_zero();
     for (var i = 0u; i < width; i++) {
         let v = a[row * width + i];
-        s = two_sum(s.x, s.y, v * v);
+        s = wide_add(s, v * v);
     }
-    return rms_finish(s, width, eps);
+    return 1.0 / sqrt(wide_mean(s, width) + eps);
 }
 
 fn rms_scale_b(row: u32, width: u32, eps: f32) -> f32 {
-    var s = vec2<f32>(0.0, 0.0);
+    var s = wide_zero();
     for (var i = 0u; i < width; i++) {
         let v = b[row * width + i];
-        s = two_sum(s.x, s.y, v * v);
+        s = wide_add(s, v * v);
     }
-    return rms_finish(s, width, eps);
-}
-
-fn rms_finish(s: vec2<f32>, width: u32, eps: f32) -> f32 {
-    // (hi + lo) / width, rounded once: a quotient and its correction.
-    let n = f32(width);
-    let q = s.x / n;
-    let r = fma(-q, n, s.x) + s.y;
-    let mean = q + r / n;
-    return 1.0 / sqrt(mean + eps);
+    return 1.0 / sqrt(wide_mean(s, width) + eps);
 }
 
 // p: n_rows, width, eps. a: rows (in place), c: weight.
@@ -120,7 +104,7 @@ fn gated_act(@builtin(global_invocation_id) id: vec3<u32>) {
     let g = a[i];
     var v: f32;
     if (p[1] == 0u) {
-        v = g / (1.0 + exp(-g));
+        v = g / (1.0 + exp_cpu(min(-g, 88.0)));
     } else if (g <= -10.0) {
         v = 0.0;
     } else if (g >= 10.0) {

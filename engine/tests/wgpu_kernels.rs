@@ -4,7 +4,7 @@
 #![cfg(feature = "wgpu")]
 
 use ferrite_engine::backend::cpu::CpuBackend;
-use ferrite_engine::backend::wgsl::WgpuBackend;
+use ferrite_engine::backend::wgsl::{WgpuBackend, ATTN_PART_KEYS};
 use ferrite_engine::backend::{Activation, AttnBatch, AttnParams, Backend, RopeParams, WeightUse};
 use ferrite_engine::kv_cache::BLOCK_SIZE;
 use ferrite_loader::writer::GgufWriter;
@@ -113,6 +113,23 @@ fn get<B: Backend>(b: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
     out
 }
 
+/// Whether the adapter must reproduce the CPU's bits: a software one with f64 (lavapipe, as
+/// in CI) divides and takes square roots exactly rounded, and the kernels emulate the CPU's
+/// fused multiply-adds and f64 sums there. Hardware may round division and square root
+/// within a few ulp (Vulkan allows it), so there each kernel is held to a tolerance.
+fn exact(g: &WgpuBackend) -> bool {
+    g.software() && g.arith().f64
+}
+
+/// `tol` where the adapter is not [`exact`], else 0 (equal values).
+fn tol(g: &WgpuBackend, tol: f32) -> f32 {
+    if exact(g) {
+        0.0
+    } else {
+        tol
+    }
+}
+
 /// Asserts `gpu ≈ cpu` elementwise: |a − b| ≤ tol · max(1, max|cpu|).
 fn close(what: &str, cpu: &[f32], gpu: &[f32], tol: f32) {
     assert_eq!(cpu.len(), gpu.len(), "{what}: lengths");
@@ -167,7 +184,7 @@ fn matmul_matches_cpu() {
             let (mut oc, mut og) = (c.alloc(n * n_out), g.alloc(n * n_out));
             c.matmul(&wc, &xc, n, &mut oc);
             g.matmul(&wg, &xg, n, &mut og);
-            close(&what, &get(&c, &oc, n * n_out), &get(g, &og, n * n_out), 1e-4);
+            close(&what, &get(&c, &oc, n * n_out), &get(g, &og, n * n_out), tol(g, 1e-4));
         }
     }
 }
@@ -226,13 +243,13 @@ fn norms_and_elementwise_match_cpu() {
     let (mut xc, mut xg) = (put(&c, &x), put(g, &x));
     c.rms_norm(&mut xc, &nc, rows, width, 1e-5);
     g.rms_norm(&mut xg, &ng, rows, width, 1e-5);
-    close("rms_norm", &get(&c, &xc, len), &get(g, &xg, len), 1e-6);
+    close("rms_norm", &get(&c, &xc, len), &get(g, &xg, len), tol(g, 1e-6));
 
     let (xc, xg) = (put(&c, &x), put(g, &x));
     let (mut oc, mut og) = (c.alloc(len), g.alloc(len));
     c.rms_norm_to(&xc, &nc, rows, width, 1e-6, &mut oc);
     g.rms_norm_to(&xg, &ng, rows, width, 1e-6, &mut og);
-    close("rms_norm_to", &get(&c, &oc, len), &get(g, &og, len), 1e-6);
+    close("rms_norm_to", &get(&c, &oc, len), &get(g, &og, len), tol(g, 1e-6));
     close("rms_norm_to keeps x", &x, &get(g, &xg, len), 0.0);
 
     // Bias, add and gather.
@@ -267,7 +284,9 @@ fn norms_and_elementwise_match_cpu() {
         let (mut gc, mut gg) = (put(&c, &gate), put(g, &gate));
         c.gated_act(&mut gc, &yc, len - 3, act);
         g.gated_act(&mut gg, &yg, len - 3, act);
-        close(&format!("{act:?}"), &get(&c, &gc, len), &get(g, &gg, len), 2e-6);
+        // GELU takes the device's tanh (then rounds to f16), so it keeps a tolerance.
+        let t = if act == Activation::Silu { tol(g, 2e-6) } else { 2e-6 };
+        close(&format!("{act:?}"), &get(&c, &gc, len), &get(g, &gg, len), t);
     }
 }
 
@@ -301,7 +320,7 @@ fn rope_matches_cpu() {
             &format!("rope {heads}×{hd} dims {n_dims} neox {neox} yarn {yarn}"),
             &get(&c, &xc, len),
             &get(g, &xg, len),
-            1e-6,
+            tol(g, 1e-6),
         );
     }
 }
@@ -336,7 +355,7 @@ fn attention_matches_cpu() {
         (9, 3, 64, 64, [700, 40], None, Rows::Decode),
         (2, 2, 64, 64, [511, 5], None, Rows::Decode),
         (2, 1, 32, 32, [9000, 5], None, Rows::Decode),
-        (2, 1, 32, 32, [5000, 5], Some(4500), Rows::All),
+        (2, 1, 32, 32, [5000, 5], Some(4500), Rows::Tail),
     ] {
         let n_blocks: usize = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).sum::<usize>() + 3;
         let n_slots = n_blocks * BLOCK_SIZE;
@@ -389,10 +408,16 @@ fn attention_matches_cpu() {
         c.attention(&put(&c, &q), &kvc, layer, &batch, &p, &mut oc);
         g.attention(&put(g, &q), &kvg, layer, &batch, &p, &mut og);
         let what = format!("attention {n_head}/{n_head_kv} heads of {hd}/{hdv}, lengths {lens:?}, window {window:?}, {rows:?}");
-        // f16 mode rounds the running sums to f16: a score one ulp apart may round one step
-        // differently (2⁻¹¹ relative).
-        let tol = if p.f16_accum { 2e-3 } else { 1e-5 };
-        close(&what, &get(&c, &oc, olen), &get(g, &og, olen), tol);
+        // Off exact adapters, f16 mode rounds the running sums to f16: a score one ulp apart
+        // may round one step differently (2⁻¹¹ relative). Rows whose keys (per CPU part)
+        // pass ATTN_PART_KEYS split into more parts here than on the CPU, so their merge
+        // rounds differently too.
+        let cpu_part = |len: usize| if p.single_row && len >= 512 { len.div_ceil(2) } else { len };
+        let beyond =
+            picked.iter().any(|&(_, t)| cpu_part((t + 1).min(window.unwrap_or(usize::MAX))) > ATTN_PART_KEYS);
+        let tol = |t| if beyond { t } else { tol(g, t) };
+        let t = tol(if p.f16_accum { 2e-3 } else { 1e-5 });
+        close(&what, &get(&c, &oc, olen), &get(g, &og, olen), t);
     }
 }
 
@@ -414,7 +439,7 @@ fn chained_matmuls_match_cpu() {
         );
         let x = rng.vec(n * a);
         let (cpu, gpu) = (chain(&c, &file, &x, n, a, b), chain(g, &file, &x, n, a, b));
-        close(&format!("chained {ty:?}"), &cpu, &gpu, 1e-4);
+        close(&format!("chained {ty:?}"), &cpu, &gpu, tol(g, 1e-4));
     }
 }
 

@@ -3,16 +3,20 @@
 //! Mesa's software Vulkan driver, lavapipe).
 #![cfg(feature = "wgpu")]
 
-use ferrite_engine::backend::wgsl::{shader_source, SHADERS};
+use ferrite_engine::backend::wgsl::{shader_source, Arith, SHADERS};
 
 #[test]
 fn shaders_validate_with_naga() {
-    for (name, body) in SHADERS {
-        let src = shader_source(body);
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(&src)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(&src)));
+    for arith in Arith::ALL {
+        let caps =
+            if arith.f64 { naga::valid::Capabilities::FLOAT64 } else { naga::valid::Capabilities::empty() };
+        for (name, body) in SHADERS {
+            let src = shader_source(body, arith);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{name}.wgsl ({arith:?}): {}", e.emit_to_string(&src)));
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}.wgsl ({arith:?}): {}", e.emit_to_string(&src)));
+        }
     }
 }

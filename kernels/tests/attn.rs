@@ -47,7 +47,8 @@ fn simd_run_matches_scalar() {
                 // Several runs of odd lengths, continuing one state.
                 let mut slot = 1;
                 for n in [1usize, 17, MAX_RUN, 5, MAX_RUN - 1, 8] {
-                    let run = Run { q: &q, dk, kv: &kv, slot0: slot, n, scale: 0.37, f16_accum };
+                    let run =
+                        Run { q: &q, dk, kv: &kv, slot0: slot, n, scale: 0.37, f16_accum, group: heads };
                     attend_run_with(kernel, &run, &mut sa);
                     attend_run_scalar(&run, &mut sb);
                     slot += n;

@@ -9,6 +9,7 @@ use crate::error::EngineError;
 use crate::kv_cache::BLOCK_SIZE;
 use ferrite_kernels::cpu as k;
 use ferrite_kernels::cpu::attn::{self, HeadKv, Online};
+use ferrite_kernels::cpu::math;
 use ferrite_kernels::cpu::packed::{PackScratch, PackedMatrix};
 use ferrite_kernels::quant::QuantType;
 use ferrite_loader::GgufFile;
@@ -349,7 +350,7 @@ impl Backend for CpuBackend {
 
     fn gated_act(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: Activation) {
         gate[..len].par_chunks_mut(4096).zip(up[..len].par_chunks(4096)).for_each(|(g, u)| match act {
-            Activation::Silu => g.iter_mut().zip(u).for_each(|(g, u)| *g = silu(*g) * u),
+            Activation::Silu => math::silu_mul(g, u),
             Activation::GeluTanh => g.iter_mut().zip(u).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
         });
     }
@@ -378,11 +379,6 @@ fn rms_scale(row: &[f32], eps: f32) -> f32 {
     let sum: f64 = row.iter().map(|&x| (x * x) as f64).sum();
     let mean = (sum / row.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
-}
-
-/// SiLU as ggml computes it.
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// GELU, tanh approximation, as ggml's CPU backend evaluates it: through a table indexed by
@@ -512,7 +508,7 @@ fn attend(
         attend_range(q, kv, table, mid..range.end, p, &mut s1);
         for h in 0..heads {
             let m = s0.m[h].max(s1.m[h]);
-            let (c0, c1) = ((s0.m[h] - m).exp(), (s1.m[h] - m).exp());
+            let (c0, c1) = (math::exp(s0.m[h] - m), math::exp(s1.m[h] - m));
             let l = s0.l[h] * c0 + s1.l[h] * c1;
             let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
             let (a0, a1) = (&s0.acc[h * dv..(h + 1) * dv], &s1.acc[h * dv..(h + 1) * dv]);
@@ -542,7 +538,9 @@ fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &
     while t < range.end {
         let n = (bs - t % bs).min(range.end - t);
         let slot0 = table[t / bs] as usize * bs + t % bs;
-        let run = attn::Run { q, dk: p.head_dim, kv, slot0, n, scale: p.scale, f16_accum: p.f16_accum };
+        let group = p.n_head / p.n_head_kv;
+        let run =
+            attn::Run { q, dk: p.head_dim, kv, slot0, n, scale: p.scale, f16_accum: p.f16_accum, group };
         attn::attend_run(&run, st);
         t += n;
     }

@@ -9,13 +9,16 @@
 //! as raw GGUF blocks and dequantized in registers; matrices larger than the adapter's
 //! biggest storage binding are split by rows.
 //!
-//! Numerics follow the CPU backend where it can be followed: activations for quantized
-//! weights become the same 8-bit codes, integer block sums are exact, blocks are combined
-//! in the same order with the same fused multiply-adds, the KV cache holds f16-rounded
-//! values, rope uses the CPU's cos/sin, attention walks the same runs of keys in the same
-//! f32 or f16 accumulation mode and splits where the CPU splits. What differs: the order of
-//! a few sums (q·k, RMSNorm's), ranges past `ATTN_PART_KEYS` keys (split here, not on the
-//! CPU), and the GPU's exp/tanh.
+//! Numerics reproduce the CPU backend's bits: activations for quantized weights become the
+//! same 8-bit codes, integer block sums are exact, every sum runs in the CPU kernel's order
+//! (q·k in the order of the attention kernel the host CPU runs), fused multiply-adds are
+//! the device's `fma` where it rounds once and an integer emulation where it does not
+//! (llvmpipe), RMSNorm sums in f64 where the adapter has it, exp is the CPU's polynomial,
+//! the KV cache holds f16-rounded values, rope uses the CPU's cos/sin, attention walks the
+//! same runs of keys in the same f32 or f16 mode and splits where the CPU splits. What
+//! still differs: ranges past `ATTN_PART_KEYS` keys (split here, not on the CPU), GELU's
+//! tanh, RMSNorm's sum without f64, and hardware whose division or square root is not
+//! correctly rounded (Vulkan allows a few ulp).
 
 use super::{Activation, AttnBatch, AttnParams, Backend, PrepareStats, RopeParams, WeightUse};
 use crate::error::EngineError;
@@ -27,8 +30,12 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+const EXACT: &str = include_str!("../../../shaders/exact.wgsl");
+const EXACT_F64: &str = include_str!("../../../shaders/exact_f64.wgsl");
+const EXACT_F32: &str = include_str!("../../../shaders/exact_f32.wgsl");
 
-/// The kernel files: (name, source). Each is compiled with `common.wgsl` prepended.
+/// The kernel files: (name, source). Each is compiled after `common.wgsl` and the
+/// exact-arithmetic prelude ([`shader_source`]).
 pub const SHADERS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../../shaders/matmul.wgsl")),
     ("quantize", include_str!("../../../shaders/quantize.wgsl")),
@@ -36,9 +43,33 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("attention", include_str!("../../../shaders/attention.wgsl")),
 ];
 
-/// The full source of a kernel file as the device compiles it.
-pub fn shader_source(body: &str) -> String {
-    format!("{COMMON}\n{body}")
+/// What an adapter offers for computing the CPU backend's bits: whether its `fma` rounds
+/// once (Mesa's llvmpipe multiplies and adds), and whether shaders may use f64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arith {
+    pub fused_fma: bool,
+    pub f64: bool,
+}
+
+impl Arith {
+    /// Every combination (the shader tests validate each).
+    pub const ALL: [Arith; 4] = [
+        Arith { fused_fma: true, f64: true },
+        Arith { fused_fma: true, f64: false },
+        Arith { fused_fma: false, f64: true },
+        Arith { fused_fma: false, f64: false },
+    ];
+}
+
+/// The full source of a kernel file as a device with `arith` compiles it: the shared
+/// helpers, the exact-arithmetic prelude for its f64 support, and `fma_exact` bound to the
+/// device's `fma` where that rounds once, else to the integer emulation.
+pub fn shader_source(body: &str, arith: Arith) -> String {
+    let wide = if arith.f64 { EXACT_F64 } else { EXACT_F32 };
+    let fma = if arith.fused_fma { "fma" } else { "fma_soft" };
+    format!(
+        "{COMMON}\n{EXACT}\n{wide}\nfn fma_exact(a: f32, b: f32, c: f32) -> f32 {{\n    return {fma}(a, b, c);\n}}\n\n{body}"
+    )
 }
 
 /// Invocations per workgroup of every kernel.
@@ -150,6 +181,8 @@ pub struct WgpuBackend {
     max_binding: u64,
     /// Storage binding offset alignment, bytes.
     align: u64,
+    /// How the kernels get the CPU's roundings on this adapter.
+    arith: Arith,
     prepared: Mutex<PrepareStats>,
 }
 
@@ -175,7 +208,22 @@ const ENTRIES: &[(&str, &str)] = &[
 /// Keys one attention part covers at most: longer ranges split into more parts, merged
 /// after. Keeps every invocation's loops short (software drivers cut a loop at 65535
 /// iterations) and gives long decode steps more workgroups.
-const ATTN_PART_KEYS: usize = 4096;
+pub const ATTN_PART_KEYS: usize = 4096;
+
+/// Which CPU attention kernel's summation order the scores follow (see `score` in
+/// attention.wgsl): the one the CPU backend runs on this machine for these head sizes.
+fn score_order(p: &AttnParams) -> u32 {
+    use ferrite_kernels::cpu::attn::AttnKernel;
+    let best = AttnKernel::best();
+    let kernel = if best.fits(p.head_dim, p.head_dim_v) { best } else { AttnKernel::Avx2 };
+    match kernel {
+        _ if !kernel.fits(p.head_dim, p.head_dim_v) || !kernel.supported() => 0,
+        AttnKernel::Scalar => 0,
+        AttnKernel::Avx2 => 1,
+        AttnKernel::Avx512 if p.n_head / p.n_head_kv <= 4 => 3,
+        AttnKernel::Avx512 => 2,
+    }
+}
 
 /// Parts a row with `len` keys splits into (as `parts_of` in attention.wgsl).
 fn attn_parts(len: usize, split_min: usize) -> usize {
@@ -184,6 +232,84 @@ fn attn_parts(len: usize, split_min: usize) -> usize {
         k *= 2;
     }
     k
+}
+
+/// Whether the device's WGSL `fma` rounds once, as the CPU's does: one dispatch on inputs
+/// where a fused and an unfused result differ. (Vulkan lets `fma` be a multiply and an
+/// add; Mesa's llvmpipe does that.)
+fn fma_is_fused(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<bool, EngineError> {
+    const N: usize = 64;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let mut abc = Vec::with_capacity(3 * N);
+    for _ in 0..N {
+        let (a, b) = (next() * 300.0, next() * 0.37);
+        abc.extend([a, b, -(a * b) + next() * 1e-3]);
+    }
+    let src = "@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    y[i] = fma(x[3u * i], x[3u * i + 1u], x[3u * i + 2u]);
+}";
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("fma probe"),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("fma probe"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let input = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("fma probe in"),
+        contents: bytemuck::cast_slice(&abc),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let bytes = (N * 4) as u64;
+    let output = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("fma probe out"),
+        size: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("fma probe staging"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("fma probe"),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: input.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: output.as_entire_binding() },
+        ],
+    });
+    let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups((N / 64) as u32, 1, 1);
+    }
+    enc.copy_buffer_to_buffer(&output, 0, &staging, 0, bytes);
+    queue.submit([enc.finish()]);
+    staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| unavailable(format!("fma probe: {e}")))?;
+    let view = staging.slice(..).get_mapped_range().map_err(|e| unavailable(format!("fma probe: {e}")))?;
+    let got: &[f32] = bytemuck::cast_slice(&view);
+    Ok(got.iter().zip(abc.chunks_exact(3)).all(|(g, x)| g.to_bits() == x[0].mul_add(x[1], x[2]).to_bits()))
 }
 
 fn unavailable(why: impl Into<String>) -> EngineError {
@@ -207,19 +333,22 @@ impl WgpuBackend {
             return Err(unavailable(format!("only a software adapter ({}) was found", info.name)));
         }
         let limits = adapter.limits();
+        let f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ferrite"),
             required_limits: limits.clone(),
+            required_features: if f64 { wgpu::Features::SHADER_F64 } else { wgpu::Features::empty() },
             ..Default::default()
         }))
         .map_err(|e| unavailable(format!("{}: {e}", info.name)))?;
+        let arith = Arith { fused_fma: fma_is_fused(&device, &queue)?, f64 };
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let align = limits.min_storage_buffer_offset_alignment as u64;
         let mut modules = HashMap::new();
         for (name, body) in SHADERS {
             let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(shader_source(body).into()),
+                source: wgpu::ShaderSource::Wgsl(shader_source(body, arith).into()),
             });
             modules.insert(*name, m);
         }
@@ -270,13 +399,25 @@ impl WgpuBackend {
             }),
             max_binding,
             align,
+            arith,
             prepared: Mutex::new(PrepareStats::default()),
         })
     }
 
     /// The adapter's name and driver, for logs.
     pub fn adapter(&self) -> String {
-        format!("{} ({:?}, {})", self.info.name, self.info.backend, self.info.driver)
+        let fma = if self.arith.fused_fma { "fused fma" } else { "fma emulated" };
+        format!("{} ({:?}, {}, {fma})", self.info.name, self.info.backend, self.info.driver)
+    }
+
+    /// Whether the adapter is a software rasterizer (lavapipe, WARP).
+    pub fn software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// How this adapter gets the CPU backend's arithmetic.
+    pub fn arith(&self) -> Arith {
+        self.arith
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -772,6 +913,8 @@ impl Backend for WgpuBackend {
                 u(split_min),
                 u(ATTN_PART_KEYS),
                 u(n),
+                score_order(p),
+                f(p.scale),
             ];
             let res = [
                 (1, Res::Buf(&q.buf)),

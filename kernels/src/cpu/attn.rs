@@ -23,6 +23,10 @@ pub struct Run<'a> {
     pub n: usize,
     pub scale: f32,
     pub f16_accum: bool,
+    /// Query heads that share this KV head in the model (a call may take fewer). It fixes
+    /// the AVX-512 body's summation order, so that a result never depends on how many heads
+    /// a call takes (which follows the thread count), and so that the GPU can mirror it.
+    pub group: usize,
 }
 
 /// Where one head's keys and values live in the cache: f16 bits, `*_stride` values per slot,
@@ -168,7 +172,7 @@ pub fn attend_run_with(kernel: AttnKernel, r: &Run, st: &mut Online) {
 
 /// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`.
 pub fn attend_run_scalar(r: &Run, st: &mut Online) {
-    let Run { q, dk, kv, slot0, n, scale, f16_accum } = *r;
+    let Run { q, dk, kv, slot0, n, scale, f16_accum, .. } = *r;
     let dv = st.dv();
     for h in 0..st.heads {
         let acc = &mut st.acc[h * dv..(h + 1) * dv];
@@ -179,6 +183,7 @@ pub fn attend_run_scalar(r: &Run, st: &mut Online) {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
     use super::{Online, Run, MAX_HEADS, MAX_RUN};
+    use crate::cpu::math::avx2::exp;
     use std::arch::x86_64::*;
 
     /// Eight f16 values at `p[i..]` as f32.
@@ -219,28 +224,6 @@ pub(super) mod avx2 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
-    /// `e^x` for x ≤ 0 (Cephes-style: `x = n·ln2 + r`, a degree-6 polynomial for `e^r`,
-    /// then `2^n` through the exponent bits); about 1 ulp, exactly 1 at 0, ~0 at −∞.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    pub(crate) fn exp(x: __m256) -> __m256 {
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-            x,
-            _mm256_set1_ps(std::f32::consts::LOG2_E),
-        ));
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let r2 = _mm256_mul_ps(r, r);
-        let p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
-        _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -320,7 +303,7 @@ pub(super) mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     fn heads<const NH: usize>(r: &Run, o: &mut Online) {
-        let Run { q, dk, kv, slot0, n, scale, f16_accum } = *r;
+        let Run { q, dk, kv, slot0, n, scale, f16_accum, .. } = *r;
         let dv = o.dv();
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
         let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
@@ -450,22 +433,29 @@ mod avx512 {
     /// As [`run`].
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     unsafe fn heads<const NH: usize, const G: usize>(r: &Run, o: &mut Online) {
-        let Run { q, dk, kv, slot0, n, scale, f16_accum } = *r;
+        let Run { q, dk, kv, slot0, n, scale, f16_accum, .. } = *r;
         debug_assert!(n <= MAX_RUN && NH <= MAX_HEADS && q.len() == NH * dk);
         let dv = o.dv();
         let key = |j: usize| kv.k[(slot0 + j) * kv.k_stride + kv.k_off..].as_ptr();
-        // 1. Scores: each key chunk converted once for every head; with four heads or fewer,
-        // even and odd chunks go to separate accumulators (two chains per head).
+        // 1. Scores: each key chunk converted once for every head; in models with four heads
+        // or fewer per KV head, even and odd chunks go to separate accumulators (two chains
+        // per head).
+        let split = r.group <= 4 && NH <= 4;
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         let mut j = 0;
         while j < n {
             // Two keys at a time: each query chunk loaded once for both.
             // SAFETY: keys `j..j + P` are in range (the caller's contract).
             unsafe {
-                if j + 1 < n {
-                    scores::<NH, 2>(q, dk, [key(j), key(j + 1)], scale, &mut s[j..j + 2]);
-                } else {
-                    scores::<NH, 1>(q, dk, [key(j)], scale, &mut s[j..j + 1]);
+                match (j + 1 < n, split) {
+                    (true, true) => {
+                        scores::<NH, 2, true>(q, dk, [key(j), key(j + 1)], scale, &mut s[j..j + 2])
+                    }
+                    (true, false) => {
+                        scores::<NH, 2, false>(q, dk, [key(j), key(j + 1)], scale, &mut s[j..j + 2])
+                    }
+                    (false, true) => scores::<NH, 1, true>(q, dk, [key(j)], scale, &mut s[j..j + 1]),
+                    (false, false) => scores::<NH, 1, false>(q, dk, [key(j)], scale, &mut s[j..j + 1]),
                 }
             }
             j += 2;
@@ -491,26 +481,25 @@ mod avx512 {
         }
     }
 
-    /// Scores `q·k · scale` of `P` keys for `NH` heads into `out[key][head]`; with four heads
-    /// or fewer, even and odd chunks go to separate accumulators (two chains per head).
+    /// Scores `q·k · scale` of `P` keys for `NH` heads into `out[key][head]`; with `SPLIT`
+    /// (`NH ≤ 4`), even and odd chunks go to separate accumulators (two chains per head).
     ///
     /// # Safety
     /// Each key pointer has `dk` readable values; `q` holds `NH × dk`; `dk % 16 == 0`.
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     #[inline]
-    unsafe fn scores<const NH: usize, const P: usize>(
+    unsafe fn scores<const NH: usize, const P: usize, const SPLIT: bool>(
         q: &[f32],
         dk: usize,
         keys: [*const u16; P],
         scale: f32,
         out: &mut [[f32; MAX_HEADS]],
     ) {
-        let split = NH <= 4;
         let mut acc = [[_mm512_setzero_ps(); 8]; P];
         for c in 0..dk / 16 {
             // SAFETY: the caller's contract.
             let kc = keys.map(|kp| unsafe { ld16(kp.add(16 * c)) });
-            let slot = if split { 4 * (c & 1) } else { 0 };
+            let slot = if SPLIT { 4 * (c & 1) } else { 0 };
             for h in 0..NH {
                 // SAFETY: `q` holds `NH × dk` values (the caller's contract).
                 let qc = unsafe { _mm512_loadu_ps(q.as_ptr().add(h * dk + 16 * c)) };
@@ -521,7 +510,7 @@ mod avx512 {
         }
         for (acc, out) in acc.iter().zip(out.iter_mut()) {
             let mut sums = _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale));
-            if split {
+            if SPLIT {
                 // Lanes 4..8 hold the odd chunks of heads 0..4.
                 sums = _mm256_add_ps(sums, _mm256_permute2f128_ps::<0x81>(sums, sums));
             }

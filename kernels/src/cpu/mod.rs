@@ -7,6 +7,7 @@
 
 pub mod attn;
 pub mod dot;
+pub mod math;
 pub mod packed;
 pub mod softmax;
 #[cfg(target_arch = "x86_64")]

@@ -84,7 +84,7 @@ pub fn exp_scaled_scalar(x: &mut [f32], m: f32, scale: f32) -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::super::attn::avx2::exp;
+    use super::super::math::avx2::exp;
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma,f16c")]
