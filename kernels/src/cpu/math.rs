@@ -106,7 +106,7 @@ mod tests {
     fn exp_and_silu_simd_match_scalar() {
         let x = inputs();
         for &v in &x {
-            if v <= 88.0 && v >= -87.0 {
+            if (-87.0..=88.0).contains(&v) {
                 let (a, b) = (exp(v), v.exp());
                 let ulp = (a.to_bits() as i64 - b.to_bits() as i64).abs();
                 assert!(ulp <= 2, "exp({v}) = {a}, libm {b}");
