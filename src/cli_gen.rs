@@ -52,6 +52,9 @@ impl ModelArgs {
         if let Some(w) = engine.template_warning() {
             eprintln!("ferrite: warning: {w}");
         }
+        if let Some(n) = engine.backend_note() {
+            eprintln!("ferrite: {n}");
+        }
         for w in engine.tokenizer().warnings() {
             eprintln!("ferrite: warning: {w}");
         }

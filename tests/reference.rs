@@ -6,7 +6,7 @@
 mod common;
 
 use ferrite::loader::tokenizer::StreamDecoder;
-use ferrite::{Engine, Event, GenerateRequest, LoadOptions, Prompt};
+use ferrite::{BackendKind, Engine, Event, GenerateRequest, LoadOptions, Prompt};
 use serde_json::Value;
 
 /// Top-1 must agree where llama.cpp's top-1 leads its top-2 by more than this (nats).
@@ -24,7 +24,10 @@ fn ids(v: &Value) -> Vec<u32> {
 
 fn load(file: &str, required: bool) -> Option<Engine> {
     let path = common::model(file, required)?;
-    Some(Engine::load(path, &LoadOptions { ctx: Some(2048), ..Default::default() }).expect("model loads"))
+    Some(
+        Engine::load(path, &LoadOptions { ctx: Some(2048), backend: BackendKind::Cpu, ..Default::default() })
+            .expect("model loads"),
+    )
 }
 
 /// Every check against one reference file; returns a report line per case.
@@ -125,7 +128,9 @@ fn check_reference(key: &str, required: bool) {
 fn check_perplexity(key: &str, file: &str, required: bool) {
     let Some(path) = common::model(file, required) else { return };
     let want = common::reference("perplexity.json")[key]["GPL-3"]["ppl"].as_f64().unwrap();
-    let mut engine = Engine::load(path, &LoadOptions { ctx: Some(512), ..Default::default() }).unwrap();
+    let mut engine =
+        Engine::load(path, &LoadOptions { ctx: Some(512), backend: BackendKind::Cpu, ..Default::default() })
+            .unwrap();
     let text = std::fs::read_to_string(common::shared().join("text/GPL-3")).unwrap();
     let tokens = engine.tokenizer().encode(&text, true, false);
     let r = engine.perplexity(&tokens, 512, |_, _, _| {}).unwrap();

@@ -64,3 +64,63 @@ fn greedy_equal_cpu(keys: &[&str]) {
     }
     assert!(failures.is_empty(), "wgpu differs from cpu:\n{}", failures.join("\n"));
 }
+
+/// A big model's splits on a small one: with the storage binding capped at 1 MiB, SmolLM2's
+/// 49,152-token head gives logits in passes of 5 rows or fewer and its matrices upload in
+/// parts of at most 1 MiB. The logits of the 27 rows of a 40-row batch that want them, and
+/// each row's device top-k, must still equal the CPU backend's.
+#[test]
+fn binding_limit_splits_logits_and_weights() {
+    use ferrite::backend::{cpu::CpuBackend, wgsl::WgpuBackend};
+    use ferrite::model::{Batch, Model};
+    use ferrite::sampler::TopLogits;
+    let r = common::reference("smollm2-q4_1.json");
+    let Some(path) = common::model(r["model_file"].as_str().unwrap(), true) else { return };
+    let gpu = match WgpuBackend::with_binding_limit(true, 1 << 20) {
+        Ok(g) => g,
+        Err(e) if std::env::var("FERRITE_WGPU_REQUIRED").as_deref() != Ok("1") => {
+            eprintln!("skipped: no wgpu adapter here ({e})");
+            return;
+        }
+        Err(e) => panic!("wgpu backend: {e}"),
+    };
+    let exact = gpu.software() && gpu.arith().f64;
+    let file = std::sync::Arc::new(ferrite::loader::GgufFile::open(&path).unwrap());
+    let cfg = ferrite::ModelConfig::from_gguf(&file).unwrap();
+    let mut g = Model::load(gpu, &file, cfg.clone(), 256).unwrap();
+    let mut c = Model::load(CpuBackend::new(), &file, cfg.clone(), 256).unwrap();
+    let prompt: Vec<u32> = r["cases"][0]["prompt_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let mut batch = Batch::default();
+    for i in 0..40 {
+        batch.push(prompt[i % prompt.len()], 1, i % 3 != 1);
+    }
+    let (want, got) = (c.forward(&batch).unwrap(), g.forward(&batch).unwrap());
+    assert_eq!(want.len(), 27 * cfg.n_vocab);
+    assert_eq!(got.len(), want.len());
+    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    if exact {
+        let differ = want.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "logits differ from the CPU's (largest difference {worst})");
+    } else {
+        assert!(worst < 1e-2, "logits differ from the CPU's by {worst}");
+    }
+    // Top-k on the device for the next 40 rows (the cache now holds the first 40).
+    let mut tops = Vec::new();
+    g.forward_top(&batch, 8, &mut tops).unwrap();
+    let want = c.forward(&batch).unwrap();
+    assert_eq!(tops.len(), 27);
+    for (t, row) in tops.iter().zip(want.chunks_exact(cfg.n_vocab)) {
+        let host = TopLogits::of_row(row, 8);
+        if exact {
+            assert_eq!(t.top, host.top);
+        } else {
+            assert_eq!(t.top[0].0, host.top[0].0);
+        }
+        assert!((t.lse - host.lse).abs() < 1e-3, "lse {} vs {}", t.lse, host.lse);
+    }
+}

@@ -17,8 +17,8 @@
 use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
 use crate::error::EngineError;
-use crate::model::{Batch, Model};
-use crate::sampler::{Sampled, Sampler, SamplerParams};
+use crate::model::{Batch, LogitsOut, Model};
+use crate::sampler::{Sampled, Sampler, SamplerParams, TopLogits};
 use crate::text::TextStream;
 use ferrite_loader::chat::{ChatRequest, ChatTemplate};
 use ferrite_loader::tokenizer::Tokenizer;
@@ -284,6 +284,8 @@ pub struct Engine {
     pub(crate) model: Model,
     prompter: Prompter,
     template_warning: Option<String>,
+    /// Why `--backend auto` did not pick a GPU.
+    backend_note: Option<String>,
     pub(crate) pool: rayon::ThreadPool,
     pub(crate) ctx: usize,
     load_time: Duration,
@@ -325,13 +327,27 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?;
         let kv_tokens = opts.kv.map_or(ctx, |kv| kv.tokens(ctx, cfg.kv_bytes_per_token()));
-        let model = match opts.backend {
-            // `auto` stays on the CPU until the GPU backends cover every weight type and
-            // have been measured on real GPUs (see docs/ARCHITECTURE.md).
-            BackendKind::Auto | BackendKind::Cpu => Model::load(CpuBackend::new(), &file, cfg, kv_tokens)?,
+        let (model, backend_note) = match opts.backend {
+            // `auto`: a hardware GPU through wgpu when there is one and it takes every tensor
+            // of the model (a software adapter such as lavapipe does not count), else the CPU.
+            #[cfg(feature = "wgpu")]
+            BackendKind::Auto => {
+                match crate::backend::wgsl::WgpuBackend::new(false)
+                    .and_then(|b| Model::load(b, &file, cfg.clone(), kv_tokens))
+                {
+                    Ok(m) => (m, None),
+                    Err(e) => (
+                        Model::load(CpuBackend::new(), &file, cfg, kv_tokens)?,
+                        Some(format!("backend auto: running on the CPU ({e})")),
+                    ),
+                }
+            }
+            #[cfg(not(feature = "wgpu"))]
+            BackendKind::Auto => (Model::load(CpuBackend::new(), &file, cfg, kv_tokens)?, None),
+            BackendKind::Cpu => (Model::load(CpuBackend::new(), &file, cfg, kv_tokens)?, None),
             #[cfg(feature = "wgpu")]
             BackendKind::Wgpu => {
-                Model::load(crate::backend::wgsl::WgpuBackend::new(true)?, &file, cfg, kv_tokens)?
+                (Model::load(crate::backend::wgsl::WgpuBackend::new(true)?, &file, cfg, kv_tokens)?, None)
             }
             other => {
                 return Err(EngineError::BackendUnavailable {
@@ -345,6 +361,7 @@ impl Engine {
             model,
             prompter: Prompter { tokenizer: Arc::new(tokenizer), template: Arc::new(template) },
             template_warning,
+            backend_note,
             pool,
             ctx,
             load_time: t0.elapsed(),
@@ -403,6 +420,12 @@ impl Engine {
         self.model.backend_name()
     }
 
+    /// Why `--backend auto` runs on the CPU (no hardware GPU adapter, or one without kernels
+    /// for every tensor of the model); `None` when it picked a GPU or a backend was named.
+    pub fn backend_note(&self) -> Option<&str> {
+        self.backend_note.as_deref()
+    }
+
     /// A warning about the chat template (none in the file: ChatML is used).
     pub fn template_warning(&self) -> Option<&str> {
         self.template_warning.as_deref()
@@ -426,24 +449,29 @@ impl Engine {
         want: impl Fn(usize) -> bool,
         out: &mut Vec<f32>,
     ) -> Result<(), EngineError> {
+        self.prefill_out(tokens, want, LogitsOut::Full(out))
+    }
+
+    /// [`Engine::prefill`] into either whole logits rows or each row's top (`out` replaced).
+    pub(crate) fn prefill_out(
+        &mut self,
+        tokens: &[u32],
+        want: impl Fn(usize) -> bool,
+        mut out: LogitsOut<'_>,
+    ) -> Result<(), EngineError> {
         out.clear();
-        let mut part = Vec::new();
         let mut batch = std::mem::take(&mut self.batch);
         for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
             batch.clear();
             for (j, &t) in chunk.iter().enumerate() {
                 batch.push(t, SEQ, want(c * PREFILL_CHUNK + j));
             }
-            let dst = if out.is_empty() { &mut *out } else { &mut part };
             let model = &mut self.model;
-            if let Err(e) = self.pool.install(|| model.forward_into(&batch, dst)) {
+            let dst = out.reborrow();
+            if let Err(e) = self.pool.install(|| model.forward_append(&batch, dst)) {
                 self.batch = batch;
                 self.reset_cache();
                 return Err(e);
-            }
-            if !part.is_empty() {
-                out.extend_from_slice(&part);
-                part.clear();
             }
             self.cached.extend_from_slice(chunk);
         }
@@ -598,8 +626,13 @@ impl Engine {
         self.cached.truncate(common);
         let t0 = Instant::now();
         let todo = &prompt[common..];
-        let mut logits = Vec::new();
-        self.prefill(todo, |i| i + 1 == todo.len(), &mut logits)?;
+        let (mut logits, mut top) = (Vec::new(), Vec::new());
+        let on_top = sampler.device_k();
+        let out = match on_top {
+            Some(k) => LogitsOut::Top(k, &mut top),
+            None => LogitsOut::Full(&mut logits),
+        };
+        self.prefill_out(todo, |i| i + 1 == todo.len(), out)?;
         let timings = Timings {
             prompt_tokens: prompt.len(),
             prompt_cached: common,
@@ -609,6 +642,8 @@ impl Engine {
         Ok(Generation {
             engine: self,
             logits,
+            top,
+            on_top: on_top.is_some(),
             sampler,
             text: TextStream::new(req.stop),
             n_past: prompt.len(),
@@ -627,7 +662,10 @@ impl Engine {
 #[derive(Debug)]
 pub struct Generation<'a> {
     engine: &'a mut Engine,
+    /// The last step's logits: the whole row, or (`on_top`) its top for the sampler.
     logits: Vec<f32>,
+    top: Vec<TopLogits>,
+    on_top: bool,
     sampler: Sampler,
     text: TextStream,
     n_past: usize,
@@ -661,7 +699,11 @@ impl Generation<'_> {
         if self.gen_start.is_none() {
             self.gen_start = Some(Instant::now());
         }
-        let Sampled { token, logprob, top } = self.sampler.sample(&self.logits);
+        let Sampled { token, logprob, top } = if self.on_top {
+            self.sampler.sample_top(&self.top[0])
+        } else {
+            self.sampler.sample(&self.logits)
+        };
         self.sampler.accept(token);
         self.generated += 1;
         let tok = &self.engine.prompter.tokenizer;
@@ -677,7 +719,14 @@ impl Generation<'_> {
         }
         // Feed the token back unless this was the last one we may produce.
         if self.generated < self.max_tokens && self.n_past + 1 < self.engine.ctx {
-            self.engine.prefill(&[token], |_| true, &mut self.logits)?;
+            // A sampler that needs only the top of the next row gets only that back.
+            let k = self.sampler.device_k();
+            self.on_top = k.is_some();
+            let out = match k {
+                Some(k) => LogitsOut::Top(k, &mut self.top),
+                None => LogitsOut::Full(&mut self.logits),
+            };
+            self.engine.prefill_out(&[token], |_| true, out)?;
             self.n_past += 1;
         } else if self.n_past + 1 >= self.engine.ctx {
             self.max_tokens = self.generated; // context full: the next step reports Length

@@ -5,6 +5,7 @@ use crate::backend::{AttnBatch, AttnParams, Backend, RopeParams, WeightUse};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::EngineError;
 use crate::kv_cache::{BlockTables, SeqId, BLOCK_SIZE};
+use crate::sampler::TopLogits;
 use ferrite_loader::GgufFile;
 use std::sync::Arc;
 
@@ -98,9 +99,41 @@ struct Scratch<B: Backend> {
     gate: B::Buf,
     up: B::Buf,
     sel: B::Buf,
-    /// Logits for `logits_rows` rows: sized by the rows that want logits, not the batch.
+    /// Logits for `logits_rows` rows: sized by the rows that want logits, not the batch,
+    /// and at most what one device buffer holds (more rows take several passes).
     logits: B::Buf,
     logits_rows: usize,
+    /// Host side of a logits pass that is appended to what earlier passes returned.
+    part: Vec<f32>,
+    part_top: Vec<TopLogits>,
+}
+
+/// Where a forward pass puts what it computes for the rows that want logits.
+#[derive(Debug)]
+pub enum LogitsOut<'a> {
+    /// Whole rows, `n_vocab` values each, in row order.
+    Full(&'a mut Vec<f32>),
+    /// Each row's best `k` logits and log-sum-exp, in row order: computed where the logits
+    /// are, so a GPU sends back only these.
+    Top(usize, &'a mut Vec<TopLogits>),
+}
+
+impl LogitsOut<'_> {
+    /// The same destination, borrowed for one call.
+    pub fn reborrow(&mut self) -> LogitsOut<'_> {
+        match self {
+            LogitsOut::Full(v) => LogitsOut::Full(v),
+            LogitsOut::Top(k, v) => LogitsOut::Top(*k, v),
+        }
+    }
+
+    /// Empties the destination.
+    pub fn clear(&mut self) {
+        match self {
+            LogitsOut::Full(v) => v.clear(),
+            LogitsOut::Top(_, v) => v.clear(),
+        }
+    }
 }
 
 /// A batch of tokens for one forward pass: each row is (sequence, token). Rows of one
@@ -145,14 +178,14 @@ impl Batch {
 /// backend. `Model` holds it as a trait object so that one engine type runs any backend.
 trait Device: Send + std::fmt::Debug {
     /// Runs a planned batch (`attn` says where each row reads and writes the cache) and
-    /// writes the logits of `logit_rows` into `out`.
+    /// appends the logits (or their top) of `logit_rows` to `out`.
     fn forward(
         &mut self,
         cfg: &ModelConfig,
         batch: &Batch,
         attn: &AttnBatch,
         logit_rows: &[u32],
-        out: &mut Vec<f32>,
+        out: LogitsOut<'_>,
     ) -> Result<(), EngineError>;
     fn name(&self) -> &'static str;
     fn prepare_stats(&self) -> crate::backend::PrepareStats;
@@ -236,6 +269,24 @@ impl Model {
     /// decode loop allocates nothing per token for them).
     pub fn forward_into(&mut self, batch: &Batch, out: &mut Vec<f32>) -> Result<(), EngineError> {
         out.clear();
+        self.forward_append(batch, LogitsOut::Full(out))
+    }
+
+    /// `forward` for a sampler that needs only each row's best `k` logits and log-sum-exp
+    /// ([`crate::sampler::Sampler::device_k`]): a GPU computes them and sends back only
+    /// these. `out` is replaced.
+    pub fn forward_top(
+        &mut self,
+        batch: &Batch,
+        k: usize,
+        out: &mut Vec<TopLogits>,
+    ) -> Result<(), EngineError> {
+        out.clear();
+        self.forward_append(batch, LogitsOut::Top(k, out))
+    }
+
+    /// Runs one batch and appends what `out` asks for, for the rows that want logits.
+    pub fn forward_append(&mut self, batch: &Batch, out: LogitsOut<'_>) -> Result<(), EngineError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -327,6 +378,8 @@ impl<B: Backend> OnBackend<B> {
             sel: b.alloc(n * c.n_embd),
             logits: b.alloc(0),
             logits_rows: 0,
+            part: Vec::new(),
+            part_top: Vec::new(),
         });
     }
 }
@@ -346,7 +399,7 @@ impl<B: Backend> Device for OnBackend<B> {
         batch: &Batch,
         attn: &AttnBatch,
         logit_rows: &[u32],
-        out: &mut Vec<f32>,
+        mut out: LogitsOut<'_>,
     ) -> Result<(), EngineError> {
         let n = batch.len();
         self.ensure_scratch(cfg, n);
@@ -407,20 +460,39 @@ impl<B: Backend> Device for OnBackend<B> {
             b.add(&mut s.x, &s.h, n * c.n_embd);
         }
 
-        // Logits only for the rows that need them.
+        // Logits only for the rows that need them, in passes of equal size whose logits fit
+        // one device buffer (Qwen's 152k vocabulary × 256 scored rows does not).
         let rows = logit_rows.len();
         if rows == 0 {
             return Ok(());
         }
-        if rows > s.logits_rows {
-            s.logits = b.alloc(rows * c.n_vocab);
-            s.logits_rows = rows;
+        let max_rows = (b.max_buf_len() / c.n_vocab).clamp(1, rows);
+        let per = rows.div_ceil(rows.div_ceil(max_rows));
+        if per > s.logits_rows {
+            s.logits = b.alloc(per * c.n_vocab);
+            s.logits_rows = per;
         }
-        b.get_rows(&s.x, logit_rows, c.n_embd, &mut s.sel);
-        b.rms_norm(&mut s.sel, &w.out_norm, rows, c.n_embd, c.rms_eps);
         let head = w.output.as_ref().unwrap_or(&w.tok_embd);
-        b.matmul(head, &s.sel, rows, &mut s.logits);
-        b.read(&s.logits, rows * c.n_vocab, out);
+        for chunk in logit_rows.chunks(per) {
+            let m = chunk.len();
+            b.get_rows(&s.x, chunk, c.n_embd, &mut s.sel);
+            b.rms_norm(&mut s.sel, &w.out_norm, m, c.n_embd, c.rms_eps);
+            b.matmul(head, &s.sel, m, &mut s.logits);
+            // The first pass reads straight into `out` when it is empty (a decode step
+            // allocates nothing); later ones append.
+            match &mut out {
+                LogitsOut::Full(v) if v.is_empty() => b.read(&s.logits, m * c.n_vocab, v),
+                LogitsOut::Full(v) => {
+                    b.read(&s.logits, m * c.n_vocab, &mut s.part);
+                    v.extend_from_slice(&s.part);
+                }
+                LogitsOut::Top(k, v) if v.is_empty() => b.top_k(&s.logits, m, c.n_vocab, *k, v),
+                LogitsOut::Top(k, v) => {
+                    b.top_k(&s.logits, m, c.n_vocab, *k, &mut s.part_top);
+                    v.append(&mut s.part_top);
+                }
+            }
+        }
         Ok(())
     }
 }

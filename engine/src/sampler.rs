@@ -158,6 +158,42 @@ impl Sampler {
             && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
     }
 
+    /// How many of a row's best logits this sampler needs, when those and the row's
+    /// log-sum-exp are all it needs (greedy, or a top-k draw, without penalties): a GPU then
+    /// sends back only these ([`Sampler::sample_top`]). `None`: it needs the whole row.
+    pub fn device_k(&self) -> Option<usize> {
+        let p = &self.params;
+        if self.has_penalties() {
+            return None;
+        }
+        let k = if p.temperature <= 0.0 {
+            1
+        } else if p.top_k > 0 {
+            p.top_k
+        } else {
+            return None;
+        };
+        let k = k.max(p.n_logprobs);
+        (k <= MAX_DEVICE_TOP_K).then_some(k)
+    }
+
+    /// [`Sampler::sample`] from a row's best logits: the same token, log-probabilities and
+    /// RNG state as `sample` on the whole row, given at least [`Sampler::device_k`] of them.
+    pub fn sample_top(&mut self, t: &TopLogits) -> Sampled {
+        let p = &self.params;
+        let top = t.top.iter().take(p.n_logprobs).map(|&(i, l)| (i, l - t.lse)).collect();
+        let first = t.top.first().map_or(0, |c| c.0);
+        let token = if p.temperature <= 0.0 {
+            first
+        } else {
+            self.cand.clear();
+            self.cand.extend(t.top.iter().take(p.top_k));
+            self.choose(first)
+        };
+        let logit = t.top.iter().find(|c| c.0 == token).map_or(f32::NEG_INFINITY, |c| c.1);
+        Sampled { token, logprob: logit - t.lse, top }
+    }
+
     fn sample_filtered(&mut self, logits: &[f32]) -> u32 {
         let p = self.params.clone();
         self.cand.clear();
@@ -185,13 +221,24 @@ impl Sampler {
                 .fold((0u32, f32::NEG_INFINITY), |b, &(i, l)| if l > b.1 { (i, l) } else { b })
                 .0;
         }
+        self.choose(argmax(logits))
+    }
+
+    /// Filters the candidates and draws one (`fallback` if none is left).
+    fn choose(&mut self, fallback: u32) -> u32 {
+        let p = self.params.clone();
         // llama.cpp's chain: top-k, then top-p and min-p on the probabilities at temperature 1
-        // of what top-k kept, then temperature. Only the top-p cut needs an order, and only of
-        // its own prefix, so nothing here sorts the whole vocabulary.
+        // of what top-k kept, then temperature. What top-k keeps is sorted best first, so the
+        // draw does not depend on how the candidates arrived (a whole row, or a device's top
+        // k); without top-k only the top-p cut needs an order, and only of its own prefix, so
+        // nothing here sorts the whole vocabulary.
         let best = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if p.top_k > 0 && p.top_k < self.cand.len() {
-            self.cand.select_nth_unstable_by(p.top_k - 1, best);
-            self.cand.truncate(p.top_k);
+        if p.top_k > 0 {
+            if p.top_k < self.cand.len() {
+                self.cand.select_nth_unstable_by(p.top_k - 1, best);
+                self.cand.truncate(p.top_k);
+            }
+            self.cand.sort_by(best);
         }
         let max = self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
         // The temperature-1 normaliser, before min-p cuts (top-p's target is a share of it).
@@ -227,7 +274,7 @@ impl Sampler {
             }
         }
         if self.cand.is_empty() {
-            return argmax(logits);
+            return fallback;
         }
         // Temperature, then a draw.
         let total = self.weights_of_cand(max, 1.0 / p.temperature);
@@ -256,25 +303,48 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// The `n` largest log-softmax values, best first (lower id first on ties), and the
-/// log-sum-exp of the row. One SIMD pass for the max, one for the sum, one scan that keeps
-/// the best `n` (no vocabulary-sized buffers).
+/// log-sum-exp of the row.
 pub fn top_logprobs(logits: &[f32], n: usize) -> (Vec<(u32, f32)>, f32) {
-    let max = softmax::max(logits);
-    let lse = softmax::log_sum_exp(logits, max);
-    let n = n.min(logits.len());
-    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
-    if n > 0 {
-        for (i, &l) in logits.iter().enumerate() {
-            // Scanning in id order, an equal logit never displaces an earlier id.
-            if l.is_nan() || (top.len() == n && l <= top[n - 1].1) {
-                continue;
+    let t = TopLogits::of_row(logits, n);
+    (t.top.into_iter().map(|(i, l)| (i, l - t.lse)).collect(), t.lse)
+}
+
+/// Candidates a sampler asks a device for at most ([`Sampler::device_k`]); a sampler that
+/// needs more takes whole rows.
+pub const MAX_DEVICE_TOP_K: usize = 128;
+
+/// A row's best logits and its log-sum-exp: what a sampler without penalties needs from a
+/// row, so a GPU sends back these instead of the whole vocabulary.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopLogits {
+    /// (id, logit), best first, lower id first on ties; never NaN.
+    pub top: Vec<(u32, f32)>,
+    /// ln Σ e^logit over the whole row.
+    pub lse: f32,
+}
+
+impl TopLogits {
+    /// The best `k` of a row on the host (the reference for device kernels). One SIMD pass
+    /// for the max, one for the sum, one scan that keeps the best `k` (no vocabulary-sized
+    /// buffers).
+    pub fn of_row(row: &[f32], k: usize) -> Self {
+        let max = softmax::max(row);
+        let lse = softmax::log_sum_exp(row, max);
+        let k = k.min(row.len());
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        if k > 0 {
+            for (i, &l) in row.iter().enumerate() {
+                // Scanning in id order, an equal logit never displaces an earlier id.
+                if l.is_nan() || (top.len() == k && l <= top[k - 1].1) {
+                    continue;
+                }
+                let at = top.partition_point(|&(_, t)| t >= l);
+                top.insert(at, (i as u32, l));
+                top.truncate(k);
             }
-            let at = top.partition_point(|&(_, t)| t >= l);
-            top.insert(at, (i as u32, l));
-            top.truncate(n);
         }
+        TopLogits { top, lse }
     }
-    (top.into_iter().map(|(i, l)| (i, l - lse)).collect(), lse)
 }
 
 #[cfg(test)]
@@ -387,6 +457,55 @@ mod tests {
                 (0..20 * kept.len() + 200).map(|_| s.sample(&l).token).collect();
             assert_eq!(seen, kept, "top_p {top_p}: {} kept", kept.len());
         }
+    }
+
+    /// Sampling from a row's device top-k gives the same tokens, log-probabilities and RNG
+    /// stream as sampling from the whole row, for every setting that asks for it.
+    #[test]
+    fn sample_top_equals_sample_on_the_whole_row() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let settings = [
+            SamplerParams { n_logprobs: 5, ..SamplerParams::greedy() },
+            SamplerParams { temperature: 0.8, top_k: 40, ..Default::default() },
+            SamplerParams { temperature: 1.5, top_k: 5, top_p: 1.0, min_p: 0.0, ..Default::default() },
+            SamplerParams {
+                temperature: 0.7,
+                top_k: 100,
+                top_p: 0.5,
+                min_p: 0.0,
+                n_logprobs: 3,
+                ..Default::default()
+            },
+            SamplerParams { temperature: 2.0, top_k: 1, ..Default::default() },
+            SamplerParams { temperature: 1.0, top_k: 40, min_p: 0.2, top_p: 1.0, ..Default::default() },
+        ];
+        for (si, p) in settings.iter().enumerate() {
+            let (mut full, mut dev) = (Sampler::new(p.clone()), Sampler::new(p.clone()));
+            let k = dev.device_k().expect("these settings need only the top");
+            for step in 0..200 {
+                // Coarse values: many ties, including at the k-th place; one -inf.
+                let width = 1000 + step % 37;
+                let mut row: Vec<f32> = (0..width).map(|_| (next() % 300) as f32 / 40.0 - 3.0).collect();
+                row[step % width] = f32::NEG_INFINITY;
+                let a = full.sample(&row);
+                let b = dev.sample_top(&TopLogits::of_row(&row, k));
+                assert_eq!(a, b, "setting {si}, step {step}");
+                full.accept(a.token);
+                dev.accept(b.token);
+            }
+        }
+        let pen = Sampler::new(SamplerParams { repeat_penalty: 1.1, ..Default::default() });
+        let mut pen_hist = pen.clone();
+        pen_hist.accept(1);
+        assert_eq!((pen.device_k(), pen_hist.device_k()), (Some(40), None), "penalties need whole rows");
+        let no_k = Sampler::new(SamplerParams { top_k: 0, ..Default::default() });
+        assert_eq!(no_k.device_k(), None);
     }
 
     #[test]

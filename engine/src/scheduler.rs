@@ -18,7 +18,7 @@ use crate::error::EngineError;
 use crate::json_mode::JsonObjectState;
 use crate::kv_cache::{SeqId, BLOCK_SIZE};
 use crate::model::Batch;
-use crate::sampler::{Sampler, SamplerParams};
+use crate::sampler::{Sampler, SamplerParams, TopLogits};
 use crate::text::TextStream;
 use ferrite_loader::tokenizer::Tokenizer;
 use rayon::prelude::*;
@@ -143,7 +143,10 @@ pub struct Scheduler {
     running: Vec<Seq>,
     next_sid: SeqId,
     batch: Batch,
+    /// The step's logits rows, or (`on_top`) each row's top for samplers that need no more.
     logits: Vec<f32>,
+    tops: Vec<TopLogits>,
+    on_top: bool,
     stats: SchedulerStats,
 }
 
@@ -165,6 +168,8 @@ impl Scheduler {
             next_sid: 1,
             batch: Batch::default(),
             logits: Vec::new(),
+            tops: Vec::new(),
+            on_top: false,
             stats: SchedulerStats::default(),
         };
         s.refresh_gauges();
@@ -268,9 +273,21 @@ impl Scheduler {
                 self.batch.push(t, s.sid, s.computed + i + 1 == s.tokens.len());
             }
         }
-        let Scheduler { engine, batch, logits, .. } = self;
+        // When every sequence sampling this step needs only the top of its row (no JSON
+        // constraint, no penalties), only those tops come back from the device.
+        let k = self
+            .running
+            .iter()
+            .filter(|s| s.feeding > 0 && s.computed + s.feeding == s.tokens.len())
+            .try_fold(1, |k, s| if s.json.is_some() { None } else { s.sampler.device_k().map(|d| k.max(d)) });
+        self.on_top = k.is_some();
+        let Scheduler { engine, batch, logits, tops, .. } = self;
         let model = &mut engine.model;
-        if let Err(e) = engine.pool.install(|| model.forward_into(batch, logits)) {
+        let result = engine.pool.install(|| match k {
+            Some(k) => model.forward_top(batch, k, tops),
+            None => model.forward_into(batch, logits),
+        });
+        if let Err(e) = result {
             // Slots were planned to fit, so this is a bug or a device failure: every running
             // sequence fails, and the cache is made consistent again.
             let msg = e.to_string();
@@ -367,14 +384,21 @@ impl Scheduler {
         // token.
         let wants = |s: &Seq| s.feeding > 0 && s.computed == s.tokens.len();
         let rows: Vec<usize> = (0..self.running.len()).filter(|&i| wants(&self.running[i])).collect();
-        let logits = &self.logits;
+        let (logits, tops, on_top) = (&self.logits, &self.tops, self.on_top);
         let mut wanted: Vec<&mut Seq> = self.running.iter_mut().filter(|s| wants(s)).collect();
         let mut draws: Vec<Draw> = Vec::with_capacity(rows.len());
         self.engine.pool.install(|| {
             wanted
                 .par_iter_mut()
                 .enumerate()
-                .map(|(k, s)| draw(s, &logits[k * n_vocab..(k + 1) * n_vocab], tok))
+                .map(|(k, s)| {
+                    let row = if on_top {
+                        Row::Top(&tops[k])
+                    } else {
+                        Row::Full(&logits[k * n_vocab..(k + 1) * n_vocab])
+                    };
+                    draw(s, row, tok)
+                })
                 .collect_into_vec(&mut draws);
         });
         let now = Instant::now();
@@ -436,6 +460,12 @@ impl Scheduler {
     }
 }
 
+/// One sequence's logits for sampling: its whole row, or the row's top.
+enum Row<'a> {
+    Full(&'a [f32]),
+    Top(&'a TopLogits),
+}
+
 /// Whether `token` may come next under a JSON constraint.
 fn json_allows(j: &JsonObjectState, token: u32, tok: &Tokenizer) -> bool {
     if tok.is_eog(token) {
@@ -449,7 +479,15 @@ fn json_allows(j: &JsonObjectState, token: u32, tok: &Tokenizer) -> bool {
 /// when it is allowed (the common case, and the same distribution as masking first); else
 /// every disallowed token is masked and the draw repeated. Log-probabilities are always those
 /// of the model's own distribution.
-fn draw(s: &mut Seq, row: &[f32], tok: &Tokenizer) -> Draw {
+fn draw(s: &mut Seq, row: Row<'_>, tok: &Tokenizer) -> Draw {
+    let row = match row {
+        Row::Full(row) => row,
+        Row::Top(t) => {
+            // Only sequences without a JSON constraint sample from a row's top.
+            let d = s.sampler.sample_top(t);
+            return Draw { token: d.token, logprob: d.logprob, top: d.top };
+        }
+    };
     let first = s.sampler.sample(row);
     let Some(j) = s.json else {
         return Draw { token: first.token, logprob: first.logprob, top: first.top };

@@ -7,6 +7,7 @@ use ferrite_engine::backend::cpu::CpuBackend;
 use ferrite_engine::backend::wgsl::{WgpuBackend, ATTN_PART_KEYS};
 use ferrite_engine::backend::{Activation, AttnBatch, AttnParams, Backend, RopeParams, WeightUse};
 use ferrite_engine::kv_cache::BLOCK_SIZE;
+use ferrite_engine::sampler::TopLogits;
 use ferrite_loader::writer::GgufWriter;
 use ferrite_loader::{GgmlType, GgufFile};
 use half::f16;
@@ -451,4 +452,40 @@ fn chain<B: Backend>(be: &B, file: &Arc<GgufFile>, x: &[f32], n: usize, a: usize
     be.matmul(&up, &put(be, x), n, &mut h);
     be.matmul(&down, &h, n, &mut y);
     get(be, &y, n * a)
+}
+
+/// The sampler's device top-k: the same indices and values as the host's, in the same
+/// order (ties by lower index, NaN skipped), and the row's log-sum-exp to rounding.
+#[test]
+fn top_k_matches_host() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(0x70b_c0de);
+    for (width, n_rows, k) in
+        [(1usize, 1usize, 1usize), (7, 3, 5), (1000, 4, 40), (49157, 2, 1), (49157, 2, 128), (300, 2, 300)]
+    {
+        // Coarse values (ties at every rank), a NaN, -inf and a tied maximum.
+        let mut x: Vec<f32> = (0..width * n_rows).map(|_| (rng.f() * 50.0).round() / 4.0).collect();
+        if width > 10 {
+            x[3] = f32::NAN;
+            x[5] = f32::NEG_INFINITY;
+            x[width + 8] = 100.0;
+            x[width + 9] = 100.0;
+        }
+        let mut buf = g.alloc(x.len());
+        g.write(&mut buf, &x);
+        let mut got = Vec::new();
+        g.top_k(&buf, n_rows, width, k, &mut got);
+        assert_eq!(got.len(), n_rows);
+        for (r, t) in got.iter().enumerate() {
+            let want = TopLogits::of_row(&x[r * width..(r + 1) * width], k);
+            let ids = |t: &TopLogits| t.top.iter().map(|&(i, v)| (i, v.to_bits())).collect::<Vec<_>>();
+            assert_eq!(ids(t), ids(&want), "width {width}, row {r}, k {k}");
+            assert!(
+                (t.lse - want.lse).abs() <= 1e-5 * want.lse.abs().max(1.0),
+                "lse {} vs {}",
+                t.lse,
+                want.lse
+            );
+        }
+    }
 }

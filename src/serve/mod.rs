@@ -242,6 +242,9 @@ fn load(args: &ServeArgs, state: &Shared) -> Result<(), String> {
     if let Some(w) = engine.template_warning() {
         eprintln!("ferrite: warning: {w}");
     }
+    if let Some(n) = engine.backend_note() {
+        eprintln!("ferrite: {n}");
+    }
     let per_token = engine.config().kv_bytes_per_token();
     if let KvCapacity::Bytes(b) = kv {
         if b / per_token.max(1) < engine.ctx() {

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod wgsl;
 
 use crate::error::EngineError;
+use crate::sampler::TopLogits;
 use ferrite_loader::GgufFile;
 use std::sync::Arc;
 
@@ -144,6 +145,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A zeroed buffer of `len` f32.
     fn alloc(&self, len: usize) -> Self::Buf;
 
+    /// The most f32 one buffer may hold for a kernel to bind it whole (a GPU's largest
+    /// storage binding): logits of many rows are computed in passes of at most this.
+    fn max_buf_len(&self) -> usize {
+        usize::MAX
+    }
+
     /// KV storage: `n_layers × n_slots` entries (`n_slots` a multiple of the cache block
     /// size) of `n_head_kv` heads of `head_dim` keys and `head_dim_v` values. The layout is
     /// the backend's own.
@@ -161,6 +168,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Reads the first `len` values of a buffer back to the host into `out` (replaced).
     fn read(&self, buf: &Self::Buf, len: usize, out: &mut Vec<f32>);
+
+    /// The best `k` values of each of `n_rows` rows of `width` (best first, lower index
+    /// first on ties, NaN skipped) and each row's log-sum-exp, into `out` (replaced). A GPU
+    /// computes them on the device and sends back only these; the default reads the rows
+    /// back and computes them on the host.
+    fn top_k(&self, x: &Self::Buf, n_rows: usize, width: usize, k: usize, out: &mut Vec<TopLogits>) {
+        out.clear();
+        if n_rows == 0 || width == 0 {
+            return;
+        }
+        let mut rows = Vec::new();
+        self.read(x, n_rows * width, &mut rows);
+        out.extend(rows.chunks_exact(width).map(|r| TopLogits::of_row(r, k)));
+    }
 
     /// `out[i] = table[ids[i]] · scale` (one row of the embedding per id).
     fn embed(

@@ -2,8 +2,9 @@
 //! through wgpu on Vulkan, Metal or DX12.
 //!
 //! Commands are recorded into one encoder and submitted only when the host needs data
-//! (`read`, `write`) or the parameter arena is full, so a forward pass is one submission
-//! with one readback (its logits). Small per-op data — parameters, token ids, positions,
+//! (`read`, `write`, `top_k`) or the parameter arena is full, so a forward pass is one
+//! submission with one readback: its logits, or for a sampler that needs no more, each
+//! row's top k and log-sum-exp (`sample.wgsl`). Small per-op data — parameters, token ids, positions,
 //! slots, block tables, rope tables — goes into a host-side arena that is uploaded just
 //! before the submission, each op reading its own aligned slice. Weights are uploaded once
 //! as raw GGUF blocks and dequantized in registers; matrices larger than the adapter's
@@ -23,6 +24,7 @@
 use super::{Activation, AttnBatch, AttnParams, Backend, PrepareStats, RopeParams, WeightUse};
 use crate::error::EngineError;
 use crate::kv_cache::BLOCK_SIZE;
+use crate::sampler::TopLogits;
 use ferrite_kernels::quant::QuantType;
 use ferrite_loader::GgufFile;
 use std::collections::HashMap;
@@ -41,6 +43,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("quantize", include_str!("../../../shaders/quantize.wgsl")),
     ("ops", include_str!("../../../shaders/ops.wgsl")),
     ("attention", include_str!("../../../shaders/attention.wgsl")),
+    ("sample", include_str!("../../../shaders/sample.wgsl")),
 ];
 
 /// What an adapter offers for computing the CPU backend's bits: whether its `fma` rounds
@@ -155,6 +158,8 @@ struct Pending {
     xd: Option<(wgpu::Buffer, u64)>,
     /// Attention's per-part softmax states (grown as needed).
     attn_parts: Option<(wgpu::Buffer, u64)>,
+    /// Rows' top-k results for the sampler (grown as needed).
+    top: Option<(wgpu::Buffer, u64)>,
     /// Mappable buffer for `read` (grown as needed, reused every token).
     readback: Option<(wgpu::Buffer, u64)>,
 }
@@ -203,6 +208,7 @@ const ENTRIES: &[(&str, &str)] = &[
     ("ops", "kv_store"),
     ("attention", "attention"),
     ("attention", "attention_merge"),
+    ("sample", "top_k"),
 ];
 
 /// Keys one attention part covers at most: longer ranges split into more parts, merged
@@ -320,6 +326,13 @@ impl WgpuBackend {
     /// Opens the best adapter. With `allow_cpu` false, a software adapter (lavapipe,
     /// WARP) counts as none: `--backend auto` wants a real GPU, tests take any.
     pub fn new(allow_cpu: bool) -> Result<Self, EngineError> {
+        Self::with_binding_limit(allow_cpu, u64::MAX)
+    }
+
+    /// [`WgpuBackend::new`] with the largest storage binding capped at `max_binding` bytes
+    /// (at most the adapter's): tests use it to run on a small model the splits that a big
+    /// model's weights and logits need on a real adapter.
+    pub fn with_binding_limit(allow_cpu: bool, max_binding: u64) -> Result<Self, EngineError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
@@ -342,7 +355,8 @@ impl WgpuBackend {
         }))
         .map_err(|e| unavailable(format!("{}: {e}", info.name)))?;
         let arith = Arith { fused_fma: fma_is_fused(&device, &queue)?, f64 };
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_binding =
+            limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(max_binding.max(1 << 16));
         let align = limits.min_storage_buffer_offset_alignment as u64;
         let mut modules = HashMap::new();
         for (name, body) in SHADERS {
@@ -395,6 +409,7 @@ impl WgpuBackend {
                 xq: None,
                 xd: None,
                 attn_parts: None,
+                top: None,
                 readback: None,
             }),
             max_binding,
@@ -542,6 +557,47 @@ impl WgpuBackend {
         pass.dispatch_workgroups(gx as u32, gy as u32, 1);
     }
 
+    /// Submits what is recorded, then copies the first `len` values of `src` back to the
+    /// host into `out` (replaced), through a mappable buffer reused across calls.
+    fn read_back<T: bytemuck::Pod>(
+        &self,
+        st: &mut Pending,
+        src: &wgpu::Buffer,
+        len: usize,
+        out: &mut Vec<T>,
+    ) {
+        self.flush(st);
+        out.clear();
+        if len == 0 {
+            return;
+        }
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        if st.readback.as_ref().is_none_or(|(_, cap)| *cap < bytes) {
+            let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            st.readback = Some((b, bytes));
+        }
+        let staging = &st.readback.as_ref().expect("set above").0;
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        enc.copy_buffer_to_buffer(src, 0, staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");
+        rx.recv().expect("map callback ran").expect("readback mapping failed");
+        {
+            let view = staging.get_mapped_range(..bytes).expect("mapped above");
+            out.extend_from_slice(bytemuck::cast_slice(&view[..]));
+        }
+        staging.unmap();
+    }
+
     /// Workgroups for `len` invocations in 1-D.
     fn linear(len: usize) -> (u64, u64) {
         ((len as u64).div_ceil(WG), 1)
@@ -667,36 +723,39 @@ impl Backend for WgpuBackend {
 
     fn read(&self, buf: &WgpuBuf, len: usize, out: &mut Vec<f32>) {
         let mut st = self.lock();
-        self.flush(&mut st);
+        self.read_back(&mut st, &buf.buf, len, out);
+    }
+
+    fn max_buf_len(&self) -> usize {
+        (self.max_binding / 4) as usize
+    }
+
+    fn top_k(&self, x: &WgpuBuf, n_rows: usize, width: usize, k: usize, out: &mut Vec<TopLogits>) {
         out.clear();
-        if len == 0 {
+        if n_rows == 0 || width == 0 {
             return;
         }
-        let bytes = (len * 4) as u64;
-        if st.readback.as_ref().is_none_or(|(_, cap)| *cap < bytes) {
-            let b = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            st.readback = Some((b, bytes));
-        }
-        let staging = &st.readback.as_ref().expect("set above").0;
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-        enc.copy_buffer_to_buffer(&buf.buf, 0, staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
-            let _ = tx.send(r);
-        });
-        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("device lost while reading back");
-        rx.recv().expect("map callback ran").expect("readback mapping failed");
-        {
-            let view = staging.get_mapped_range(..bytes).expect("mapped above");
-            out.extend_from_slice(bytemuck::cast_slice(&view[..]));
-        }
-        staging.unmap();
+        assert!(n_rows * width <= x.len, "top_k past the buffer");
+        // sample.wgsl's layout: per row the log-sum-exp, a spare word, k (index, value) pairs.
+        let k = k.clamp(1, width);
+        let stride = 2 + 2 * k;
+        let mut st = self.lock();
+        self.room(&mut st, 0, 1);
+        let res_buf = self.scratch(&mut st.top, "top_k", (n_rows * stride * 4) as u64);
+        let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&res_buf))];
+        self.dispatch(&mut st, ("top_k", 0), &[u(n_rows), u(width), u(k)], &res, (n_rows as u64, 1));
+        let mut words: Vec<u32> = Vec::new();
+        self.read_back(&mut st, &res_buf, n_rows * stride, &mut words);
+        out.extend(words.chunks_exact(stride).map(|r| {
+            TopLogits {
+                lse: f32::from_bits(r[0]),
+                top: r[2..]
+                    .chunks_exact(2)
+                    .take_while(|c| c[0] != u32::MAX)
+                    .map(|c| (c[0], f32::from_bits(c[1])))
+                    .collect(),
+            }
+        }));
     }
 
     fn embed(

@@ -1,0 +1,114 @@
+// Sampling reductions over rows of logits: each row's best k values (larger first, lower
+// index first on ties, NaN skipped) and its log-sum-exp, so that only these go back to the
+// host instead of the whole vocabulary. One workgroup per row.
+// Binds `p` (n_rows, width, k) at 0, the logits at 1 and the output words at 2: per row
+// 2 + 2k words, the log-sum-exp's bits, a spare word, then k (index, value bits) pairs,
+// index 0xffffffff where the row has fewer than k values that are not NaN.
+
+@group(0) @binding(0) var<storage, read> p: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<u32>;
+
+const TK: u32 = 256u;
+const NONE: u32 = 0xffffffffu;
+
+var<workgroup> best_v: array<f32, 256>;
+var<workgroup> best_i: array<u32, 256>;
+var<workgroup> sums: array<f32, 256>;
+
+// Whether (v, i) comes before (w, j) in the order the host sorts by; no index comes last.
+fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
+    if (i == NONE) {
+        return false;
+    }
+    if (j == NONE) {
+        return true;
+    }
+    return v > w || (v == w && i < j);
+}
+
+// A bit test: a compiler that assumes no NaN may fold `y != y` away.
+fn is_nan(y: f32) -> bool {
+    return (bitcast<u32>(y) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Round r finds the best value that comes after round r - 1's: k rounds of a strided scan
+// and a tree reduction, exact and in the host's order, at k reads of the row.
+@compute @workgroup_size(256)
+fn top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * 65535u;
+    let width = p[1];
+    let k = p[2];
+    if (row >= p[0]) {
+        return;
+    }
+    let base = row * width;
+    let o = row * (2u + 2u * k);
+    var prev_v = 0.0;
+    var prev_i = NONE;
+    for (var r = 0u; r < k; r++) {
+        var v = 0.0;
+        var bi = NONE;
+        for (var e = lid; e < width; e += TK) {
+            let y = x[base + e];
+            if (is_nan(y) || (r > 0u && !before(prev_v, prev_i, y, e))) {
+                continue;
+            }
+            if (before(y, e, v, bi)) {
+                v = y;
+                bi = e;
+            }
+        }
+        best_v[lid] = v;
+        best_i[lid] = bi;
+        workgroupBarrier();
+        for (var s = TK / 2u; s > 0u; s >>= 1u) {
+            if (lid < s && before(best_v[lid + s], best_i[lid + s], best_v[lid], best_i[lid])) {
+                best_v[lid] = best_v[lid + s];
+                best_i[lid] = best_i[lid + s];
+            }
+            workgroupBarrier();
+        }
+        prev_v = best_v[0];
+        prev_i = best_i[0];
+        if (lid == 0u) {
+            out[o + 2u + 2u * r] = prev_i;
+            out[o + 3u + 2u * r] = bitcast<u32>(prev_v);
+        }
+        workgroupBarrier();
+        if (r == 0u) {
+            // Round 0 found the max: the row's Σ e^(y − max) now, in a tree.
+            var acc = 0.0;
+            let m = prev_v;
+            let finite = prev_i != NONE && abs(m) <= 3.4028235e38;
+            if (finite) {
+                for (var e = lid; e < width; e += TK) {
+                    let y = x[base + e];
+                    if (!is_nan(y)) {
+                        acc += exp(y - m);
+                    }
+                }
+            }
+            sums[lid] = acc;
+            workgroupBarrier();
+            for (var s = TK / 2u; s > 0u; s >>= 1u) {
+                if (lid < s) {
+                    sums[lid] += sums[lid + s];
+                }
+                workgroupBarrier();
+            }
+            if (lid == 0u) {
+                var lse = m;
+                if (finite) {
+                    lse = m + log(sums[0]);
+                }
+                if (prev_i == NONE) {
+                    lse = bitcast<f32>(0xff800000u);
+                }
+                out[o] = bitcast<u32>(lse);
+                out[o + 1u] = 0u;
+            }
+            workgroupBarrier();
+        }
+    }
+}
