@@ -7,6 +7,7 @@
 use super::{Activation, AttnBatch, AttnParams, Backend, PrepareStats, RopeParams, WeightUse};
 use crate::error::EngineError;
 use crate::kv_cache::BLOCK_SIZE;
+use crate::sampler::TopLogits;
 use ferrite_kernels::cpu as k;
 use ferrite_kernels::cpu::attn::{self, HeadKv, Online};
 use ferrite_kernels::cpu::math;
@@ -200,6 +201,14 @@ impl Backend for CpuBackend {
     fn read(&self, buf: &Vec<f32>, len: usize, out: &mut Vec<f32>) {
         out.clear();
         out.extend_from_slice(&buf[..len]);
+    }
+
+    /// Straight from the logits buffer: no copy of the rows per decode step.
+    fn top_k(&self, x: &Vec<f32>, n_rows: usize, width: usize, k: usize, out: &mut Vec<TopLogits>) {
+        out.clear();
+        if width > 0 {
+            out.extend(x[..n_rows * width].chunks_exact(width).map(|r| TopLogits::of_row(r, k)));
+        }
     }
 
     fn embed(
