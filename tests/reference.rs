@@ -22,10 +22,18 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
+/// The backend under test: the CPU (as llama.cpp's reference ran), or another with
+/// FERRITE_TEST_BACKEND=cuda|wgpu (a GPU run of the same checks:
+/// `FERRITE_TEST_BACKEND=cuda cargo test --release --test reference -- --include-ignored`).
+fn backend() -> BackendKind {
+    std::env::var("FERRITE_TEST_BACKEND")
+        .map_or(BackendKind::Cpu, |b| b.parse().expect("FERRITE_TEST_BACKEND"))
+}
+
 fn load(file: &str, required: bool) -> Option<Engine> {
     let path = common::model(file, required)?;
     Some(
-        Engine::load(path, &LoadOptions { ctx: Some(2048), backend: BackendKind::Cpu, ..Default::default() })
+        Engine::load(path, &LoadOptions { ctx: Some(2048), backend: backend(), ..Default::default() })
             .expect("model loads"),
     )
 }
@@ -129,7 +137,7 @@ fn check_perplexity(key: &str, file: &str, required: bool) {
     let Some(path) = common::model(file, required) else { return };
     let want = common::reference("perplexity.json")[key]["GPL-3"]["ppl"].as_f64().unwrap();
     let mut engine =
-        Engine::load(path, &LoadOptions { ctx: Some(512), backend: BackendKind::Cpu, ..Default::default() })
+        Engine::load(path, &LoadOptions { ctx: Some(512), backend: backend(), ..Default::default() })
             .unwrap();
     let text = std::fs::read_to_string(common::shared().join("text/GPL-3")).unwrap();
     let tokens = engine.tokenizer().encode(&text, true, false);

@@ -327,28 +327,50 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?;
         let kv_tokens = opts.kv.map_or(ctx, |kv| kv.tokens(ctx, cfg.kv_bytes_per_token()));
+        let cpu = |cfg| Model::load(CpuBackend::new(), &file, cfg, kv_tokens);
         let (model, backend_note) = match opts.backend {
-            // `auto`: a hardware GPU through wgpu when there is one and it takes every tensor
-            // of the model (a software adapter such as lavapipe does not count), else the CPU.
-            #[cfg(feature = "wgpu")]
+            // `auto`: CUDA when there is an NVIDIA GPU, else a hardware GPU through wgpu (a
+            // software adapter such as lavapipe does not count), else the CPU; a GPU is taken
+            // only if it has kernels for every tensor of the model.
             BackendKind::Auto => {
-                match crate::backend::wgsl::WgpuBackend::new(false)
+                #[allow(unused_mut)]
+                let mut why: Vec<String> = Vec::new();
+                #[allow(unused_mut)]
+                let mut found: Option<Model> = None;
+                #[cfg(feature = "cuda")]
+                match crate::backend::cuda::CudaBackend::new()
                     .and_then(|b| Model::load(b, &file, cfg.clone(), kv_tokens))
                 {
-                    Ok(m) => (m, None),
-                    Err(e) => (
-                        Model::load(CpuBackend::new(), &file, cfg, kv_tokens)?,
-                        Some(format!("backend auto: running on the CPU ({e})")),
-                    ),
+                    Ok(m) => found = Some(m),
+                    Err(e) => why.push(e.to_string()),
+                }
+                #[cfg(feature = "wgpu")]
+                if found.is_none() {
+                    match crate::backend::wgsl::WgpuBackend::new(false)
+                        .and_then(|b| Model::load(b, &file, cfg.clone(), kv_tokens))
+                    {
+                        Ok(m) => found = Some(m),
+                        Err(e) => why.push(e.to_string()),
+                    }
+                }
+                match found {
+                    Some(m) => (m, None),
+                    None if why.is_empty() => (cpu(cfg)?, None),
+                    None => {
+                        (cpu(cfg)?, Some(format!("backend auto: running on the CPU ({})", why.join("; "))))
+                    }
                 }
             }
-            #[cfg(not(feature = "wgpu"))]
-            BackendKind::Auto => (Model::load(CpuBackend::new(), &file, cfg, kv_tokens)?, None),
-            BackendKind::Cpu => (Model::load(CpuBackend::new(), &file, cfg, kv_tokens)?, None),
+            BackendKind::Cpu => (cpu(cfg)?, None),
             #[cfg(feature = "wgpu")]
             BackendKind::Wgpu => {
                 (Model::load(crate::backend::wgsl::WgpuBackend::new(true)?, &file, cfg, kv_tokens)?, None)
             }
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => {
+                (Model::load(crate::backend::cuda::CudaBackend::new()?, &file, cfg, kv_tokens)?, None)
+            }
+            #[allow(unreachable_patterns)]
             other => {
                 return Err(EngineError::BackendUnavailable {
                     name: format!("{other:?}").to_lowercase(),

@@ -6,6 +6,8 @@
 //! paged block tables hand out.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgsl;
 
