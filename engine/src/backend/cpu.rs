@@ -95,13 +95,6 @@ impl CpuKv {
     }
 }
 
-fn quant_type(name: &str, ggml_id: u32) -> Result<QuantType, EngineError> {
-    QuantType::from_ggml_id(ggml_id).ok_or_else(|| EngineError::Tensor {
-        name: name.to_string(),
-        what: format!("tensor type id {ggml_id} has no CPU kernel"),
-    })
-}
-
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Weight = CpuWeight;
@@ -112,28 +105,10 @@ impl Backend for CpuBackend {
     }
 
     fn weight(&self, file: &Arc<GgufFile>, name: &str, usage: WeightUse) -> Result<CpuWeight, EngineError> {
-        let view = file.tensor(name)?;
-        let info = view.info;
-        let ty = quant_type(name, info.ty.id())?;
-        if info.dims.len() <= 1 {
-            let mut v = vec![0f32; info.n_elements as usize];
-            ty.dequantize_row(view.data, &mut v)
-                .map_err(|e| EngineError::Tensor { name: name.into(), what: e.to_string() })?;
-            return Ok(CpuWeight::Vector(v));
-        }
-        if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
-            return Err(EngineError::Tensor {
-                name: name.into(),
-                what: format!("expected a matrix, dims {:?}", info.dims),
-            });
-        }
-        if !k::has_matmul(ty) {
-            return Err(EngineError::Tensor {
-                name: name.into(),
-                what: format!("{} matrices have no CPU kernel yet", ty.name()),
-            });
-        }
-        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
+        let (view, ty, n_in, n_out) = match super::read_tensor(file, name, "CPU", k::has_matmul)? {
+            super::Tensor::Vector(v) => return Ok(CpuWeight::Vector(v)),
+            super::Tensor::Matrix { view, ty, n_in, n_out } => (view, ty, n_in, n_out),
+        };
         let packed = if usage == WeightUse::Table {
             None
         } else {
@@ -150,7 +125,7 @@ impl Backend for CpuBackend {
         };
         Ok(CpuWeight::Matrix {
             file: file.clone(),
-            range: file.header().tensor_range(info),
+            range: file.header().tensor_range(view.info),
             ty,
             n_in,
             n_out,

@@ -76,8 +76,20 @@ fn unavailable(why: impl Into<String>) -> EngineError {
     EngineError::BackendUnavailable { name: "cuda".into(), why: why.into() }
 }
 
-fn kernel_for(ty: QuantType) -> Option<&'static str> {
-    WEIGHT_TYPES.iter().find(|(t, _)| *t == ty).map(|&(_, s)| s)
+/// Index of `ty` in `WEIGHT_TYPES` (and in `CudaBackend::mats`).
+fn kernel_for(ty: QuantType) -> Option<usize> {
+    WEIGHT_TYPES.iter().position(|(t, _)| *t == ty)
+}
+
+/// The matrix kernels of one weight format.
+#[derive(Debug)]
+struct MatFns {
+    /// Matvec for 1 and for up to 8 tokens per warp.
+    mmv1: CudaFunction,
+    mmv8: CudaFunction,
+    /// Tiled prefill matmul.
+    mm: CudaFunction,
+    embed: CudaFunction,
 }
 
 /// An activation buffer: `len` f32 on the device.
@@ -91,7 +103,7 @@ pub struct CudaBuf {
 #[derive(Debug)]
 pub enum CudaWeight {
     /// A matrix as raw GGUF blocks, `row_bytes` per row.
-    Matrix { ty: QuantType, n_in: usize, n_out: usize, row_bytes: usize, data: CudaSlice<u8> },
+    Matrix { ty: QuantType, kernels: usize, n_in: usize, n_out: usize, row_bytes: usize, data: CudaSlice<u8> },
     /// A vector (norm weight, bias) as f32.
     Vector { data: CudaSlice<f32>, len: usize },
 }
@@ -122,8 +134,8 @@ struct Scratch {
     ids: Upload<u32>,
     rows: Upload<u32>,
     slots: Upload<u32>,
-    /// Rope (cos, sin) tables with the parameters and positions they were made for.
-    ropes: Vec<(RopeParams, Vec<u32>, CudaSlice<f32>)>,
+    /// Rope (cos, sin) tables per parameter set, with the positions they hold.
+    ropes: Vec<(RopeParams, Vec<u32>, Upload<f32>)>,
     positions: Upload<u32>,
     table_of_row: Upload<u32>,
     tables: Upload<u32>,
@@ -136,6 +148,10 @@ struct Scratch {
     host_u32: Vec<u32>,
     host_f32: Vec<f32>,
     host_cs: Vec<f32>,
+    host_cos: Vec<f32>,
+    host_sin: Vec<f32>,
+    host_tables: Vec<u32>,
+    host_off: Vec<u32>,
 }
 
 /// The CUDA device, its loaded kernels and scratch buffers.
@@ -144,7 +160,10 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     device: String,
     capability: (i32, i32),
-    funcs: HashMap<String, CudaFunction>,
+    /// Untyped kernels by entry name.
+    ops: HashMap<&'static str, CudaFunction>,
+    /// Matrix kernels per weight format, in `WEIGHT_TYPES` order.
+    mats: Vec<MatFns>,
     /// Kept alive with the functions.
     _modules: Vec<Arc<CudaModule>>,
     scratch: Mutex<Scratch>,
@@ -188,7 +207,6 @@ impl CudaBackend {
             )));
         }
         let stream = ctx.default_stream();
-        let mut funcs = HashMap::new();
         let mut modules = Vec::new();
         for &(name, text) in PTX {
             let m = ctx.load_module(Ptx::from_src(text)).map_err(|e| {
@@ -198,24 +216,31 @@ impl CudaBackend {
             })?;
             modules.push(m);
         }
-        let module_of = |n: &str| PTX.iter().position(|(m, _)| *m == n).expect("known module");
-        let mut names: Vec<(usize, String)> =
-            ENTRIES.iter().map(|&(m, e)| (module_of(m), e.to_string())).collect();
-        for &(_, s) in WEIGHT_TYPES {
-            for k in ["mmv1", "mmv8", "mm", "embed"] {
-                names.push((module_of("matmul"), format!("{k}_{s}")));
-            }
+        let module_of = |n: &str| &modules[PTX.iter().position(|(m, _)| *m == n).expect("known module")];
+        let load = |module: &str, name: &str| {
+            module_of(module).load_function(name).map_err(|e| unavailable(format!("kernel {name}: {e}")))
+        };
+        let mut ops = HashMap::new();
+        for &(m, e) in ENTRIES {
+            ops.insert(e, load(m, e)?);
         }
-        for (m, name) in names {
-            let f =
-                modules[m].load_function(&name).map_err(|e| unavailable(format!("kernel {name}: {e}")))?;
-            funcs.insert(name, f);
-        }
+        let mats = WEIGHT_TYPES
+            .iter()
+            .map(|&(_, sfx)| {
+                Ok(MatFns {
+                    mmv1: load("matmul", &format!("mmv1_{sfx}"))?,
+                    mmv8: load("matmul", &format!("mmv8_{sfx}"))?,
+                    mm: load("matmul", &format!("mm_{sfx}"))?,
+                    embed: load("matmul", &format!("embed_{sfx}"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
         Ok(CudaBackend {
             stream,
             device,
             capability,
-            funcs,
+            ops,
+            mats,
             _modules: modules,
             scratch: Mutex::new(Scratch::default()),
             prepared: Mutex::new(PrepareStats::default()),
@@ -225,10 +250,6 @@ impl CudaBackend {
     /// The GPU's name and compute capability.
     pub fn device(&self) -> String {
         format!("{} (compute {}.{})", self.device, self.capability.0, self.capability.1)
-    }
-
-    fn f(&self, name: &str) -> &CudaFunction {
-        self.funcs.get(name).unwrap_or_else(|| panic!("kernel {name} was not loaded"))
     }
 
     fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
@@ -275,8 +296,13 @@ impl CudaBackend {
         self.ptr(slot.as_ref().expect("allocated"))
     }
 
-    fn launch(&self, name: &str, cfg: LaunchConfig, args: &[&dyn Arg]) {
-        let f = self.f(name);
+    /// Launches the untyped kernel `name` (one of `ENTRIES`).
+    fn launch(&self, name: &'static str, cfg: LaunchConfig, args: &[&dyn Arg]) {
+        let f = self.ops.get(name).unwrap_or_else(|| panic!("kernel {name} is not in ENTRIES"));
+        self.launch_fn(f, name, cfg, args);
+    }
+
+    fn launch_fn(&self, f: &CudaFunction, name: &str, cfg: LaunchConfig, args: &[&dyn Arg]) {
         let mut b = self.stream.launch_builder(f);
         for a in args {
             a.push(&mut b);
@@ -318,43 +344,17 @@ impl Backend for CudaBackend {
     }
 
     fn weight(&self, file: &Arc<GgufFile>, name: &str, _usage: WeightUse) -> Result<CudaWeight, EngineError> {
-        let view = file.tensor(name)?;
-        let info = view.info;
-        let ty = QuantType::from_ggml_id(info.ty.id()).ok_or_else(|| EngineError::Tensor {
-            name: name.into(),
-            what: format!("unknown tensor type {}", info.ty.id()),
-        })?;
         let t0 = std::time::Instant::now();
-        if info.dims.len() <= 1 {
-            let mut v = vec![0f32; info.n_elements as usize];
-            ty.dequantize_row(view.data, &mut v)
-                .map_err(|e| EngineError::Tensor { name: name.into(), what: e.to_string() })?;
-            let data = self.stream.clone_htod(&v).map_err(|e| unavailable(format!("upload {name}: {e}")))?;
-            return Ok(CudaWeight::Vector { data, len: v.len() });
-        }
-        if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
-            return Err(EngineError::Tensor {
-                name: name.into(),
-                what: format!("expected a matrix, dims {:?}", info.dims),
-            });
-        }
-        if kernel_for(ty).is_none() {
-            return Err(EngineError::Tensor {
-                name: name.into(),
-                what: format!("{} matrices have no CUDA kernel yet", ty.name()),
-            });
-        }
-        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
-        if n_out == 0 || view.data.len() % n_out != 0 || n_in % ty.block_elems() != 0 {
-            return Err(EngineError::Tensor {
-                name: name.into(),
-                what: format!(
-                    "{} bytes do not make {n_out} rows of {n_in} {} values",
-                    view.data.len(),
-                    ty.name()
-                ),
-            });
-        }
+        let (view, ty, n_in, n_out) =
+            match super::read_tensor(file, name, "CUDA", |t| kernel_for(t).is_some())? {
+                super::Tensor::Vector(v) => {
+                    let data =
+                        self.stream.clone_htod(&v).map_err(|e| unavailable(format!("upload {name}: {e}")))?;
+                    return Ok(CudaWeight::Vector { data, len: v.len() });
+                }
+                super::Tensor::Matrix { view, ty, n_in, n_out } => (view, ty, n_in, n_out),
+            };
+        let kernels = kernel_for(ty).expect("read_tensor checked it");
         let data =
             self.stream.clone_htod(view.data).map_err(|e| unavailable(format!("upload {name}: {e}")))?;
         let mut st = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
@@ -362,7 +362,7 @@ impl Backend for CudaBackend {
         st.bytes += view.data.len();
         st.seconds += t0.elapsed().as_secs_f64();
         st.variant = Some("cuda");
-        Ok(CudaWeight::Matrix { ty, n_in, n_out, row_bytes: view.data.len() / n_out, data })
+        Ok(CudaWeight::Matrix { ty, kernels, n_in, n_out, row_bytes: view.data.len() / n_out, data })
     }
 
     fn prepare_stats(&self) -> PrepareStats {
@@ -467,7 +467,7 @@ impl Backend for CudaBackend {
         scale: f32,
         out: &mut CudaBuf,
     ) -> Result<(), EngineError> {
-        let CudaWeight::Matrix { ty, n_in, n_out, row_bytes, data } = table else {
+        let CudaWeight::Matrix { kernels, n_in, n_out, row_bytes, data, .. } = table else {
             return Err(EngineError::Invalid("embedding table is not a matrix".into()));
         };
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= *n_out) {
@@ -478,9 +478,9 @@ impl Backend for CudaBackend {
         }
         let mut s = self.scratch();
         let idp = self.upload(&mut s.ids, ids);
-        let name = format!("embed_{}", kernel_for(*ty).expect("checked at upload"));
-        self.launch(
-            &name,
+        self.launch_fn(
+            &self.mats[*kernels].embed,
+            "embed",
             stride_cfg(ids.len() * n_in),
             &[
                 &self.ptr(data),
@@ -496,14 +496,14 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, w: &CudaWeight, x: &CudaBuf, n: usize, out: &mut CudaBuf) {
-        let CudaWeight::Matrix { ty, n_in, n_out, row_bytes, data } = w else {
+        let CudaWeight::Matrix { ty, kernels, n_in, n_out, row_bytes, data } = w else {
             panic!("a vector used as a matrix");
         };
         if n == 0 {
             return;
         }
         let (n_in, n_out) = (*n_in, *n_out);
-        let sfx = kernel_for(*ty).expect("checked at upload");
+        let fns = &self.mats[*kernels];
         let (wp, rb, xp, yp) = (self.ptr(data), *row_bytes as u64, self.ptr(&x.data), self.ptr(&out.data));
         let dims = [&(n_in as i32) as &dyn Arg, &(n_out as i32), &(n as i32)];
         if n > MATVEC_MAX_ROWS {
@@ -512,7 +512,7 @@ impl Backend for CudaBackend {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            self.launch(&format!("mm_{sfx}"), cfg, &[&wp, &rb, &xp, &yp, dims[0], dims[1], dims[2]]);
+            self.launch_fn(&fns.mm, "mm", cfg, &[&wp, &rb, &xp, &yp, dims[0], dims[1], dims[2]]);
             return;
         }
         let nt = if n == 1 { 1 } else { 8 };
@@ -521,9 +521,9 @@ impl Backend for CudaBackend {
             block_dim: (32, MMV_WARPS, 1),
             shared_mem_bytes: 0,
         };
-        let name = format!("mmv{nt}_{sfx}");
+        let mmv = if nt == 1 { &fns.mmv1 } else { &fns.mmv8 };
         if matches!(ty, QuantType::F32 | QuantType::F16 | QuantType::BF16) {
-            self.launch(&name, cfg, &[&wp, &rb, &xp, &yp, dims[0], dims[1], dims[2]]);
+            self.launch_fn(mmv, "mmv", cfg, &[&wp, &rb, &xp, &yp, dims[0], dims[1], dims[2]]);
             return;
         }
         let blocks = n * n_in / 32;
@@ -537,7 +537,7 @@ impl Backend for CudaBackend {
             shared_mem_bytes: 0,
         };
         self.launch("quantize_q8", qcfg, &[&xp, &qp, &dp, &(blocks as u64)]);
-        self.launch(&name, cfg, &[&wp, &rb, &qp, &dp, &yp, dims[0], dims[1], dims[2]]);
+        self.launch_fn(mmv, "mmv", cfg, &[&wp, &rb, &qp, &dp, &yp, dims[0], dims[1], dims[2]]);
     }
 
     fn add_bias(&self, x: &mut CudaBuf, bias: &CudaWeight, n: usize) {
@@ -574,24 +574,28 @@ impl Backend for CudaBackend {
         }
         let mut s = self.scratch();
         let s = &mut *s;
-        let cached = s.ropes.iter().position(|(rp, pos, _)| rp == p && pos == positions);
-        let at = match cached {
+        // One table per parameter set (a model has one or two), rewritten in place when the
+        // batch's positions change: the first layer of a forward pass uploads, the rest reuse.
+        let at = match s.ropes.iter().position(|(rp, ..)| rp == p) {
             Some(i) => i,
             None => {
-                // The tables of another batch are stale.
-                s.ropes.retain(|(_, pos, _)| pos == positions);
-                let (mut cos, mut sin) = (Vec::new(), Vec::new());
-                s.host_cs.clear();
-                for &pos in positions {
-                    super::cpu::rope_cache(pos, p, &mut cos, &mut sin);
-                    s.host_cs.extend(cos.iter().zip(&sin).flat_map(|(&c, &s)| [c, s]));
-                }
-                let buf = ok(self.stream.clone_htod(&s.host_cs), "upload rope table");
-                s.ropes.push((*p, positions.to_vec(), buf));
+                s.ropes.push((*p, Vec::new(), Upload::default()));
                 s.ropes.len() - 1
             }
         };
-        let cs = self.ptr(&s.ropes[at].2);
+        if s.ropes[at].1 != positions {
+            let Scratch { ropes, host_cs, host_cos, host_sin, .. } = s;
+            host_cs.clear();
+            for &pos in positions {
+                super::cpu::rope_cache(pos, p, host_cos, host_sin);
+                host_cs.extend(host_cos.iter().zip(host_sin.iter()).flat_map(|(&c, &s)| [c, s]));
+            }
+            let (_, held, table) = &mut ropes[at];
+            self.upload(table, host_cs);
+            held.clear();
+            held.extend_from_slice(positions);
+        }
+        let cs = self.ptr(s.ropes[at].2.buf.as_ref().expect("uploaded"));
         let total = positions.len() * n_heads * half;
         self.launch(
             "rope",
@@ -648,14 +652,17 @@ impl Backend for CudaBackend {
         let s = &mut *s;
         let pos = self.upload(&mut s.positions, &batch.positions);
         let tor = self.upload(&mut s.table_of_row, &batch.table_of_row);
-        let mut flat = Vec::with_capacity(batch.tables.iter().map(Vec::len).sum());
-        let mut off = Vec::with_capacity(batch.tables.len());
+        // The block tables back to back, and where each starts (host vectors reused).
+        let (mut flat, mut off) = (std::mem::take(&mut s.host_tables), std::mem::take(&mut s.host_off));
+        flat.clear();
+        off.clear();
         for t in &batch.tables {
             off.push(flat.len() as u32);
             flat.extend_from_slice(t);
         }
         let tables = self.upload(&mut s.tables, &flat);
         let offs = self.upload(&mut s.table_off, &off);
+        (s.host_tables, s.host_off) = (flat, off);
         let cfg = LaunchConfig {
             grid_dim: (p.n_head as u32, n as u32, 1),
             block_dim: (256, 1, 1),

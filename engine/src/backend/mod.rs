@@ -13,7 +13,8 @@ pub mod wgsl;
 
 use crate::error::EngineError;
 use crate::sampler::TopLogits;
-use ferrite_loader::GgufFile;
+use ferrite_kernels::quant::QuantType;
+use ferrite_loader::{GgufFile, TensorView};
 use std::sync::Arc;
 
 /// What a weight is used for, so that a backend prepares it for those ops only.
@@ -25,6 +26,49 @@ pub enum WeightUse {
     Table,
     /// Both (a tied embedding table that is also the output head).
     Both,
+}
+
+/// A weight tensor as every backend takes it from the file.
+pub(crate) enum Tensor<'a> {
+    /// A 1-D tensor (norm weight, bias), dequantized to f32.
+    Vector(Vec<f32>),
+    /// A 2-D matrix of `n_out` rows of `n_in` values in its file format.
+    Matrix { view: TensorView<'a>, ty: QuantType, n_in: usize, n_out: usize },
+}
+
+/// Reads tensor `name`: vectors dequantized, matrices checked to be 2-D with whole rows.
+/// `backend` names the backend in the errors; `has_kernel` says which matrix formats it runs.
+pub(crate) fn read_tensor<'a>(
+    file: &'a GgufFile,
+    name: &str,
+    backend: &str,
+    has_kernel: impl Fn(QuantType) -> bool,
+) -> Result<Tensor<'a>, EngineError> {
+    let view = file.tensor(name)?;
+    let info = view.info;
+    let err = |what: String| EngineError::Tensor { name: name.into(), what };
+    let ty = QuantType::from_ggml_id(info.ty.id())
+        .ok_or_else(|| err(format!("tensor type id {} has no {backend} kernel", info.ty.id())))?;
+    if info.dims.len() <= 1 {
+        let mut v = vec![0f32; info.n_elements as usize];
+        ty.dequantize_row(view.data, &mut v).map_err(|e| err(e.to_string()))?;
+        return Ok(Tensor::Vector(v));
+    }
+    if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
+        return Err(err(format!("expected a matrix, dims {:?}", info.dims)));
+    }
+    if !has_kernel(ty) {
+        return Err(err(format!("{} matrices have no {backend} kernel yet", ty.name())));
+    }
+    let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
+    if n_out == 0 {
+        return Err(err("a matrix with no rows".into()));
+    }
+    let row_bytes = ty.row_bytes(n_in).map_err(|e| err(e.to_string()))?;
+    if row_bytes.checked_mul(n_out) != Some(view.data.len()) {
+        return Err(err(format!("{} bytes are not {n_out} rows of {row_bytes}", view.data.len())));
+    }
+    Ok(Tensor::Matrix { view, ty, n_in, n_out })
 }
 
 /// Weight preparation done at load: repacking into kernel layouts.

@@ -631,31 +631,15 @@ impl Backend for WgpuBackend {
 
     fn weight(&self, file: &Arc<GgufFile>, name: &str, _usage: WeightUse) -> Result<WgpuWeight, EngineError> {
         let t0 = std::time::Instant::now();
-        let view = file.tensor(name)?;
-        let info = view.info;
-        let ty = QuantType::from_ggml_id(info.ty.id()).ok_or_else(|| EngineError::Tensor {
-            name: name.into(),
-            what: format!("tensor type id {} is not supported", info.ty.id()),
-        })?;
-        let tensor_err = |what: String| EngineError::Tensor { name: name.into(), what };
-        if info.dims.len() <= 1 {
-            let mut v = vec![0f32; info.n_elements as usize];
-            ty.dequantize_row(view.data, &mut v).map_err(|e| tensor_err(e.to_string()))?;
-            let buf = self.upload(name, bytemuck::cast_slice(&v));
-            return Ok(WgpuWeight::Vector { buf, len: v.len() });
-        }
-        if info.dims.len() > 2 && info.dims[2..].iter().any(|&d| d != 1) {
-            return Err(tensor_err(format!("expected a matrix, dims {:?}", info.dims)));
-        }
-        if weight_kind(ty).is_none() {
-            return Err(tensor_err(format!(
-                "{} matrices have no wgpu kernel yet (these do: {})",
-                ty.name(),
-                WEIGHT_TYPES.iter().map(|(t, _)| t.name()).collect::<Vec<_>>().join(", ")
-            )));
-        }
-        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
-        let row_bytes = ty.row_bytes(n_in).map_err(|e| tensor_err(e.to_string()))?;
+        let (view, ty, n_in, n_out) =
+            match super::read_tensor(file, name, "wgpu", |t| weight_kind(t).is_some())? {
+                super::Tensor::Vector(v) => {
+                    let buf = self.upload(name, bytemuck::cast_slice(&v));
+                    return Ok(WgpuWeight::Vector { buf, len: v.len() });
+                }
+                super::Tensor::Matrix { view, ty, n_in, n_out } => (view, ty, n_in, n_out),
+            };
+        let row_bytes = view.data.len() / n_out;
         // Rows per part: within the binding limit, and a whole number of u32 words apart
         // is not needed (kernels address bytes), but each part starts at row 0 of its buffer.
         let per_part = ((self.max_binding as usize / row_bytes.max(1)).max(1)).min(n_out);
