@@ -156,3 +156,28 @@ fn exp_cpu(x0: f32) -> f32 {
     p = fma_exact(p, r * r, r + 1.0);
     return p * bitcast<f32>(u32(i32(n) + 127) << 23u);
 }
+
+// e^x as llama.cpp's CPU backend computes it for SiLU on AVX-512 machines (ggml_v_expf; the
+// CPU backend's `exp_ggml`): n = round(x·log2 e) by the 1.5·2²³ shift, b = x − n·ln2 in two
+// fused steps, a degree-5 polynomial, then j·2ⁿ as two exact power-of-two factors (one
+// rounding); |n| > 192 gives 0 or ∞.
+fn pow2_bits(k: i32) -> f32 {
+    return bitcast<f32>(u32(k + 127) << 23u);
+}
+
+fn exp_ggml(x: f32) -> f32 {
+    let shift = 12582912.0;
+    let z = fma_exact(x, bitcast<f32>(0x3fb8aa3bu), shift);
+    let n = z - shift;
+    let b = fma_exact(-n, bitcast<f32>(0x35bfbe8eu), fma_exact(-n, bitcast<f32>(0x3f317200u), x));
+    let u = b * b;
+    let hi = fma_exact(fma_exact(bitcast<f32>(0x3c072010u), b, bitcast<f32>(0x3d2b9f17u)), u,
+                       fma_exact(bitcast<f32>(0x3e2aaf33u), b, bitcast<f32>(0x3efffedbu)));
+    let j = fma_exact(hi, u, fma_exact(bitcast<f32>(0x3f7ffff6u), b, 1.0));
+    if (abs(n) > 192.0) {
+        return select(bitcast<f32>(0x7f800000u), 0.0, n <= 0.0);
+    }
+    let ni = i32(n);
+    let n1 = ni >> 1u;
+    return (j * pow2_bits(n1)) * pow2_bits(ni - n1);
+}

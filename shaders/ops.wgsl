@@ -86,8 +86,9 @@ fn rope(@builtin(global_invocation_id) id: vec3<u32>) {
     let sn = b[2u * (row * half + i) + 1u];
     let x0 = a[ia];
     let x1 = a[ib];
-    a[ia] = x0 * cs - x1 * sn;
-    a[ib] = x0 * sn + x1 * cs;
+    // As ggml's compiled rope: the first product of each pair fused, the second rounded.
+    a[ia] = fma_exact(x0, cs, -(x1 * sn));
+    a[ib] = fma_exact(x0, sn, x1 * cs);
 }
 
 fn gelu_exact(x: f32) -> f32 {
@@ -104,7 +105,7 @@ fn gated_act(@builtin(global_invocation_id) id: vec3<u32>) {
     let g = a[i];
     var v: f32;
     if (p[1] == 0u) {
-        v = g / (1.0 + exp_cpu(min(-g, 88.0)));
+        v = g / (1.0 + exp_ggml(-g));
     } else if (g <= -10.0) {
         v = 0.0;
     } else if (g >= 10.0) {

@@ -43,9 +43,26 @@ extern "C" __global__ void rope(float* x, const float2* __restrict__ cs, int n_r
         u64 b = neox ? base + i + half : a + 1;
         float2 c = cs[row * half + i];
         float x0 = x[a], x1 = x[b];
-        x[a] = x0 * c.x - x1 * c.y;
-        x[b] = x0 * c.y + x1 * c.x;
+        // As ggml's compiled rope: the first product of each pair fused, the second rounded.
+        x[a] = fmaf(x0, c.x, -__fmul_rn(x1, c.y));
+        x[b] = fmaf(x0, c.y, __fmul_rn(x1, c.x));
     }
+}
+
+// e^x as llama.cpp's CPU SiLU computes it (ggml_v_expf; the CPU backend's exp_ggml).
+__device__ __forceinline__ float exp_ggml(float x) {
+    const float shift = 12582912.0f;
+    float z = fmaf(x, __int_as_float(0x3fb8aa3b), shift);
+    float n = __fsub_rn(z, shift);
+    float b = fmaf(-n, __int_as_float(0x35bfbe8e), fmaf(-n, __int_as_float(0x3f317200), x));
+    float u = __fmul_rn(b, b);
+    float hi = fmaf(fmaf(__int_as_float(0x3c072010), b, __int_as_float(0x3d2b9f17)), u,
+                    fmaf(__int_as_float(0x3e2aaf33), b, __int_as_float(0x3efffedb)));
+    float j = fmaf(hi, u, fmaf(__int_as_float(0x3f7ffff6), b, 1.0f));
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : __int_as_float(0x7f800000);
+    int ni = (int)n;
+    int n1 = ni >> 1;
+    return __fmul_rn(__fmul_rn(j, __int_as_float((n1 + 127) << 23)), __int_as_float((ni - n1 + 127) << 23));
 }
 
 // gate = act(gate) · up. act 0: SiLU; 1: GELU (tanh approximation).
@@ -54,7 +71,7 @@ extern "C" __global__ void gated_act(float* gate, const float* __restrict__ up, 
         float g = gate[i];
         float v;
         if (act == 0) {
-            v = g / (1.0f + __expf(-g));
+            v = __fdiv_rn(g, 1.0f + exp_ggml(-g));
         } else {
             v = 0.5f * g * (1.0f + tanhf(0.7978845608f * g * (1.0f + 0.044715f * g * g)));
         }

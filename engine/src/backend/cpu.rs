@@ -431,8 +431,8 @@ fn rope_head(x: &mut [f32], cos: &[f32], sin: &[f32], p: &RopeParams) {
     for i in 0..half {
         let (a, b) = if p.neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
         let (x0, x1) = (x[a], x[b]);
-        x[a] = x0 * cos[i] - x1 * sin[i];
-        x[b] = x0 * sin[i] + x1 * cos[i];
+        x[a] = x0.mul_add(cos[i], -(x1 * sin[i]));
+        x[b] = x0.mul_add(sin[i], x1 * cos[i]);
     }
 }
 

@@ -1,7 +1,8 @@
-//! Elementwise math shared by the CPU kernels and mirrored by the GPU shaders: an
-//! exponential with a fixed evaluation order (so every backend computes the same bits, which
-//! libm's `expf` does not promise) and SiLU built on it. Each has a scalar reference and an
-//! AVX2+FMA body that gives the same bits.
+//! Elementwise math shared by the CPU kernels and mirrored by the GPU shaders, each with a
+//! fixed evaluation order so that every backend computes the same bits (libm's `expf` does
+//! not promise that): [`exp`], the attention softmax's exponential, and [`exp_ggml`], the
+//! one llama.cpp's CPU backend uses for SiLU, so that ferrite's SiLU gives its bits. Each has
+//! a scalar reference and an AVX2+FMA body that gives the same bits.
 
 /// `e^x` for `x ≤ 88` (Cephes-style: `x = n·ln2 + r` in two steps, a degree-6 polynomial for
 /// `e^r` by fused multiply-adds, then `2^n` through the exponent bits); within about 1 ulp,
@@ -22,11 +23,55 @@ pub fn exp(x: f32) -> f32 {
 
 const EXP_POLY: [f32; 5] = [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
-/// SiLU, `x / (1 + e^−x)`, with [`exp`] (its argument capped at 88: below x = −88 the
-/// result is a tiny negative number instead of −0).
+/// Constants of [`exp_ggml`]: the rounding shift 1.5·2²³, log2(e), ln2 in two parts, and the
+/// polynomial's coefficients (highest first).
+const GG_SHIFT: f32 = 12_582_912.0;
+const GG_LOG2E: f32 = f32::from_bits(0x3fb8_aa3b);
+const GG_LN2_HI: f32 = f32::from_bits(0x3f31_7200);
+const GG_LN2_LO: f32 = f32::from_bits(0x35bf_be8e);
+const GG_C: [f32; 5] = [
+    f32::from_bits(0x3c07_2010),
+    f32::from_bits(0x3d2b_9f17),
+    f32::from_bits(0x3e2a_af33),
+    f32::from_bits(0x3eff_fedb),
+    f32::from_bits(0x3f7f_fff6),
+];
+
+/// `e^x` exactly as llama.cpp's CPU backend computes it on AVX-512 machines (ggml's
+/// `ggml_v_expf`, the vector SiLU's exponential, which the reference outputs were made
+/// with): `n = round(x·log2 e)` by the 1.5·2²³ shift, `b = x − n·ln2` in two fused steps, a
+/// degree-5 polynomial in `b` and `b²`, then `j·2ⁿ` rounded once; `|n| > 192` gives 0 or ∞.
+#[inline]
+pub fn exp_ggml(x: f32) -> f32 {
+    let z = x.mul_add(GG_LOG2E, GG_SHIFT);
+    let n = z - GG_SHIFT;
+    let b = (-n).mul_add(GG_LN2_LO, (-n).mul_add(GG_LN2_HI, x));
+    let u = b * b;
+    let j = GG_C[0]
+        .mul_add(b, GG_C[1])
+        .mul_add(u, GG_C[2].mul_add(b, GG_C[3]))
+        .mul_add(u, GG_C[4].mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    scale_pow2(j, n as i32)
+}
+
+/// `j·2ⁿ` rounded once (AVX-512's `vscalefps`) for `|n| ≤ 192`: two exact power-of-two
+/// factors, the first product exact, the second the only rounding.
+#[inline]
+fn scale_pow2(j: f32, n: i32) -> f32 {
+    let n1 = n.div_euclid(2);
+    let p = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    (j * p(n1)) * p(n - n1)
+}
+
+/// SiLU, `x / (1 + e^−x)`, with [`exp_ggml`], as llama.cpp's vector SiLU computes it.
+/// (ggml evaluates the last `width mod 16` values of a row with libm's `expf` instead; no
+/// supported model has such a width.)
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + exp((-x).min(88.0)))
+    x / (1.0 + exp_ggml(-x))
 }
 
 /// `g[i] = silu(g[i]) · u[i]`, the SiLU-gated FFN activation.
@@ -70,6 +115,45 @@ pub(crate) mod avx2 {
         _mm256_mul_ps(p, _mm256_castsi256_ps(pow2))
     }
 
+    /// Eight lanes of [`super::exp_ggml`], the same operations in the same order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(crate) fn exp_ggml(x: __m256) -> __m256 {
+        let shift = _mm256_set1_ps(super::GG_SHIFT);
+        let z = _mm256_fmadd_ps(x, _mm256_set1_ps(super::GG_LOG2E), shift);
+        let n = _mm256_sub_ps(z, shift);
+        let b = _mm256_fnmadd_ps(
+            n,
+            _mm256_set1_ps(super::GG_LN2_LO),
+            _mm256_fnmadd_ps(n, _mm256_set1_ps(super::GG_LN2_HI), x),
+        );
+        let u = _mm256_mul_ps(b, b);
+        let c = |i: usize| _mm256_set1_ps(super::GG_C[i]);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(c(0), b, c(1)), u, _mm256_fmadd_ps(c(2), b, c(3))),
+            u,
+            _mm256_fmadd_ps(c(4), b, _mm256_set1_ps(1.0)),
+        );
+        // j·2ⁿ as two exact power-of-two factors (n clamped to ±192; beyond, 0 or ∞ below).
+        let ni = _mm256_cvtps_epi32(_mm256_max_ps(
+            _mm256_min_ps(n, _mm256_set1_ps(192.0)),
+            _mm256_set1_ps(-192.0),
+        ));
+        let n1 = _mm256_srai_epi32::<1>(ni);
+        let p = |k: __m256i| {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(k, _mm256_set1_epi32(127))))
+        };
+        let res = _mm256_mul_ps(_mm256_mul_ps(j, p(n1)), p(_mm256_sub_epi32(ni, n1)));
+        let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let big = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+        let alt = _mm256_blendv_ps(
+            _mm256_set1_ps(f32::INFINITY),
+            _mm256_setzero_ps(),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps()),
+        );
+        _mm256_blendv_ps(res, alt, big)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn silu_mul(g: &mut [f32], u: &[f32]) {
         let mut gc = g.chunks_exact_mut(8);
@@ -78,8 +162,8 @@ pub(crate) mod avx2 {
             // SAFETY: both chunks hold 8 f32; loads and stores are unaligned.
             unsafe {
                 let x = _mm256_loadu_ps(g8.as_ptr());
-                let neg = _mm256_min_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), _mm256_set1_ps(88.0));
-                let s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), exp(neg)));
+                let e = exp_ggml(_mm256_sub_ps(_mm256_setzero_ps(), x));
+                let s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
                 _mm256_storeu_ps(g8.as_mut_ptr(), _mm256_mul_ps(s, _mm256_loadu_ps(u8.as_ptr())));
             }
         }
@@ -124,16 +208,44 @@ mod tests {
         if crate::cpu::use_avx2() {
             use std::arch::x86_64::*;
             for c in x.chunks_exact(8) {
-                let mut out = [0f32; 8];
+                let (mut out, mut out_g) = ([0f32; 8], [0f32; 8]);
                 // SAFETY: avx2/fma/f16c detected above; `c` and `out` hold 8 f32.
                 unsafe {
                     let v = _mm256_loadu_ps(c.as_ptr());
                     _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp(_mm256_min_ps(v, _mm256_set1_ps(88.0))));
+                    _mm256_storeu_ps(out_g.as_mut_ptr(), avx2::exp_ggml(v));
                 }
-                for (o, v) in out.iter().zip(c) {
+                for ((o, g), v) in out.iter().zip(&out_g).zip(c) {
                     assert_eq!(o.to_bits(), exp(v.min(88.0)).to_bits(), "exp({v})");
+                    assert_eq!(g.to_bits(), exp_ggml(*v).to_bits(), "exp_ggml({v})");
                 }
             }
+        }
+    }
+
+    /// ggml's exponential: within 2 ulp of libm where the result is normal, exact powers of
+    /// two at integers, 0 and ∞ beyond its range, subnormal results rounded once.
+    #[test]
+    fn exp_ggml_is_accurate_and_saturates() {
+        for &v in &inputs() {
+            let (a, b) = (exp_ggml(v), v.exp());
+            if (-87.0..=88.0).contains(&v) {
+                let ulp = (a.to_bits() as i64 - b.to_bits() as i64).abs();
+                assert!(ulp <= 2, "exp_ggml({v}) = {a}, libm {b}");
+            }
+        }
+        assert_eq!(exp_ggml(0.0), 1.0);
+        assert_eq!(exp_ggml(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_ggml(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_ggml(-200.0), 0.0);
+        assert_eq!(exp_ggml(100.0), f32::INFINITY);
+        // Subnormal range: one rounding of the exact j·2ⁿ.
+        for v in [-90.0f32, -95.5, -100.25, -103.0] {
+            let (a, b) = (exp_ggml(v), v.exp());
+            assert!(
+                a > 0.0 && (a - b).abs() <= b * 1e-2 + f32::from_bits(1),
+                "exp_ggml({v}) = {a}, libm {b}"
+            );
         }
     }
 }
