@@ -5,9 +5,12 @@
 //!
 //! Two accumulation modes, matching llama.cpp's CPU flash attention:
 //! - f32: scores of the run first, one rescale per run, `acc += e·v` in f32;
-//! - f16 (its path for batches under 64 rows): the query is pre-rounded to f16 by the
-//!   caller and the running `Σ e·v` is rounded to f16 after every rescale and every
-//!   multiply-add, key by key.
+//! - f16 (its path for batches under 64 rows, `ggml_compute_forward_flash_attn_ext_f16_one_chunk`):
+//!   the query is pre-rounded to f16 by the caller, each score is summed in the order of
+//!   llama.cpp's `ggml_vec_dot_f16` for this CPU's vector width ([`dot_ggml`]), weights come
+//!   from the platform's `expf` (as llama.cpp calls it), and the running `Σ e·v` is rounded
+//!   to f16 after every rescale and every multiply-add, key by key. With these, the result
+//!   is llama.cpp's to the bit.
 
 use half::f16;
 
@@ -75,7 +78,12 @@ pub const MAX_HEADS: usize = 8;
 /// and value is loaded and converted once for all of them.
 pub fn attend_run(r: &Run, st: &mut Online) {
     let kernel = AttnKernel::best();
-    let kernel = if kernel.fits(r.dk, st.dv()) { kernel } else { AttnKernel::Avx2 };
+    let kernel = match kernel.fits(r.dk, st.dv()) {
+        true => kernel,
+        // f16 mode must keep the summation order of the CPU's own vector width.
+        false if r.f16_accum => AttnKernel::Scalar,
+        false => AttnKernel::Avx2,
+    };
     attend_run_with(kernel, r, st)
 }
 
@@ -131,6 +139,19 @@ impl AttnKernel {
         }
     }
 
+    /// The vector width whose `ggml_vec_dot_f16` summation order this kernel's f16-mode
+    /// scores follow: its own, or for the scalar body the one llama.cpp uses on this CPU.
+    pub fn lanes(self) -> usize {
+        match self {
+            AttnKernel::Avx2 => 8,
+            AttnKernel::Avx512 => 16,
+            AttnKernel::Scalar => match AttnKernel::best() {
+                AttnKernel::Avx512 => 16,
+                _ => 8,
+            },
+        }
+    }
+
     /// Name for logs and benchmarks.
     pub fn name(self) -> &'static str {
         match self {
@@ -167,16 +188,57 @@ pub fn attend_run_with(kernel: AttnKernel, r: &Run, st: &mut Online) {
         _ => {}
     }
     let _ = ok;
-    attend_run_scalar(r, st)
+    attend_run_scalar(r, st, kernel.lanes())
 }
 
-/// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`.
-pub fn attend_run_scalar(r: &Run, st: &mut Online) {
+/// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`; f16-mode
+/// scores summed as `ggml_vec_dot_f16` with `lanes`-wide vectors (8 or 16).
+pub fn attend_run_scalar(r: &Run, st: &mut Online, lanes: usize) {
     let Run { q, dk, kv, slot0, n, scale, f16_accum, .. } = *r;
+    assert!(lanes == 8 || lanes == 16, "ggml vector width");
     let dv = st.dv();
     for h in 0..st.heads {
         let acc = &mut st.acc[h * dv..(h + 1) * dv];
-        run_body(&q[h * dk..(h + 1) * dk], kv, slot0, n, scale, f16_accum, &mut st.m[h], &mut st.l[h], acc)
+        let (m, l) = (&mut st.m[h], &mut st.l[h]);
+        run_body(&q[h * dk..(h + 1) * dk], kv, slot0, n, scale, f16_accum, lanes, m, l, acc)
+    }
+}
+
+/// `q·k` as llama.cpp's `ggml_vec_dot_f16` sums it with `lanes`-wide vectors (16 with
+/// AVX-512, 8 with AVX2): four accumulators take the `lanes`-chunks of each `4·lanes` step in
+/// turn (fused multiply-adds); then `(a0 + a2) + (a1 + a3)`, the lanes summed as a halving
+/// tree ([`tree_ggml`]), and the values past the last full step added one by one in f64.
+pub fn dot_ggml(q: &[f32], k: &[u16], lanes: usize) -> f32 {
+    let step = 4 * lanes;
+    let full = q.len() / step * step;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..full).step_by(step) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, a) in a[..lanes].iter_mut().enumerate() {
+                let t = i + j * lanes + l;
+                *a = q[t].mul_add(h2f(k[t]), *a);
+            }
+        }
+    }
+    let x: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let mut sum = f64::from(tree_ggml(&x[..lanes]));
+    for t in full..q.len() {
+        sum += f64::from(q[t] * h2f(k[t]));
+    }
+    sum as f32
+}
+
+/// A vector's lanes summed as ggml's reductions do: 16 lanes (`_mm512_reduce_add_ps`) by
+/// halves, quarters, then `(u0 + u2) + (u1 + u3)`; 8 lanes (two `hadd`s) by halves, then
+/// `(t0 + t1) + (t2 + t3)`.
+pub fn tree_ggml(x: &[f32]) -> f32 {
+    if x.len() == 16 {
+        let t: [f32; 8] = std::array::from_fn(|i| x[i] + x[i + 8]);
+        let u: [f32; 4] = std::array::from_fn(|i| t[i] + t[i + 4]);
+        (u[0] + u[2]) + (u[1] + u[3])
+    } else {
+        let t: [f32; 4] = std::array::from_fn(|i| x[i] + x[i + 4]);
+        (t[0] + t[1]) + (t[2] + t[3])
     }
 }
 
@@ -250,55 +312,74 @@ pub(super) mod avx2 {
     /// `ms[0]` rescales it once for the run.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn factors(s: &mut Cols, n: usize, f16_accum: bool, o: &mut Online, ms: &mut Cols) -> u64 {
-        let lanes = (1i32 << o.heads) - 1;
+        if f16_accum {
+            // Key by key as llama.cpp, with its `expf` (scalar: one call per key and head): a
+            // new max rescales the sum by e^(m_old - s) and the key weighs 1; otherwise the
+            // rescale is 1 and the key weighs e^(s - m); `l = fma(l, rescale, weight)`.
+            let mut rescale = 0u64;
+            for j in 0..n {
+                let mut c = [1f32; MAX_HEADS];
+                let mut moved = false;
+                for h in 0..o.heads {
+                    let sj = s[j][h];
+                    if sj > o.m[h] {
+                        c[h] = (o.m[h] - sj).exp();
+                        o.m[h] = sj;
+                        s[j][h] = 1.0;
+                        moved = true;
+                    } else {
+                        s[j][h] = (sj - o.m[h]).exp();
+                    }
+                    o.l[h] = o.l[h].mul_add(c[h], s[j][h]);
+                }
+                if moved {
+                    rescale |= 1 << j;
+                    ms[j] = c;
+                }
+            }
+            return rescale;
+        }
+        // f32 mode: one rescale for the whole run.
         let row = |c: &Cols, j: usize| ld(&c[j], 0);
         let put = |c: &mut Cols, j: usize, v: __m256| st(&mut c[j], 0, v);
-        let mut m = ld(&o.m, 0);
-        let mut l = ld(&o.l, 0);
-        let mut rescale = 0u64;
-        if f16_accum {
-            // Key by key as llama.cpp: a new max rescales the sum by e^(m_old - m) and the
-            // key weighs 1; otherwise the rescale is e^0 = 1 and the key weighs e^(s - m).
-            for j in 0..n {
-                let sj = row(s, j);
-                let moved = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sj, m)) & lanes;
-                let e = if moved != 0 {
-                    // Skipped when no head's max moved (most keys): the rescale is then 1.
-                    rescale |= 1 << j;
-                    let mn = _mm256_max_ps(m, sj);
-                    let c = exp(_mm256_sub_ps(m, mn));
-                    let e = exp(_mm256_sub_ps(sj, mn));
-                    l = _mm256_fmadd_ps(l, c, e);
-                    m = mn;
-                    put(ms, j, c);
-                    e
-                } else {
-                    let e = exp(_mm256_sub_ps(sj, m));
-                    l = _mm256_add_ps(l, e);
-                    e
-                };
-                put(s, j, e);
-            }
-        } else {
-            // One rescale for the whole run.
-            let mut mx = m;
-            for j in 0..n {
-                mx = _mm256_max_ps(mx, row(s, j));
-            }
-            let c = exp(_mm256_sub_ps(m, mx));
-            let mut sum = _mm256_setzero_ps();
-            for j in 0..n {
-                let e = exp(_mm256_sub_ps(row(s, j), mx));
-                sum = _mm256_add_ps(sum, e);
-                put(s, j, e);
-            }
-            l = _mm256_fmadd_ps(l, c, sum);
-            m = mx;
-            put(ms, 0, c);
+        let m = ld(&o.m, 0);
+        let mut mx = m;
+        for j in 0..n {
+            mx = _mm256_max_ps(mx, row(s, j));
         }
-        st(&mut o.m, 0, m);
+        let c = exp(_mm256_sub_ps(m, mx));
+        let mut sum = _mm256_setzero_ps();
+        for j in 0..n {
+            let e = exp(_mm256_sub_ps(row(s, j), mx));
+            sum = _mm256_add_ps(sum, e);
+            put(s, j, e);
+        }
+        let l = _mm256_fmadd_ps(ld(&o.l, 0), c, sum);
         st(&mut o.l, 0, l);
-        rescale
+        st(&mut o.m, 0, mx);
+        put(ms, 0, c);
+        0
+    }
+
+    /// [`super::dot_ggml`] with 8 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot_ggml8(q: &[f32], k: &[u16]) -> f32 {
+        let full = q.len() / 32 * 32;
+        let mut a = [_mm256_setzero_ps(); 4];
+        for i in (0..full).step_by(32) {
+            for (j, a) in a.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(ld(q, i + 8 * j), ld16(k, i + 8 * j), *a);
+            }
+        }
+        let x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+        let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let t = _mm_hadd_ps(t, t);
+        let mut sum = f64::from(_mm_cvtss_f32(_mm_hadd_ps(t, t)));
+        for i in full..q.len() {
+            sum += f64::from(q[i] * super::h2f(k[i]));
+        }
+        sum as f32
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -307,10 +388,17 @@ pub(super) mod avx2 {
         let dv = o.dv();
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
         let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
-        // 1. Scores: each key converted once for every head.
+        // 1. Scores: each key converted once for every head (f16 mode: per head, in
+        // `ggml_vec_dot_f16`'s order).
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         for (j, s) in s.iter_mut().enumerate().take(n) {
             let k = key(j);
+            if f16_accum {
+                for (h, s) in s.iter_mut().enumerate().take(NH) {
+                    *s = dot_ggml8(&q[h * dk..(h + 1) * dk], k) * scale;
+                }
+                continue;
+            }
             let mut acc = [_mm256_setzero_ps(); NH];
             for i in (0..dk).step_by(8) {
                 let k8 = ld16(k, i);
@@ -443,6 +531,13 @@ mod avx512 {
         let split = r.group <= 4 && NH <= 4;
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         let mut j = 0;
+        if f16_accum {
+            for (j, s) in s.iter_mut().enumerate().take(n) {
+                // SAFETY: key `j` is in range (the caller's contract).
+                unsafe { scores_ggml::<NH>(q, dk, key(j), scale, s) };
+            }
+            j = n;
+        }
         while j < n {
             // Two keys at a time: each query chunk loaded once for both.
             // SAFETY: keys `j..j + P` are in range (the caller's contract).
@@ -517,6 +612,76 @@ mod avx512 {
             // SAFETY: `out` holds 8 writable f32.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
         }
+    }
+
+    /// Scores `q·k · scale` of one key for `NH` heads into `out[head]`, each summed as
+    /// [`super::dot_ggml`] with 16 lanes.
+    ///
+    /// # Safety
+    /// The key pointer has `dk` readable values; `q` holds `NH × dk`; `dk % 16 == 0`.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scores_ggml<const NH: usize>(
+        q: &[f32],
+        dk: usize,
+        key: *const u16,
+        scale: f32,
+        out: &mut [f32; MAX_HEADS],
+    ) {
+        let full = dk / 64 * 64;
+        let mut x = [_mm512_setzero_ps(); 8];
+        for (h, x) in x.iter_mut().enumerate().take(NH) {
+            let mut a = [_mm512_setzero_ps(); 4];
+            for i in (0..full).step_by(64) {
+                for (c, a) in a.iter_mut().enumerate() {
+                    // SAFETY: the caller's contract (`i + 16c + 16 <= full <= dk`).
+                    let (qc, kc) = unsafe {
+                        (_mm512_loadu_ps(q.as_ptr().add(h * dk + i + 16 * c)), ld16(key.add(i + 16 * c)))
+                    };
+                    *a = _mm512_fmadd_ps(qc, kc, *a);
+                }
+            }
+            *x = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        }
+        let mut sums = [0f32; MAX_HEADS];
+        // SAFETY: `sums` is 8 writable f32; the store is unaligned.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), tree16x8(&x)) };
+        for (h, out) in out.iter_mut().enumerate().take(NH) {
+            let mut sum = sums[h];
+            if full < dk {
+                let mut wide = f64::from(sum);
+                for i in full..dk {
+                    // SAFETY: the caller's contract.
+                    let k = super::h2f(unsafe { *key.add(i) });
+                    wide += f64::from(q[h * dk + i] * k);
+                }
+                sum = wide as f32;
+            }
+            *out = sum * scale;
+        }
+    }
+
+    /// Lane `h` of the result: [`super::tree_ggml`] of `x[h]` (16 lanes: halves, quarters,
+    /// then `(u0 + u2) + (u1 + u3)`), for eight vectors at once.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn tree16x8(x: &[__m512; 8]) -> __m256 {
+        // Halves: [x_a lanes i + x_a lanes i+8 (8), x_b likewise (8)].
+        let half = |a, b| {
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+        };
+        let (h01, h23, h45, h67) = (half(x[0], x[1]), half(x[2], x[3]), half(x[4], x[5]), half(x[6], x[7]));
+        // Quarters: 128-bit lane k holds u_k (of vectors 0..4, then 4..8).
+        let quarter = |a, b| {
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+        };
+        let (u0, u1) = (quarter(h01, h23), quarter(h45, h67));
+        // Per 128-bit lane k: [u_k0 + u_k2, u_k1 + u_k3, the same for vector k + 4].
+        let t = _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(u0, u1), _mm512_shuffle_ps::<0b11_10_11_10>(u0, u1));
+        // Per 128-bit lane k: [r_k, r_(k+4), r_k, r_(k+4)].
+        let r = _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(t, t), _mm512_shuffle_ps::<0b11_01_11_01>(t, t));
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, r))
     }
 
     /// Outputs `i..i + 16·G` of every head over keys `0..n`.
@@ -615,6 +780,7 @@ fn run_body(
     n: usize,
     scale: f32,
     f16_accum: bool,
+    lanes: usize,
     m: &mut f32,
     l: &mut f32,
     acc: &mut [f32],
@@ -625,7 +791,7 @@ fn run_body(
     let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
     if f16_accum {
         for j in 0..n {
-            let s = dot(q, key(j)) * scale;
+            let s = dot_ggml(q, key(j), lanes) * scale;
             let (mut ms, mut vs) = (1f32, 1f32);
             if s > *m {
                 ms = (*m - s).exp();
@@ -635,7 +801,8 @@ fn run_body(
                 vs = (s - *m).exp();
             }
             acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = round16(h2f(v).mul_add(vs, *a)));
-            *l = *l * ms + vs;
+            // Fused, as llama.cpp's compiled `S = S*ms + vs`.
+            *l = l.mul_add(ms, vs);
         }
         return;
     }
