@@ -74,11 +74,65 @@ fn tree16(a: array<f32, 16>) -> f32 {
     return (g[0] + g[1]) + (g[2] + g[3]);
 }
 
+// q·k of the key at `ko` as llama.cpp's `ggml_vec_dot_f16` sums it with `w`-lane vectors (the
+// CPU's f16 mode, `dot_ggml` in kernels/src/cpu/attn.rs): four accumulators take the w-chunks
+// of each 4w step in turn; (a0 + a2) + (a1 + a3); the lanes by halves (16: then quarters),
+// then (u0 + u2) + (u1 + u3); the values past the last full step added in the wide type.
+fn score_ggml(ko: u32, dk: u32, w: u32) -> f32 {
+    let step = 4u * w;
+    let full = dk / step * step;
+    var a: array<array<f32, 16>, 4>;
+    for (var i = 0u; i < full; i += step) {
+        for (var j = 0u; j < 4u; j++) {
+            for (var l = 0u; l < w; l++) {
+                let t = i + j * w + l;
+                a[j][l] = fma_exact(qs[t], kc[ko + t], a[j][l]);
+            }
+        }
+    }
+    var x: array<f32, 16>;
+    for (var l = 0u; l < w; l++) {
+        x[l] = (a[0][l] + a[2][l]) + (a[1][l] + a[3][l]);
+    }
+    var u: array<f32, 4>;
+    if (w == 16u) {
+        var t: array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            t[i] = x[i] + x[i + 8u];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            u[i] = t[i] + t[i + 4u];
+        }
+    } else {
+        for (var i = 0u; i < 4u; i++) {
+            u[i] = x[i] + x[i + 4u];
+        }
+    }
+    var r: f32;
+    if (w == 16u) {
+        r = (u[0] + u[2]) + (u[1] + u[3]);
+    } else {
+        r = (u[0] + u[1]) + (u[2] + u[3]);
+    }
+    if (full == dk) {
+        return r;
+    }
+    var wide = wide_add(wide_zero(), r);
+    for (var i = full; i < dk; i++) {
+        wide = wide_add(wide, qs[i] * kc[ko + i]);
+    }
+    return wide_f32(wide);
+}
+
 // q·k of the key at `ko`, times `scale`, summed in the order of the CPU attention kernel
 // that the host runs, so that scores agree bit for bit: `order` 0 scalar (8 lanes, summed in
 // turn, then the tail), 1 AVX2 (8 lanes, a pairwise tree), 2 AVX-512 (16 lanes), 3 AVX-512
-// with even and odd 16-value chunks in separate lanes (four heads or fewer per KV head).
+// with even and odd 16-value chunks in separate lanes (four heads or fewer per KV head),
+// 4 and 5 llama.cpp's f16-mode order with 16 and 8 lanes (`score_ggml`).
 fn score(ko: u32, dk: u32, scale: f32, order: u32) -> f32 {
+    if (order >= 4u) {
+        return score_ggml(ko, dk, select(8u, 16u, order == 4u)) * scale;
+    }
     if (order >= 2u) {
         var even: array<f32, 16>;
         var odd: array<f32, 16>;
@@ -182,13 +236,13 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
                 var ms = 1.0;
                 var vs = 1.0;
                 if (s > m) {
-                    ms = exp_cpu(m - s);
+                    ms = exp_libm(m - s);
                     m = s;
                     for (var c = 0u; c < DV_PER; c++) {
                         acc[c] = f16_round(acc[c] * ms);
                     }
                 } else {
-                    vs = exp_cpu(s - m);
+                    vs = exp_libm(s - m);
                 }
                 let vo = (slot0 + j) * vw + g * dv;
                 for (var c = 0u; c < DV_PER; c++) {

@@ -21,3 +21,14 @@ fn wide_mean(s: Wide, n: u32) -> f32 {
     let r = fma_exact(-q, w, s.x) + s.y;
     return q + r / w;
 }
+
+// The wide value rounded to f32 (the pair's sum).
+fn wide_f32(s: Wide) -> f32 {
+    return s.x + s.y;
+}
+
+// Without f64, glibc's expf (see exact_f64.wgsl) is approximated by the CPU backend's own
+// exponential: within an ulp or two.
+fn exp_libm(x: f32) -> f32 {
+    return exp_cpu(x);
+}

@@ -222,6 +222,10 @@ fn score_order(p: &AttnParams) -> u32 {
     use ferrite_kernels::cpu::attn::AttnKernel;
     let best = AttnKernel::best();
     let kernel = if best.fits(p.head_dim, p.head_dim_v) { best } else { AttnKernel::Avx2 };
+    if p.f16_accum {
+        // llama.cpp's order for the CPU's vector width, whichever body runs it.
+        return if AttnKernel::Scalar.lanes() == 16 { 4 } else { 5 };
+    }
     match kernel {
         _ if !kernel.fits(p.head_dim, p.head_dim_v) || !kernel.supported() => 0,
         AttnKernel::Scalar => 0,

@@ -668,18 +668,28 @@ mod avx512 {
     fn tree16x8(x: &[__m512; 8]) -> __m256 {
         // Halves: [x_a lanes i + x_a lanes i+8 (8), x_b likewise (8)].
         let half = |a, b| {
-            _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            )
         };
         let (h01, h23, h45, h67) = (half(x[0], x[1]), half(x[2], x[3]), half(x[4], x[5]), half(x[6], x[7]));
         // Quarters: 128-bit lane k holds u_k (of vectors 0..4, then 4..8).
         let quarter = |a, b| {
-            _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            )
         };
         let (u0, u1) = (quarter(h01, h23), quarter(h45, h67));
         // Per 128-bit lane k: [u_k0 + u_k2, u_k1 + u_k3, the same for vector k + 4].
-        let t = _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(u0, u1), _mm512_shuffle_ps::<0b11_10_11_10>(u0, u1));
+        let t = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(u0, u1),
+            _mm512_shuffle_ps::<0b11_10_11_10>(u0, u1),
+        );
         // Per 128-bit lane k: [r_k, r_(k+4), r_k, r_(k+4)].
-        let r = _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(t, t), _mm512_shuffle_ps::<0b11_01_11_01>(t, t));
+        let r =
+            _mm512_add_ps(_mm512_shuffle_ps::<0b10_00_10_00>(t, t), _mm512_shuffle_ps::<0b11_01_11_01>(t, t));
         let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
         _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, r))
     }

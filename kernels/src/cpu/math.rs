@@ -23,6 +23,63 @@ pub fn exp(x: f32) -> f32 {
 
 const EXP_POLY: [f32; 5] = [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
+/// The bits of 2^(i/32), glibc `expf`'s table (its `tab` with the exponent steps put back).
+const EXP2_32: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3ff059b0d3158574,
+    0x3ff0b5586cf9890f,
+    0x3ff11301d0125b51,
+    0x3ff172b83c7d517b,
+    0x3ff1d4873168b9aa,
+    0x3ff2387a6e756238,
+    0x3ff29e9df51fdee1,
+    0x3ff306fe0a31b715,
+    0x3ff371a7373aa9cb,
+    0x3ff3dea64c123422,
+    0x3ff44e086061892d,
+    0x3ff4bfdad5362a27,
+    0x3ff5342b569d4f82,
+    0x3ff5ab07dd485429,
+    0x3ff6247eb03a5585,
+    0x3ff6a09e667f3bcd,
+    0x3ff71f75e8ec5f74,
+    0x3ff7a11473eb0187,
+    0x3ff82589994cce13,
+    0x3ff8ace5422aa0db,
+    0x3ff93737b0cdc5e5,
+    0x3ff9c49182a3f090,
+    0x3ffa5503b23e255d,
+    0x3ffae89f995ad3ad,
+    0x3ffb7f76f2fb5e47,
+    0x3ffc199bdd85529c,
+    0x3ffcb720dcef9069,
+    0x3ffd5818dcfba487,
+    0x3ffdfc97337b9b5f,
+    0x3ffea4afa2a490da,
+    0x3fff50765b6e4540,
+];
+
+/// `e^x` for `x ≤ 0` exactly as glibc's `expf` computes it (the libm that llama.cpp's flash
+/// attention calls, and that the CPU backend's f16-mode attention calls through `f32::exp`):
+/// `k = round(x·32/ln2)` and `r = x·32/ln2 − k` rounded once (the constant split so that
+/// both products are exact), `2^(r/32)` by glibc's cubic in f64, times `2^(k/32)`, rounded
+/// once to f32. Not used on the CPU: it is the algorithm `exp_libm` in
+/// shaders/exact_f64.wgsl mirrors, tested here against the platform's `expf`.
+pub fn exp_glibc(x: f32) -> f32 {
+    if x < -103.972_08 {
+        return 0.0;
+    }
+    let xd = f64::from(x);
+    let (p1, p2) = (46.166_241_168_975_83 * xd, 1.394_709_983_060_238_3e-7 * xd);
+    let kd = (p1 + p2).round_ties_even();
+    let r = (p1 - kd) + p2;
+    let k = kd as i32;
+    let z = 1.693_835_925_092_021_2e-6f64 * r + 2.345_980_978_950_900_4e-4;
+    let y = z * (r * r) + (2.166_084_939_661_313_4e-2 * r + 1.0);
+    let s = f64::from_bits(EXP2_32[(k & 31) as usize]) * f64::from_bits(((1023 + (k >> 5)) as u64) << 52);
+    (y * s) as f32
+}
+
 /// Constants of [`exp_ggml`]: the rounding shift 1.5·2²³, log2(e), ln2 in two parts, and the
 /// polynomial's coefficients (highest first).
 const GG_SHIFT: f32 = 12_582_912.0;
@@ -182,6 +239,22 @@ mod tests {
         v.extend((0..20_000).map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-8..2))));
         v.extend([0.0, -0.0, 1.0, -1.0, 88.0, -87.0, -88.5, -1e30, f32::NEG_INFINITY, 87.99]);
         v
+    }
+
+    /// [`exp_glibc`] (the algorithm shaders/exact_f64.wgsl mirrors) is glibc's `expf` to the
+    /// bit: every 61st float in [-110, 0] and the edges (exhaustively checked once, all 1.1e9).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn exp_glibc_is_libm() {
+        let mut b = (-110f32).to_bits();
+        while b > 0x8000_0000 {
+            let x = f32::from_bits(b);
+            assert_eq!(exp_glibc(x).to_bits(), x.exp().to_bits(), "x = {x}");
+            b -= 61;
+        }
+        for x in [0.0f32, -0.0, -1e-30, -103.97, -103.972_08, -103.98, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp_glibc(x).to_bits(), x.exp().to_bits(), "x = {x}");
+        }
     }
 
     /// The SIMD exponential and SiLU give the scalar reference's bits; the exponential is
