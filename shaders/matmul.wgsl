@@ -215,9 +215,9 @@ fn dot_q6_k(o: u32, t: u32, b: u32) -> i32 {
     return sumi;
 }
 
-// Quantized weights: per block, the exact integer sum of weight codes × activation codes
-// (Q4_0's −8 and Q5_0's −16 offsets folded in as −8·Σa, −16·Σa), then
-// `acc += isum · d_w · d_a` (Q4_1: `+ m · s`); K-quants per 256-value block.
+// Quantized weights: per block, exact integer sums of weight codes × activation codes
+// (Q4_0's −8 and Q5_0's −16 offsets folded in as −8·Σa, −16·Σa), accumulated in the CPU
+// kernel's order (below); K-quants per 256-value block.
 @compute @workgroup_size(64)
 fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
     let r = id.x;
@@ -242,12 +242,18 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
         return;
     }
     let nblk = p.n_in / 32u;
+    // Q4_1, Q5_0, Q8_0: llama.cpp's x86 `vec_dot` order (the CPU's `dot::lanes8`): lane k
+    // (products 4k..4k+4 of each block) accumulates fma(d_w·d_a, lane, acc_k); then
+    // `hsum_float_8`'s tree, plus Q4_1's fused Σ m·s. Q4_0: one sum per block.
+    let lanes = QTYPE != 2u;
+    var lacc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    var summs = 0.0;
     for (var b = 0u; b < nblk; b++) {
         let o = (r * nblk + b) * block_bytes();
-        var isum = 0;
+        var lane: array<i32, 8>;
         if (QTYPE == 8u) {
             for (var k = 0u; k < 8u; k++) {
-                isum += dot4I8Packed(w_word(o + 2u + 4u * k), a_word(t, b, k));
+                lane[k] = dot4I8Packed(w_word(o + 2u + 4u * k), a_word(t, b, k));
             }
         } else {
             let qs = select(select(2u, 4u, QTYPE == 3u), 6u, QTYPE == 6u);
@@ -265,17 +271,36 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
                     ql |= spread_bits((qh >> (4u * k)) & 0xfu);
                     qhi |= spread_bits((qh >> (16u + 4u * k)) & 0xfu);
                 }
-                isum += dot4I8Packed(ql, lo) + dot4I8Packed(qhi, hi);
+                lane[k] = dot4I8Packed(ql, lo);
+                lane[k + 4u] = dot4I8Packed(qhi, hi);
                 if (QTYPE == 2u || QTYPE == 6u) {
                     let off = select(8, 16, QTYPE == 6u);
-                    isum -= off * (dot4I8Packed(0x01010101u, lo) + dot4I8Packed(0x01010101u, hi));
+                    lane[k] -= off * dot4I8Packed(0x01010101u, lo);
+                    lane[k + 4u] -= off * dot4I8Packed(0x01010101u, hi);
                 }
             }
         }
         let a = 2u * (t * nblk + b);
-        acc = fma_exact(f32(isum), w_half(o) * xd[a], acc);
+        if (lanes) {
+            let dd = w_half(o) * xd[a];
+            for (var k = 0u; k < 8u; k++) {
+                lacc[k] = fma_exact(dd, f32(lane[k]), lacc[k]);
+            }
+            if (QTYPE == 3u) {
+                summs = fma_exact(w_half(o + 2u), xd[a + 1u], summs);
+            }
+        } else {
+            var isum = 0;
+            for (var k = 0u; k < 8u; k++) {
+                isum += lane[k];
+            }
+            acc = fma_exact(f32(isum), w_half(o) * xd[a], acc);
+        }
+    }
+    if (lanes) {
+        acc = ((lacc[0] + lacc[4]) + (lacc[2] + lacc[6])) + ((lacc[1] + lacc[5]) + (lacc[3] + lacc[7]));
         if (QTYPE == 3u) {
-            acc = fma_exact(w_half(o + 2u), xd[a + 1u], acc);
+            acc += summs;
         }
     }
     y[t * p.n_out + p.row0 + r] = acc;

@@ -69,6 +69,9 @@ fn reference_for(ty: QuantType, w: &[u8], n_in: usize, n_out: usize, x: &[f32], 
 const PACKED: [QuantType; 6] =
     [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0, QuantType::Q4_K, QuantType::Q6_K];
 
+/// Formats whose packed kernel and scalar reference sum in one order (llama.cpp's).
+const EXACT: [QuantType; 4] = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0];
+
 #[test]
 fn packed_matches_scalar_reference() {
     let isas = Isa::available();
@@ -93,14 +96,24 @@ fn packed_matches_scalar_reference() {
                     let mut got = vec![f32::NAN; n * n_out];
                     p.matmul(&x, n, &mut got, &mut scratch);
                     for t in 0..n {
-                        // Integer sums are exact; only the order of the per-block f32 adds
-                        // differs, so compare against the row's magnitude.
+                        // 32-value formats sum in the scalar reference's (llama.cpp's) order:
+                        // the same bits. K-quants: integer sums are exact; only the order of
+                        // the per-block f32 adds differs, so compare against the row's magnitude.
                         let scale: f32 =
                             want[t * n_out..(t + 1) * n_out].iter().map(|v| v.abs()).sum::<f32>()
                                 / n_out as f32
                                 + 1e-6;
                         for r in 0..n_out {
                             let (g, e) = (got[t * n_out + r], want[t * n_out + r]);
+                            if EXACT.contains(&ty) {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    e.to_bits(),
+                                    "{ty:?} {isa:?} quantized={quantized} n_in={n_in} n_out={n_out} n={n} \
+                                     t={t} r={r}: {g} vs {e} (same order: same bits)"
+                                );
+                                continue;
+                            }
                             assert!(
                                 (g - e).abs() <= 1e-4 * scale.max(e.abs()),
                                 "{ty:?} {isa:?} quantized={quantized} n_in={n_in} n_out={n_out} n={n} \

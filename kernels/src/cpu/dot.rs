@@ -141,7 +141,8 @@ impl VecDot for BlockQ4_0 {
                 let hi = (x.qs[j] >> 4) as i32 - 8;
                 s += lo * y.qs[j] as i32 + hi * y.qs[j + QK / 2] as i32;
             }
-            sum += s as f32 * (x.d() * y.d());
+            // Fused, as llama.cpp's repacked Q4_0 kernels (and ferrite's packed kernel) do.
+            sum = (s as f32).mul_add(x.d() * y.d(), sum);
         }
         sum
     }
@@ -151,17 +152,43 @@ impl VecDot for BlockQ4_1 {
     activations!(BlockQ8_1, QK, quantize_q8_1_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
-        let mut sum = 0f32;
-        for (x, y) in w.iter().zip(a) {
-            let mut s = 0i32;
-            for j in 0..QK / 2 {
-                s += (x.qs[j] & 0x0f) as i32 * y.qs[j] as i32
-                    + (x.qs[j] >> 4) as i32 * y.qs[j + QK / 2] as i32;
-            }
-            sum += (x.d() * y.d()) * s as f32 + x.m() * y.s();
-        }
-        sum
+        let code =
+            |x: &Self, t: usize| if t < QK / 2 { x.qs[t] & 0x0f } else { x.qs[t - QK / 2] >> 4 } as i32;
+        // llama.cpp: `summs += m·s`, fused, beside the lanes; added after their sum.
+        let mut summs = 0f32;
+        let sum = lanes8(w.iter().zip(a).map(|(x, y)| {
+            summs = x.m().mul_add(y.s(), summs);
+            (x.d() * y.d(), lane_sums(|t| code(x, t) * y.qs[t] as i32))
+        }));
+        sum + summs
     }
+}
+
+/// llama.cpp's x86 `vec_dot` order for 32-value blocks (Q4_1, Q5_0, Q8_0, also tinyBLAS for
+/// batches): a block's lane `k` is the exact integer sum of products `4k..4k+4`; each lane
+/// accumulates `fma(d_w·d_a, lane, acc_k)` over the blocks in turn; the eight lanes are then
+/// summed as `hsum_float_8` ([`hsum8`]).
+#[inline(always)]
+fn lanes8(blocks: impl Iterator<Item = (f32, [i32; 8])>) -> f32 {
+    let mut acc = [0f32; 8];
+    for (dd, lane) in blocks {
+        for (a, &v) in acc.iter_mut().zip(&lane) {
+            *a = dd.mul_add(v as f32, *a);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// The lane sums of one block: `product(t)` summed over `t = 4k..4k+4` for lane `k`.
+#[inline(always)]
+fn lane_sums(product: impl Fn(usize) -> i32) -> [i32; 8] {
+    std::array::from_fn(|k| (4 * k..4 * k + 4).map(&product).sum())
+}
+
+/// Eight lanes summed as ggml's `hsum_float_8`: `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`.
+#[inline(always)]
+pub fn hsum8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
 /// The 5th bits of a Q5 block's 32 values, as 0 or 16.
@@ -175,18 +202,11 @@ impl VecDot for BlockQ5_0 {
     activations!(BlockQ8_0, QK, quantize_q8_0_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
-        let mut sum = 0f32;
-        for (x, y) in w.iter().zip(a) {
-            let mut s = 0i32;
-            for j in 0..QK / 2 {
-                let (h0, h1) = q5_high(x.qh, j);
-                let lo = ((x.qs[j] & 0x0f) as i32 | h0) - 16;
-                let hi = ((x.qs[j] >> 4) as i32 | h1) - 16;
-                s += lo * y.qs[j] as i32 + hi * y.qs[j + QK / 2] as i32;
-            }
-            sum += s as f32 * (x.d() * y.d());
-        }
-        sum
+        let code = |x: &Self, t: usize| {
+            let nib = if t < QK / 2 { x.qs[t] & 0x0f } else { x.qs[t - QK / 2] >> 4 } as i32;
+            (nib | (((u32::from_le_bytes(x.qh) >> t) & 1) << 4) as i32) - 16
+        };
+        lanes8(w.iter().zip(a).map(|(x, y)| (x.d() * y.d(), lane_sums(|t| code(x, t) * y.qs[t] as i32))))
     }
 }
 
@@ -212,12 +232,7 @@ impl VecDot for BlockQ8_0 {
     activations!(BlockQ8_0, QK, quantize_q8_0_x86);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
-        let mut sum = 0f32;
-        for (x, y) in w.iter().zip(a) {
-            let s: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
-            sum += s as f32 * (x.d() * y.d());
-        }
-        sum
+        lanes8(w.iter().zip(a).map(|(x, y)| (x.d() * y.d(), lane_sums(|t| x.qs[t] as i32 * y.qs[t] as i32))))
     }
 }
 

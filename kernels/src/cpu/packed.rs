@@ -59,6 +59,9 @@ pub(crate) const LAYOUTS: [Layout; 6] = [
     Layout { blk: 256, sub: 32, bits: 4, zero: 0, min: Min::Sub, scales: true },
     Layout { blk: 256, sub: 16, bits: 6, zero: 32, min: Min::None, scales: true },
 ];
+/// Formats whose kernel follows llama.cpp's x86 `vec_dot` lane order (it does not repack
+/// them); Q4_0 and the K-quants follow its repacked kernels' one sum per block.
+pub(crate) const GGML_LANES: [bool; 6] = [false, true, true, true, false, false];
 pub(crate) const FMT_Q4_0: usize = 0;
 pub(crate) const FMT_Q4_1: usize = 1;
 pub(crate) const FMT_Q5_0: usize = 2;

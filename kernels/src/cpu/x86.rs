@@ -39,6 +39,17 @@ macro_rules! kernels {
                 for g in 0..groups {
                     let w = &job.w[g * job.group_bytes..(g + 1) * job.group_bytes];
                     let mut t = tb;
+                    if GGML_LANES[F] {
+                        // Eight accumulators per token: tiles of two.
+                        while t + 2 <= te {
+                            store(job, g, t, &group_lanes::<F, 2>(w, job, t));
+                            t += 2;
+                        }
+                        if t < te {
+                            store(job, g, t, &group_lanes::<F, 1>(w, job, t));
+                        }
+                        continue;
+                    }
                     while t + 4 <= te {
                         store(job, g, t, &group::<F, 4>(w, job, t));
                         t += 4;
@@ -140,6 +151,64 @@ macro_rules! kernels {
         fn bcast(a: &[i8], off: usize) -> __m256i {
             let b: [i8; 4] = a[off..off + 4].try_into().expect("4 codes");
             _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+        }
+
+        /// Eight rows (one group) against tokens `t0..t0 + T` in llama.cpp's x86 `vec_dot`
+        /// order (Q4_1, Q5_0, Q8_0; see `dot::lanes8`): per token, vector `k` holds lane `k`
+        /// (products `4k..4k+4` of each block) of the eight rows, accumulated as
+        /// `fma(d_w·d_a, lane, acc_k)`; then `hsum_float_8`'s tree, plus Q4_1's `Σ m·s`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn group_lanes<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
+            let l = LAYOUTS[F];
+            let bb = l.block_bytes();
+            let acts = job.acts;
+            let zero = _mm256_setzero_si256();
+            let mut acc = [[_mm256_setzero_ps(); 8]; T];
+            let mut summs = [_mm256_setzero_ps(); T];
+            for b in 0..job.nblk {
+                let rec = &w[b * bb..(b + 1) * bb];
+                let dw = _mm256_cvtph_ps(ld128(rec, 0));
+                let mut u = unpack::<F>(&rec[l.hdr_bytes()..][..l.chunk_bytes()]);
+                let mut ax = u;
+                if l.zero != 0 || l.bits == 8 {
+                    // Signed codes (Q5_0: u − 16): |code| × (activation with code's sign).
+                    for (u, ax) in u.iter_mut().zip(ax.iter_mut()) {
+                        *u = _mm256_sub_epi8(*u, _mm256_set1_epi8(l.zero as i8));
+                        *ax = _mm256_abs_epi8(*u);
+                    }
+                }
+                for i in 0..T {
+                    let a = &acts.qs[(t0 + i) * acts.n_in + b * 32..][..32];
+                    let dd = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
+                    for (k, acc) in acc[i].iter_mut().enumerate() {
+                        let av = bcast(a, 4 * k);
+                        let dp = if l.zero != 0 || l.bits == 8 {
+                            dot4(zero, ax[k], _mm256_sign_epi8(av, u[k]))
+                        } else {
+                            dot4(zero, u[k], av)
+                        };
+                        *acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(dp), *acc);
+                    }
+                    if l.min == Min::Block {
+                        let m = _mm256_cvtph_ps(ld128(rec, 16));
+                        let s = _mm256_set1_ps(acts.s[(t0 + i) * acts.s_stride + b]);
+                        summs[i] = _mm256_fmadd_ps(m, s, summs[i]);
+                    }
+                }
+            }
+            let mut r = [[0f32; GROUP]; T];
+            for i in 0..T {
+                let a = &acc[i];
+                let h = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                    _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
+                );
+                let h = if l.min == Min::Block { _mm256_add_ps(h, summs[i]) } else { h };
+                // SAFETY: `r[i]` is 8 writable f32; the store is unaligned.
+                unsafe { _mm256_storeu_ps(r[i].as_mut_ptr(), h) };
+            }
+            r
         }
 
         /// Eight rows (one group) against tokens `t0..t0 + T`.
