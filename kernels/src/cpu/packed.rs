@@ -480,7 +480,8 @@ fn quantize_token(fmt: usize, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
                 quantize_q8_0_x86(xc, &mut blk);
                 qc.copy_from_slice(&blk[0].qs);
                 d[b] = blk[0].d();
-                if l.zero != 0 {
+                // Q5_0's kernel uses signed codes (`group_lanes`): no zero-point sums.
+                if l.zero != 0 && !GGML_LANES[fmt] {
                     iz[b] = -l.zero * blk[0].qs.iter().map(|&q| q as i32).sum::<i32>();
                 }
             }

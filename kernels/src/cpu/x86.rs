@@ -211,11 +211,13 @@ macro_rules! kernels {
             r
         }
 
-        /// Eight rows (one group) against tokens `t0..t0 + T`.
+        /// Eight rows (one group) against tokens `t0..t0 + T`: Q4_0 and the K-quants (one
+        /// integer sum per block or sub-block; the formats of `GGML_LANES` run `group_lanes`).
         #[target_feature(enable = $feat)]
         #[inline]
         fn group<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
             let l = LAYOUTS[F];
+            debug_assert!(!GGML_LANES[F] && l.bits < 8);
             let bb = l.block_bytes();
             let acts = job.acts;
             let nsub_chunk = 32 / l.sub;
@@ -241,12 +243,7 @@ macro_rules! kernels {
                         }
                         for k in s * gv..(s + 1) * gv {
                             for i in 0..T {
-                                let av = bcast(a[i], 32 * c + 4 * k);
-                                dp[i] = if l.bits == 8 {
-                                    dot4(dp[i], _mm256_abs_epi8(u[k]), _mm256_sign_epi8(av, u[k]))
-                                } else {
-                                    dot4(dp[i], u[k], av)
-                                };
+                                dp[i] = dot4(dp[i], u[k], bcast(a[i], 32 * c + 4 * k));
                             }
                         }
                         if l.scales {
@@ -274,14 +271,8 @@ macro_rules! kernels {
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, da[i]), acc[i]);
                 }
                 match l.min {
-                    Min::None => {}
-                    Min::Block => {
-                        let m = _mm256_cvtph_ps(ld128(rec, 16));
-                        for i in 0..T {
-                            let s = _mm256_set1_ps(acts.s[(t0 + i) * acts.s_stride + b]);
-                            acc[i] = _mm256_fmadd_ps(m, s, acc[i]);
-                        }
-                    }
+                    // Q4_1 runs `group_lanes`.
+                    Min::None | Min::Block => {}
                     Min::Sub => {
                         let dmin = _mm256_cvtph_ps(ld128(rec, 16));
                         let mut ms = [_mm256_setzero_si256(); T];
