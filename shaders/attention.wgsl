@@ -2,22 +2,25 @@
 // arithmetic. Keys and values are `[slot][kv head][dim]` (f16-rounded f32); position `t` of
 // a sequence lives in slot `table[t / bs] · bs + t % bs` of its block table.
 //
-// `attention`: one workgroup per (row, query head, part of the row's key range). The part's
-// keys go in runs that end at cache-block boundaries, as on the CPU: the run's scores are
-// computed in parallel (one key per invocation), then every invocation walks the run for
-// the value dimensions it owns, holding the online-softmax state (max m, sum l) itself.
-// Two modes, as llama.cpp's CPU flash attention and ours:
-//   - f32: one rescale per run, `acc += e·v` in f32;
-//   - f16 (small batches): the query rounded to f16, the running `Σ e·v` rounded to f16
-//     after every rescale and every multiply-add, key by key.
-// Each part writes (acc, m, l) to `part_out`; `attention_merge` combines a row's parts.
-// Parts exist where the CPU splits (a long single-row f16 batch: two halves) and to keep
-// every invocation's loop count small (software drivers cut loops at 65535 iterations).
+// `attention`: one workgroup per (row, query head, part of the row's key range). Two modes,
+// as llama.cpp's CPU flash attention and ours:
+//   - f16 (batches under 64 rows): keys in runs that end at cache-block boundaries, scores in
+//     `ggml_vec_dot_f16`'s order with the query rounded to f16, then key by key: libm's exp,
+//     the running `Σ e·v` rounded to f16 after every rescale and every multiply-add;
+//   - tiled (64 rows or more): keys in tiles of 64 positions aligned at 0, each score one
+//     fused chain, one rescale per tile, ggml's exponential and reduction tree for the sum
+//     (see kernels/src/cpu/attn_tile.rs).
+// The run's scores are computed in parallel (one key per invocation), then every invocation
+// walks the run for the value dimensions it owns, holding the online-softmax state (max m,
+// sum l) itself. Each part writes (acc, m, l) to `part_out`; `attention_merge` combines a
+// row's parts as ggml's split-KV reduce does. Parts exist where the CPU splits (single-row
+// f16 batches over 512 cells or more: two halves of the cells) and to keep every
+// invocation's loop count small (software drivers cut loops at 65535 iterations).
 //
 // p: rows in this dispatch, n_head, n_head_kv, head_dim, head_dim_v, scale (bits), window
 //    (0: none), block size, f16 mode, parts per row, first row of this dispatch, split-KV
-//    minimum (0: no split; set for single-row f16 batches), keys per part at most, rows in
-//    the batch, score order (see `score`), scale again (bits).
+//    (1: single-row f16 batch), keys per part at most, rows in the batch, score lanes for
+//    the f16 mode (16: 4, 8: 5).
 // rows_info: positions[n], table_of_row[n], table offsets[n_seq + 1], then the tables,
 //    offsets counted from the start of rows_info (n: all rows of the batch).
 
@@ -30,7 +33,8 @@
 @group(0) @binding(6) var<storage, read_write> o: array<f32>;
 
 const WG: u32 = 64u;
-const MAX_RUN: u32 = 32u;
+/// Keys per tile in the tiled (f32) mode; f16-mode runs (cache blocks) are shorter.
+const TILE: u32 = 64u;
 const MAX_DK: u32 = 256u;
 /// Value dimensions one invocation owns: head_dim_v ≤ WG · DV_PER.
 const DV_PER: u32 = 4u;
@@ -38,7 +42,7 @@ const DV_PER: u32 = 4u;
 const LOWEST: f32 = -3.4028235e38;
 
 var<workgroup> qs: array<f32, MAX_DK>;
-var<workgroup> sc: array<f32, MAX_RUN>;
+var<workgroup> sc: array<f32, TILE>;
 
 // The number of keys of `row`'s range and where it starts.
 fn key_range(row: u32) -> vec2<u32> {
@@ -51,27 +55,67 @@ fn key_range(row: u32) -> vec2<u32> {
     return vec2<u32>(first, pos + 1u - first);
 }
 
-// How many parts `row`'s keys split into: two halves where the CPU splits, then halved
-// again until no part is longer than the cap.
-fn parts_of(len: u32) -> u32 {
-    var k = 1u;
-    if (p[11] != 0u && len >= p[11]) {
-        k = 2u;
+// Where the CPU splits `row`'s keys (llama.cpp's split-KV decode, single-row f16 batches):
+// it attends over max(256, pos + 1 rounded up to 256) cells and halves them once there are
+// 512; 0 where it does not split.
+fn split_at(row: u32) -> u32 {
+    let cells = max(256u, (rows_info[row] + 256u) / 256u * 256u);
+    if (p[11] == 0u || cells < 512u) {
+        return 0u;
     }
+    return cells / 2u;
+}
+
+// Pieces each of the CPU's parts of a range splits into so that none is longer than the cap.
+fn pieces(len: u32) -> u32 {
+    var k = 1u;
     while ((len + k - 1u) / k > p[12]) {
         k *= 2u;
     }
     return k;
 }
 
-// Sum of 16 lanes as the AVX-512 kernel's horizontal sum: per group of four lanes
-// (x0 + x2) + (x1 + x3), then (g0 + g1) + (g2 + g3).
-fn tree16(a: array<f32, 16>) -> f32 {
-    var g: array<f32, 4>;
-    for (var k = 0u; k < 4u; k++) {
-        g[k] = (a[4u * k] + a[4u * k + 2u]) + (a[4u * k + 1u] + a[4u * k + 3u]);
+// Keys [x, y) of `part` of `row`'s range: the CPU's parts (one, or two around `split_at`),
+// each cut into `pieces` of equal length; parts past the row's own count are empty.
+fn part_range(row: u32, part: u32) -> vec2<u32> {
+    let kr = key_range(row);
+    let first = kr.x;
+    let end = kr.x + kr.y;
+    let s = split_at(row);
+    var mid = end;
+    if (s != 0u) {
+        mid = clamp(s, first, end);
     }
-    return (g[0] + g[1]) + (g[2] + g[3]);
+    let n = pieces(max(mid - first, end - mid));
+    let half = part / n;
+    if (half > select(0u, 1u, s != 0u)) {
+        return vec2<u32>(end, end);
+    }
+    let a = select(mid, first, half == 0u);
+    let b = select(end, mid, half == 0u);
+    let len = (b - a + n - 1u) / n;
+    let i = part % n;
+    return vec2<u32>(min(a + i * len, b), min(a + (i + 1u) * len, b));
+}
+
+// `w` lanes (16 or 8) summed as ggml's reductions do: 16 (`_mm512_reduce_add_ps`) by halves,
+// quarters, then (u0 + u2) + (u1 + u3); 8 (two `hadd`s) by halves, then (t0 + t1) + (t2 + t3).
+fn tree_ggml(x: array<f32, 16>, w: u32) -> f32 {
+    var u: array<f32, 4>;
+    if (w == 16u) {
+        var t: array<f32, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            t[i] = x[i] + x[i + 8u];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            u[i] = t[i] + t[i + 4u];
+        }
+        return (u[0] + u[2]) + (u[1] + u[3]);
+    }
+    for (var i = 0u; i < 4u; i++) {
+        u[i] = x[i] + x[i + 4u];
+    }
+    return (u[0] + u[1]) + (u[2] + u[3]);
 }
 
 // q·k of the key at `ko` as llama.cpp's `ggml_vec_dot_f16` sums it with `w`-lane vectors (the
@@ -94,26 +138,7 @@ fn score_ggml(ko: u32, dk: u32, w: u32) -> f32 {
     for (var l = 0u; l < w; l++) {
         x[l] = (a[0][l] + a[2][l]) + (a[1][l] + a[3][l]);
     }
-    var u: array<f32, 4>;
-    if (w == 16u) {
-        var t: array<f32, 8>;
-        for (var i = 0u; i < 8u; i++) {
-            t[i] = x[i] + x[i + 8u];
-        }
-        for (var i = 0u; i < 4u; i++) {
-            u[i] = t[i] + t[i + 4u];
-        }
-    } else {
-        for (var i = 0u; i < 4u; i++) {
-            u[i] = x[i] + x[i + 4u];
-        }
-    }
-    var r: f32;
-    if (w == 16u) {
-        r = (u[0] + u[2]) + (u[1] + u[3]);
-    } else {
-        r = (u[0] + u[1]) + (u[2] + u[3]);
-    }
+    let r = tree_ggml(x, w);
     if (full == dk) {
         return r;
     }
@@ -124,54 +149,20 @@ fn score_ggml(ko: u32, dk: u32, w: u32) -> f32 {
     return wide_f32(wide);
 }
 
-// q·k of the key at `ko`, times `scale`, summed in the order of the CPU attention kernel
-// that the host runs, so that scores agree bit for bit: `order` 0 scalar (8 lanes, summed in
-// turn, then the tail), 1 AVX2 (8 lanes, a pairwise tree), 2 AVX-512 (16 lanes), 3 AVX-512
-// with even and odd 16-value chunks in separate lanes (four heads or fewer per KV head),
-// 4 and 5 llama.cpp's f16-mode order with 16 and 8 lanes (`score_ggml`).
-fn score(ko: u32, dk: u32, scale: f32, order: u32) -> f32 {
-    if (order >= 4u) {
-        return score_ggml(ko, dk, select(8u, 16u, order == 4u)) * scale;
+// q·k of the key at `ko` as one fused multiply-add chain in dimension order, from 0 (the
+// CPU's tiled mode: llama.cpp's GEMM over a transposed key tile).
+fn score_seq(ko: u32, dk: u32) -> f32 {
+    var x = 0.0;
+    for (var d = 0u; d < dk; d++) {
+        x = fma_exact(kc[ko + d], qs[d], x);
     }
-    if (order >= 2u) {
-        var even: array<f32, 16>;
-        var odd: array<f32, 16>;
-        for (var c = 0u; c < dk / 16u; c++) {
-            let to_odd = order == 3u && c % 2u == 1u;
-            for (var l = 0u; l < 16u; l++) {
-                let i = 16u * c + l;
-                if (to_odd) {
-                    odd[l] = fma_exact(qs[i], kc[ko + i], odd[l]);
-                } else {
-                    even[l] = fma_exact(qs[i], kc[ko + i], even[l]);
-                }
-            }
-        }
-        let s = tree16(even) * scale;
-        if (order == 3u) {
-            // The same scale from a second parameter word: with one value, the compiler may
-            // rewrite a·x + b·x as (a + b)·x, which rounds differently.
-            return s + tree16(odd) * bitcast<f32>(p[15]);
-        }
-        return s;
-    }
-    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    let lanes = select(dk, dk / 8u * 8u, order == 0u);
-    for (var i = 0u; i < lanes; i++) {
-        acc[i % 8u] = fma_exact(qs[i], kc[ko + i], acc[i % 8u]);
-    }
-    if (order == 1u) {
-        return (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) * scale;
-    }
-    var s = 0.0;
-    for (var j = 0u; j < 8u; j++) {
-        s += acc[j];
-    }
-    var tail = 0.0;
-    for (var i = lanes; i < dk; i++) {
-        tail += qs[i] * kc[ko + i];
-    }
-    return (s + tail) * scale;
+    return x;
+}
+
+// The cache slot of position `t` of the sequence whose block table starts at `table`.
+fn slot_of(table: u32, t: u32) -> u32 {
+    let bs = p[7];
+    return rows_info[table + t / bs] * bs + t % bs;
 }
 
 @compute @workgroup_size(64)
@@ -200,11 +191,9 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     let seq = rows_info[n_batch + row];
     let table = rows_info[2u * n_batch + seq];
 
-    let kr = key_range(row);
-    let k_parts = parts_of(kr.y);
-    let part_len = (kr.y + k_parts - 1u) / k_parts;
-    var t = kr.x + min(part * part_len, kr.y);
-    let end = kr.x + min((part + 1u) * part_len, kr.y);
+    let range = part_range(row, part);
+    var t = range.x;
+    let end = range.y;
 
     let qo = (row * n_head + h) * dk;
     for (var i = lid; i < dk; i += WG) {
@@ -217,17 +206,24 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     var acc = array<f32, DV_PER>(0.0, 0.0, 0.0, 0.0);
     var m = LOWEST;
     var l = 0.0;
-    // Every invocation runs the same number of runs (uniform barriers).
+    // Every invocation runs the same number of runs (uniform barriers): cache blocks in f16
+    // mode, tiles of 64 positions aligned at 0 in the tiled mode.
     while (true) {
         workgroupBarrier();
         if (t >= end) {
             break;
         }
-        let n = min(bs - t % bs, end - t);
-        let slot0 = rows_info[table + t / bs] * bs + t % bs;
+        var n = min(TILE - t % TILE, end - t);
+        if (f16_mode) {
+            n = min(bs - t % bs, end - t);
+        }
         if (lid < n) {
-            let ko = (slot0 + lid) * kw + g * dk;
-            sc[lid] = score(ko, dk, scale, p[14]);
+            let ko = slot_of(table, t + lid) * kw + g * dk;
+            if (f16_mode) {
+                sc[lid] = score_ggml(ko, dk, select(8u, 16u, p[14] == 4u)) * scale;
+            } else {
+                sc[lid] = score_seq(ko, dk) * scale;
+            }
         }
         workgroupBarrier();
         if (f16_mode) {
@@ -244,7 +240,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
                 } else {
                     vs = exp_libm(s - m);
                 }
-                let vo = (slot0 + j) * vw + g * dv;
+                let vo = slot_of(table, t + j) * vw + g * dv;
                 for (var c = 0u; c < DV_PER; c++) {
                     let d = lid + c * WG;
                     if (d < dv) {
@@ -254,29 +250,47 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
                 l = fma_exact(l, ms, vs);
             }
         } else {
-            // As the CPU: the run's weights summed apart, then l·c + Σe in one rounding.
-            var mx = m;
+            // As llama.cpp's tiled mode: the max moves to the tile's (libm's exp rescales);
+            // weights by ggml's exponential, summed per 16 lanes of the tile by its tree and
+            // across those in the wide type, added to l there; Σ w·v one key at a time.
+            var mx = LOWEST;
             for (var j = 0u; j < n; j++) {
                 mx = max(mx, sc[j]);
             }
-            let c0 = exp_cpu(m - mx);
-            for (var c = 0u; c < DV_PER; c++) {
-                acc[c] *= c0;
+            if (mx > m) {
+                let c0 = exp_libm(m - mx);
+                for (var c = 0u; c < DV_PER; c++) {
+                    acc[c] *= c0;
+                }
+                l *= c0;
+                m = mx;
             }
-            m = mx;
-            var sum = 0.0;
+            let off = t % TILE;
+            var w: array<f32, TILE>;
             for (var j = 0u; j < n; j++) {
-                let e = exp_cpu(sc[j] - m);
-                sum += e;
-                let vo = (slot0 + j) * vw + g * dv;
+                w[j] = exp_ggml(sc[j] - m);
+            }
+            var sum = wide_zero();
+            for (var c = 0u; c < TILE / 16u; c++) {
+                var x: array<f32, 16>;
+                for (var i = 0u; i < 16u; i++) {
+                    let lane = 16u * c + i;
+                    if (lane >= off && lane < off + n) {
+                        x[i] = w[lane - off];
+                    }
+                }
+                sum = wide_add(sum, tree_ggml(x, 16u));
+            }
+            l = wide_f32(wide_add(sum, l));
+            for (var j = 0u; j < n; j++) {
+                let vo = slot_of(table, t + j) * vw + g * dv;
                 for (var c = 0u; c < DV_PER; c++) {
                     let d = lid + c * WG;
                     if (d < dv) {
-                        acc[c] = fma_exact(vc[vo + d], e, acc[c]);
+                        acc[c] = fma_exact(vc[vo + d], w[j], acc[c]);
                     }
                 }
             }
-            l = fma_exact(l, c0, sum);
         }
         t += n;
     }
@@ -309,20 +323,23 @@ fn attention_merge(@builtin(global_invocation_id) id: vec3<u32>) {
     let rh = i / dv;
     let base = rh * n_parts * (dv + 2u);
     var m = LOWEST;
-    for (var k = 0u; k < n_parts; k++) {
-        m = max(m, part_out[base + k * (dv + 2u) + dv]);
-    }
     var l = 0.0;
     var x = 0.0;
     for (var k = 0u; k < n_parts; k++) {
         let b = base + k * (dv + 2u);
         let lk = part_out[b + dv + 1u];
-        if (lk > 0.0) {
-            let c = exp_cpu(part_out[b + dv] - m);
-            l += lk * c;
-            x += part_out[b + d] * c;
+        if (lk == 0.0) {
+            continue;
         }
+        // As ggml's reduce: libm's exp, x·c_old + (y·c_new) fused.
+        let mk = part_out[b + dv];
+        let mn = max(m, mk);
+        let c_old = exp_libm(m - mn);
+        let c_new = exp_libm(mk - mn);
+        x = fma_exact(x, c_old, part_out[b + d] * c_new);
+        l = fma_exact(l, c_old, lk * c_new);
+        m = mn;
     }
-    let inv = select(0.0, 1.0 / l, l > 0.0);
+    let inv = select(1.0 / l, 0.0, l == 0.0);
     o[(p[10] * n_head + rh) * dv + d] = x * inv;
 }

@@ -355,6 +355,7 @@ fn attention_matches_cpu() {
         (4, 1, 128, 128, [77, 200], Some(50), Rows::Tail),
         (9, 3, 64, 64, [700, 40], None, Rows::Decode),
         (2, 2, 64, 64, [511, 5], None, Rows::Decode),
+        (3, 1, 64, 64, [300, 5], None, Rows::Decode),
         (2, 1, 32, 32, [9000, 5], None, Rows::Decode),
         (2, 1, 32, 32, [5000, 5], Some(4500), Rows::Tail),
     ] {
@@ -413,7 +414,11 @@ fn attention_matches_cpu() {
         // may round one step differently (2⁻¹¹ relative). Rows whose keys (per CPU part)
         // pass ATTN_PART_KEYS split into more parts here than on the CPU, so their merge
         // rounds differently too.
-        let cpu_part = |len: usize| if p.single_row && len >= 512 { len.div_ceil(2) } else { len };
+        // The CPU splits a decode step over 512 cells or more (`len` rounded up to 256) in half.
+        let cpu_part = |len: usize| match len.next_multiple_of(256) / 2 {
+            mid if p.single_row && mid >= 256 && mid < len => mid.max(len - mid),
+            _ => len,
+        };
         let beyond =
             picked.iter().any(|&(_, t)| cpu_part((t + 1).min(window.unwrap_or(usize::MAX))) > ATTN_PART_KEYS);
         let tol = |t| if beyond { t } else { tol(g, t) };

@@ -10,6 +10,7 @@ use crate::kv_cache::BLOCK_SIZE;
 use crate::sampler::TopLogits;
 use ferrite_kernels::cpu as k;
 use ferrite_kernels::cpu::attn::{self, HeadKv, Online};
+use ferrite_kernels::cpu::attn_tile::{self, Tile, TILE};
 use ferrite_kernels::cpu::math;
 use ferrite_kernels::cpu::packed::{PackScratch, PackedMatrix};
 use ferrite_kernels::quant::QuantType;
@@ -313,6 +314,9 @@ impl Backend for CpuBackend {
         ensure_len(out, n * ow);
         let group = p.n_head / p.n_head_kv;
         debug_assert!(kv.dk == p.head_dim && kv.dv == p.head_dim_v && kv.heads == p.n_head_kv);
+        if !p.f16_accum {
+            return attention_tiled(q, kv, layer, batch, p, &mut out[..n * ow]);
+        }
         let heads = heads_per_job(n, p.n_head, group, rayon::current_num_threads());
         let jobs_per_row = p.n_head / heads;
         out[..n * ow].par_chunks_mut(heads * p.head_dim_v).enumerate().for_each_init(
@@ -482,23 +486,33 @@ fn attend(
     } else {
         q
     };
-    // llama.cpp splits the keys of a single-row batch across its threads once there are
-    // 512 or more (the reference ran with 2), each half accumulated in f16, merged in f32.
-    if p.f16_accum && p.single_row && range.len() >= SPLIT_KV_MIN {
-        let mid = range.start + range.len().div_ceil(SPLIT_KV_PARTS);
+    // llama.cpp splits the cells of a single-row batch evenly across its threads (the
+    // reference ran with 2) once it looks at 512 or more of them, each part accumulated in
+    // f16, the parts merged in f32 in order.
+    if let Some(mid) = split_point(p.f16_accum && p.single_row, range.end) {
         let mut s0 = Online::new(heads, acc);
-        attend_range(q, kv, table, range.start..mid, p, &mut s0);
+        attend_range(q, kv, table, range.start..mid.clamp(range.start, range.end), p, &mut s0);
         let mut s1 = Online::new(heads, acc2);
-        attend_range(q, kv, table, mid..range.end, p, &mut s1);
+        attend_range(q, kv, table, mid.clamp(range.start, range.end)..range.end, p, &mut s1);
         for h in 0..heads {
-            let m = s0.m[h].max(s1.m[h]);
-            let (c0, c1) = (math::exp(s0.m[h] - m), math::exp(s1.m[h] - m));
-            let l = s0.l[h] * c0 + s1.l[h] * c1;
-            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-            let (a0, a1) = (&s0.acc[h * dv..(h + 1) * dv], &s1.acc[h * dv..(h + 1) * dv]);
-            for ((o, x0), x1) in out[h * dv..(h + 1) * dv].iter_mut().zip(a0).zip(a1) {
-                *o = (x0 * c0 + x1 * c1) * inv;
+            let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+            let o = &mut out[h * dv..(h + 1) * dv];
+            o.fill(0.0);
+            for part in [&s0, &s1] {
+                if part.l[h] == 0.0 {
+                    continue;
+                }
+                // As ggml's reduce: libm `expf`, `x·c_old + (y·c_new)` fused.
+                let mn = m.max(part.m[h]);
+                let (c_old, c_new) = ((m - mn).exp(), (part.m[h] - mn).exp());
+                for (o, y) in o.iter_mut().zip(&part.acc[h * dv..(h + 1) * dv]) {
+                    *o = o.mul_add(c_old, y * c_new);
+                }
+                l = l.mul_add(c_old, part.l[h] * c_new);
+                m = mn;
             }
+            let inv = if l == 0.0 { 0.0 } else { 1.0 / l };
+            o.iter_mut().for_each(|o| *o *= inv);
         }
         return;
     }
@@ -530,10 +544,119 @@ fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &
     }
 }
 
-/// Keys from which a single-row batch is split in two (llama.cpp's split-KV decode).
-pub(crate) const SPLIT_KV_MIN: usize = 512;
+/// Cells from which llama.cpp splits a single-row batch (its split-KV decode).
+const SPLIT_KV_MIN: usize = 512;
 /// Parts of a split-KV decode: the reference ran llama.cpp with 2 threads.
 const SPLIT_KV_PARTS: usize = 2;
+/// llama.cpp pads the cells it attends over to a multiple of this.
+const KV_PAD: usize = 256;
+
+/// Where llama.cpp splits the keys of a single-row batch whose sequence holds `len`
+/// positions, if it does: it attends over `max(256, len rounded up to 256)` cells and splits
+/// them evenly between its threads once there are 512 or more
+/// (`split`: the batch is a single row in f16 mode).
+pub(crate) fn split_point(split: bool, len: usize) -> Option<usize> {
+    let cells = len.next_multiple_of(KV_PAD).max(KV_PAD);
+    (split && cells >= SPLIT_KV_MIN).then(|| cells.div_ceil(SPLIT_KV_PARTS))
+}
+
+/// Rows per tiled-attention job: consecutive rows of one sequence share each converted tile.
+const TILE_ROWS: usize = 16;
+
+/// Per-worker buffers for [`attend_tiled`].
+#[derive(Default)]
+struct TileScratch {
+    tile: Tile,
+    acc: Vec<f32>,
+    m: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Attention of a batch of 64 rows or more as llama.cpp computes it (see
+/// `ferrite_kernels::cpu::attn_tile`): jobs of up to [`TILE_ROWS`] consecutive rows of one
+/// sequence, each tile of keys converted once per job and KV head.
+fn attention_tiled(q: &[f32], kv: &CpuKv, layer: usize, batch: &AttnBatch, p: &AttnParams, out: &mut [f32]) {
+    let n = batch.positions.len();
+    let ow = p.n_head * p.head_dim_v;
+    let mut jobs = Vec::with_capacity(n.div_ceil(TILE_ROWS));
+    let mut rest = out;
+    let mut r = 0;
+    while r < n {
+        let mut e = r + 1;
+        while e < n && e - r < TILE_ROWS && batch.table_of_row[e] == batch.table_of_row[r] {
+            e += 1;
+        }
+        let (head, tail) = rest.split_at_mut((e - r) * ow);
+        jobs.push((r..e, head));
+        rest = tail;
+        r = e;
+    }
+    jobs.into_par_iter().for_each_init(TileScratch::default, |sc, (rows, o)| {
+        attend_tiled(q, kv, layer, batch, p, rows, sc, o)
+    });
+}
+
+/// One job of [`attention_tiled`]: rows `rows` (one sequence), every head, into `out`.
+#[allow(clippy::too_many_arguments)]
+fn attend_tiled(
+    q: &[f32],
+    kv: &CpuKv,
+    layer: usize,
+    batch: &AttnBatch,
+    p: &AttnParams,
+    rows: Range<usize>,
+    sc: &mut TileScratch,
+    out: &mut [f32],
+) {
+    let (dk, dv, group) = (p.head_dim, p.head_dim_v, p.n_head / p.n_head_kv);
+    let (qw, ow) = (p.n_head * dk, p.n_head * dv);
+    let table = &batch.tables[batch.table_of_row[rows.start] as usize];
+    let bs = BLOCK_SIZE;
+    let slot = |t: usize| table[t / bs] as usize * bs + t % bs;
+    let keys = |r: usize| {
+        let pos = batch.positions[r] as usize;
+        let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        first..pos + 1
+    };
+    let lo = rows.clone().map(|r| keys(r).start).min().unwrap_or(0);
+    let hi = rows.clone().map(|r| keys(r).end).max().unwrap_or(0);
+    let states = rows.len() * group;
+    let TileScratch { tile, acc, m, s } = sc;
+    acc.resize(states * dv, 0.0);
+    for g in 0..p.n_head_kv {
+        let head = kv.head(layer, g);
+        acc.fill(0.0);
+        m.clear();
+        m.resize(states, f32::NEG_INFINITY);
+        s.clear();
+        s.resize(states, 0.0);
+        for t0 in (lo / TILE * TILE..hi).step_by(TILE) {
+            let hull = lo.max(t0) - t0..hi.min(t0 + TILE) - t0;
+            tile.load(&head, dk, dv, hull, |j| slot(t0 + j));
+            for (ri, r) in rows.clone().enumerate() {
+                let k = keys(r);
+                let lanes = k.start.max(t0)..k.end.min(t0 + TILE);
+                if lanes.is_empty() {
+                    continue;
+                }
+                for hh in 0..group {
+                    let (h, i) = (g * group + hh, ri * group + hh);
+                    let qh = &q[r * qw + h * dk..][..dk];
+                    let mut st = attn_tile::State { m: m[i], s: s[i], acc: &mut acc[i * dv..(i + 1) * dv] };
+                    attn_tile::update(qh, tile, lanes.start - t0..lanes.end - t0, p.scale, &mut st);
+                    (m[i], s[i]) = (st.m, st.s);
+                }
+            }
+        }
+        for ri in 0..rows.len() {
+            for hh in 0..group {
+                let (h, i) = (g * group + hh, ri * group + hh);
+                let st = attn_tile::State { m: m[i], s: s[i], acc: &mut acc[i * dv..(i + 1) * dv] };
+                attn_tile::finish(&st, &mut out[ri * ow + h * dv..][..dv]);
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

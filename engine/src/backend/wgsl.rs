@@ -216,32 +216,34 @@ const ENTRIES: &[(&str, &str)] = &[
 /// iterations) and gives long decode steps more workgroups.
 pub const ATTN_PART_KEYS: usize = 4096;
 
-/// Which CPU attention kernel's summation order the scores follow (see `score` in
-/// attention.wgsl): the one the CPU backend runs on this machine for these head sizes.
-fn score_order(p: &AttnParams) -> u32 {
+/// The f16-mode score order (see `score_ggml` in attention.wgsl): llama.cpp's for this
+/// CPU's vector width, 4 for 16 lanes, 5 for 8, as the CPU backend sums them.
+fn score_order() -> u32 {
     use ferrite_kernels::cpu::attn::AttnKernel;
-    let best = AttnKernel::best();
-    let kernel = if best.fits(p.head_dim, p.head_dim_v) { best } else { AttnKernel::Avx2 };
-    if p.f16_accum {
-        // llama.cpp's order for the CPU's vector width, whichever body runs it.
-        return if AttnKernel::Scalar.lanes() == 16 { 4 } else { 5 };
-    }
-    match kernel {
-        _ if !kernel.fits(p.head_dim, p.head_dim_v) || !kernel.supported() => 0,
-        AttnKernel::Scalar => 0,
-        AttnKernel::Avx2 => 1,
-        AttnKernel::Avx512 if p.n_head / p.n_head_kv <= 4 => 3,
-        AttnKernel::Avx512 => 2,
+    if AttnKernel::Scalar.lanes() == 16 {
+        4
+    } else {
+        5
     }
 }
 
-/// Parts a row with `len` keys splits into (as `parts_of` in attention.wgsl).
-fn attn_parts(len: usize, split_min: usize) -> usize {
-    let mut k = if split_min != 0 && len >= split_min { 2 } else { 1 };
-    while len.div_ceil(k) > ATTN_PART_KEYS {
+/// Parts a row's keys `first..=pos` split into (as `part_range` in attention.wgsl): the
+/// CPU's split-KV halves where it splits (`split`: a single-row f16 batch), each cut into
+/// as many equal pieces as keep them within the cap.
+fn attn_parts(first: usize, pos: usize, split: bool) -> usize {
+    let end = pos + 1;
+    let (halves, longest) = match super::cpu::split_point(split, end) {
+        Some(mid) => {
+            let mid = mid.clamp(first, end);
+            (2, (mid - first).max(end - mid))
+        }
+        None => (1, end - first),
+    };
+    let mut k = 1;
+    while longest.div_ceil(k) > ATTN_PART_KEYS {
         k *= 2;
     }
-    k
+    halves * k
 }
 
 /// Whether the device's WGSL `fma` rounds once, as the CPU's does: one dispatch on inputs
@@ -906,12 +908,14 @@ impl Backend for WgpuBackend {
             return;
         }
         // Parts per row: the CPU's split of long single-row f16 batches, and the cap.
-        let split_min = if p.f16_accum && p.single_row { super::cpu::SPLIT_KV_MIN } else { 0 };
-        let keys = |pos: u32| {
-            let pos = pos as usize;
-            pos + 1 - p.window.map_or(0, |w| (pos + 1).saturating_sub(w))
-        };
-        let n_parts = batch.positions.iter().map(|&pos| attn_parts(keys(pos), split_min)).max().unwrap_or(1);
+        let split = p.f16_accum && p.single_row;
+        let first = |pos: usize| p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let n_parts = batch
+            .positions
+            .iter()
+            .map(|&pos| attn_parts(first(pos as usize), pos as usize, split))
+            .max()
+            .unwrap_or(1);
         // Rows per dispatch pair, so that their partial states fit one binding.
         let row_bytes = (p.n_head * n_parts * (p.head_dim_v + 2) * 4) as u64;
         let per = ((self.max_binding / row_bytes) as usize).clamp(1, n);
@@ -957,11 +961,10 @@ impl Backend for WgpuBackend {
                 p.f16_accum as u32,
                 u(n_parts),
                 u(row0),
-                u(split_min),
+                u32::from(split),
                 u(ATTN_PART_KEYS),
                 u(n),
-                score_order(p),
-                f(p.scale),
+                score_order(),
             ];
             let res = [
                 (1, Res::Buf(&q.buf)),

@@ -3,9 +3,11 @@
 //! quantized once per call to the weight's dot format (Q8_0 / Q8_1 / Q8_K, or f16/bf16
 //! rounding for float weights, as ggml does), rayon over output rows, inner dot products
 //! ([`dot`], also the scalar reference) compiled twice, plain and with AVX2+FMA, the AVX2
-//! copy chosen at run time. [`attn`] holds attention over the f16 KV cache.
+//! copy chosen at run time. [`attn`] holds attention over the f16 KV cache
+//! (small batches and decode), [`attn_tile`] the tiled prompt attention of larger batches.
 
 pub mod attn;
+pub mod attn_tile;
 pub mod dot;
 pub mod math;
 pub mod packed;
