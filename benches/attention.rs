@@ -1,9 +1,11 @@
 //! Attention over an f16 KV cache at several context lengths, with the head shapes of the
-//! three bench models (query heads per KV head × head size), in both accumulation modes.
-//! Reported as K+V bytes read per second. `cargo bench --bench attention`.
+//! three bench models (query heads per KV head × head size): the small-batch (f16) mode as
+//! decode runs it, reported as K+V bytes read per second, and the tiled prompt mode as one
+//! job of 16 rows runs it, reported as scores per second. `cargo bench --bench attention`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferrite::kernels::cpu::attn::{attend_run, HeadKv, Online, Run, MAX_RUN};
+use ferrite::kernels::cpu::attn_tile::{self, State, Tile, TILE};
 
 /// (name, query heads sharing a KV head, head size, KV heads in a slot).
 const SHAPES: &[(&str, usize, usize, usize)] =
@@ -24,13 +26,41 @@ fn rand_bits(n: usize, seed: &mut u64) -> Vec<u16> {
 
 /// One query row's attention over `keys` slots, run by run as the backend feeds it; returns
 /// the first head's denominator (so that nothing is optimised away).
-fn attend_all(q: &[f32], d: usize, kv: &HeadKv, keys: usize, f16_accum: bool, st: &mut Online) -> f32 {
+fn attend_all(q: &[f32], d: usize, kv: &HeadKv, keys: usize, st: &mut Online) -> f32 {
     for s0 in (0..keys).step_by(RUN) {
-        let run =
-            Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125, f16_accum, group: st.heads };
+        let run = Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125 };
         attend_run(&run, st);
     }
     st.l[0]
+}
+
+/// Rows of one tiled job (as the CPU backend groups them).
+const TILE_ROWS: usize = 16;
+
+/// One tiled job: `TILE_ROWS` query rows × `heads` heads over `keys` keys, each tile
+/// converted once; returns a sum of the denominators.
+fn attend_tiled(
+    q: &[f32],
+    d: usize,
+    heads: usize,
+    kv: &HeadKv,
+    keys: usize,
+    tile: &mut Tile,
+    acc: &mut [f32],
+) -> f32 {
+    let n = TILE_ROWS * heads;
+    let (mut m, mut s) = (vec![f32::NEG_INFINITY; n], vec![0f32; n]);
+    acc.fill(0.0);
+    for t0 in (0..keys).step_by(TILE) {
+        let lanes = 0..TILE.min(keys - t0);
+        tile.load(kv, d, d, lanes.clone(), |j| t0 + j);
+        for i in 0..n {
+            let mut st = State { m: m[i], s: s[i], acc: &mut acc[i * d..(i + 1) * d] };
+            attn_tile::update(&q[i * d..(i + 1) * d], tile, lanes.clone(), 0.125, &mut st);
+            (m[i], s[i]) = (st.m, st.s);
+        }
+    }
+    s.iter().sum()
 }
 
 fn bench(c: &mut Criterion) {
@@ -48,12 +78,35 @@ fn bench(c: &mut Criterion) {
             let kv = HeadKv { k: &k, v: &v, k_stride: stride, v_stride: stride, k_off: d, v_off: d };
             let mut acc = vec![0f32; heads * d];
             g.throughput(Throughput::Bytes((2 * keys * d * 2) as u64));
-            for f16_accum in [false, true] {
-                let mode = if f16_accum { "f16 acc" } else { "f32 acc" };
-                g.bench_with_input(BenchmarkId::new(mode, keys), &keys, |b, &keys| {
-                    b.iter(|| attend_all(&q, d, &kv, keys, f16_accum, &mut Online::new(heads, &mut acc)))
-                });
-            }
+            g.bench_with_input(BenchmarkId::new("f16 mode (decode)", keys), &keys, |b, &keys| {
+                b.iter(|| attend_all(&q, d, &kv, keys, &mut Online::new(heads, &mut acc)))
+            });
+        }
+        g.finish();
+    }
+}
+
+/// The tiled prompt mode: one job of 16 rows at 512 and 4096 keys.
+fn bench_tiled(c: &mut Criterion) {
+    let mut seed = 0x1234_5678_9ABC_DEF1u64;
+    for &(shape, heads, d, kv_heads) in SHAPES {
+        let mut g = c.benchmark_group(format!("attention {shape} tiled, {TILE_ROWS} rows"));
+        g.sample_size(10);
+        for keys in [512usize, 4096] {
+            let stride = kv_heads * d;
+            let k = rand_bits(keys * stride, &mut seed);
+            let v = rand_bits(keys * stride, &mut seed);
+            let q: Vec<f32> = rand_bits(TILE_ROWS * heads * d, &mut seed)
+                .iter()
+                .map(|&b| half::f16::from_bits(b).to_f32())
+                .collect();
+            let kv = HeadKv { k: &k, v: &v, k_stride: stride, v_stride: stride, k_off: d, v_off: d };
+            let mut acc = vec![0f32; TILE_ROWS * heads * d];
+            let mut tile = Tile::default();
+            g.throughput(Throughput::Elements((TILE_ROWS * heads * keys) as u64));
+            g.bench_with_input(BenchmarkId::new("scores", keys), &keys, |b, &keys| {
+                b.iter(|| attend_tiled(&q, d, heads, &kv, keys, &mut tile, &mut acc))
+            });
         }
         g.finish();
     }
@@ -86,7 +139,7 @@ fn bench_cold(c: &mut Criterion) {
                     } else {
                         HeadKv { k, v, k_stride: stride, v_stride: stride, k_off: d, v_off: d }
                     };
-                    l += attend_all(&q, d, &kv, keys, true, &mut Online::new(heads, &mut acc));
+                    l += attend_all(&q, d, &kv, keys, &mut Online::new(heads, &mut acc));
                 }
                 l
             })
@@ -95,5 +148,5 @@ fn bench_cold(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_cold);
+criterion_group!(benches, bench, bench_tiled, bench_cold);
 criterion_main!(benches);

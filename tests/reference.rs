@@ -1,7 +1,6 @@
 //! ferrite against llama.cpp's outputs (../shared/reference): prompt tokens, teacher-forced
 //! top-1 and top-5 log-probabilities, free-running greedy tokens, and GPL-3 perplexity.
-//! SmolLM2 cases run by default (CI); the larger models, and the log-prob checks of the
-//! quantized SmolLM2 copies (a known gap, see docs/ARCHITECTURE.md, "Agreement with llama.cpp"), run with `--ignored`.
+//! Every SmolLM2 case runs by default (CI); the larger models run with `--ignored`.
 
 mod common;
 
@@ -154,7 +153,6 @@ fn check_perplexity(key: &str, file: &str, required: bool) {
 }
 
 #[test]
-#[ignore = "known gap: bit-exact with llama.cpp on prompts under 64 tokens, but the 659-token `long` case differs by up to 0.56 nats (tiled prompt attention, split-KV decode; see docs/ARCHITECTURE.md, Agreement with llama.cpp); run with --ignored"]
 fn smollm2_q4_1_reference() {
     check_reference("smollm2-q4_1", true);
 }
@@ -163,7 +161,6 @@ fn smollm2_q4_1_perplexity() {
     check_perplexity("smollm2-q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf", true);
 }
 #[test]
-#[ignore = "known gap: bit-exact with llama.cpp on prompts under 64 tokens, but the 659-token `long` case differs by up to 0.56 nats (tiled prompt attention, split-KV decode; see docs/ARCHITECTURE.md, Agreement with llama.cpp); run with --ignored"]
 fn smollm2_q8_0_reference() {
     check_reference("smollm2-q8_0", true);
 }
@@ -172,7 +169,6 @@ fn smollm2_q8_0_perplexity() {
     check_perplexity("smollm2-q8_0", "SmolLM2-135M-Instruct.Q8_0.gguf", true);
 }
 #[test]
-#[ignore = "known gap: bit-exact with llama.cpp on prompts under 64 tokens, but the 659-token `long` case differs by up to 0.56 nats (tiled prompt attention, split-KV decode; see docs/ARCHITECTURE.md, Agreement with llama.cpp); run with --ignored"]
 fn smollm2_q4_0_reference() {
     check_reference("smollm2-q4_0", true);
 }

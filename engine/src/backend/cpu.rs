@@ -462,7 +462,8 @@ fn heads_per_job(rows: usize, n_head: usize, group: usize, threads: usize) -> us
         .unwrap_or(1)
 }
 
-/// Attention of `heads` query heads (sharing one KV head) over keys `range` of a sequence,
+/// Attention of `heads` query heads (sharing one KV head) over keys `range` of a sequence
+/// in a batch of under 64 rows (llama.cpp's f16 mode, see `ferrite_kernels::cpu::attn`):
 /// online softmax (no score matrix), in runs of consecutive slots (one cache block each).
 #[allow(clippy::too_many_arguments)]
 fn attend(
@@ -479,13 +480,9 @@ fn attend(
     let dv = p.head_dim_v;
     acc.resize(heads * dv, 0.0);
     acc2.resize(heads * dv, 0.0);
-    let q = if p.f16_accum {
-        q16.clear();
-        q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
-        &q16[..]
-    } else {
-        q
-    };
+    q16.clear();
+    q16.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
+    let q = &q16[..];
     // llama.cpp splits the cells of a single-row batch evenly across its threads (the
     // reference ran with 2) once it looks at 512 or more of them, each part accumulated in
     // f16, the parts merged in f32 in order.
@@ -536,9 +533,7 @@ fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &
     while t < range.end {
         let n = (bs - t % bs).min(range.end - t);
         let slot0 = table[t / bs] as usize * bs + t % bs;
-        let group = p.n_head / p.n_head_kv;
-        let run =
-            attn::Run { q, dk: p.head_dim, kv, slot0, n, scale: p.scale, f16_accum: p.f16_accum, group };
+        let run = attn::Run { q, dk: p.head_dim, kv, slot0, n, scale: p.scale };
         attn::attend_run(&run, st);
         t += n;
     }

@@ -1,22 +1,19 @@
-//! Attention inner loops over an f16 KV cache: one head's query against a run of consecutive
-//! cache slots, with an online softmax (no score matrix), for all query heads that share
-//! the KV head at once. Three bodies ([`AttnKernel`]): scalar (the reference), AVX2+FMA+F16C
-//! and AVX-512 (f16 loads become `vcvtph2ps`), the best one the CPU has chosen per run.
-//!
-//! Two accumulation modes, matching llama.cpp's CPU flash attention:
-//! - f32: scores of the run first, one rescale per run, `acc += e·v` in f32;
-//! - f16 (its path for batches under 64 rows, `ggml_compute_forward_flash_attn_ext_f16_one_chunk`):
-//!   the query is pre-rounded to f16 by the caller, each score is summed in the order of
-//!   llama.cpp's `ggml_vec_dot_f16` for this CPU's vector width ([`dot_ggml`]), weights come
-//!   from the platform's `expf` (as llama.cpp calls it), and the running `Σ e·v` is rounded
-//!   to f16 after every rescale and every multiply-add, key by key. With these, the result
-//!   is llama.cpp's to the bit.
+//! Attention of small batches (under 64 rows, token generation included) over an f16 KV
+//! cache, as llama.cpp's CPU flash attention computes them
+//! (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`), to the bit: one head's query
+//! against a run of consecutive cache slots, with an online softmax (no score matrix), for
+//! all query heads that share the KV head at once. The query is pre-rounded to f16 by the
+//! caller, each score is summed in the order of llama.cpp's `ggml_vec_dot_f16` for this
+//! CPU's vector width ([`dot_ggml`]), weights come from the platform's `expf` (as llama.cpp
+//! calls it), and the running `Σ e·v` is rounded to f16 after every rescale and every
+//! multiply-add, key by key. Three bodies ([`AttnKernel`]): scalar (the reference),
+//! AVX2+FMA+F16C and AVX-512 (f16 loads become `vcvtph2ps`), the best one the CPU has chosen
+//! per run. Larger batches go through [`super::attn_tile`].
 
 use half::f16;
 
-/// One call's work: the queries of the heads sharing a KV head (`heads × dk`, contiguous),
-/// the run of `n` slots from `slot0` in that head's cache, the score scale, and whether
-/// softmax·V accumulates in f16 (llama.cpp's small-batch mode).
+/// One call's work: the queries of the heads sharing a KV head (`heads × dk`, contiguous,
+/// f16-rounded), the run of `n` slots from `slot0` in that head's cache, the score scale.
 #[derive(Clone, Copy, Debug)]
 pub struct Run<'a> {
     pub q: &'a [f32],
@@ -25,11 +22,6 @@ pub struct Run<'a> {
     pub slot0: usize,
     pub n: usize,
     pub scale: f32,
-    pub f16_accum: bool,
-    /// Query heads that share this KV head in the model (a call may take fewer). It fixes
-    /// the AVX-512 body's summation order, so that a result never depends on how many heads
-    /// a call takes (which follows the thread count), and so that the GPU can mirror it.
-    pub group: usize,
 }
 
 /// Where one head's keys and values live in the cache: f16 bits, `*_stride` values per slot,
@@ -78,12 +70,9 @@ pub const MAX_HEADS: usize = 8;
 /// and value is loaded and converted once for all of them.
 pub fn attend_run(r: &Run, st: &mut Online) {
     let kernel = AttnKernel::best();
-    let kernel = match kernel.fits(r.dk, st.dv()) {
-        true => kernel,
-        // f16 mode must keep the summation order of the CPU's own vector width.
-        false if r.f16_accum => AttnKernel::Scalar,
-        false => AttnKernel::Avx2,
-    };
+    // A shape the SIMD body does not take runs the scalar body, which keeps the summation
+    // order of the CPU's own vector width.
+    let kernel = if kernel.fits(r.dk, st.dv()) { kernel } else { AttnKernel::Scalar };
     attend_run_with(kernel, r, st)
 }
 
@@ -139,8 +128,8 @@ impl AttnKernel {
         }
     }
 
-    /// The vector width whose `ggml_vec_dot_f16` summation order this kernel's f16-mode
-    /// scores follow: its own, or for the scalar body the one llama.cpp uses on this CPU.
+    /// The vector width whose `ggml_vec_dot_f16` summation order this kernel's scores
+    /// follow: its own, or for the scalar body the one llama.cpp uses on this CPU.
     pub fn lanes(self) -> usize {
         match self {
             AttnKernel::Avx2 => 8,
@@ -191,16 +180,16 @@ pub fn attend_run_with(kernel: AttnKernel, r: &Run, st: &mut Online) {
     attend_run_scalar(r, st, kernel.lanes())
 }
 
-/// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`; f16-mode
-/// scores summed as `ggml_vec_dot_f16` with `lanes`-wide vectors (8 or 16).
+/// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`; scores
+/// summed as `ggml_vec_dot_f16` with `lanes`-wide vectors (8 or 16).
 pub fn attend_run_scalar(r: &Run, st: &mut Online, lanes: usize) {
-    let Run { q, dk, kv, slot0, n, scale, f16_accum, .. } = *r;
+    let Run { q, dk, kv, slot0, n, scale } = *r;
     assert!(lanes == 8 || lanes == 16, "ggml vector width");
     let dv = st.dv();
     for h in 0..st.heads {
         let acc = &mut st.acc[h * dv..(h + 1) * dv];
         let (m, l) = (&mut st.m[h], &mut st.l[h]);
-        run_body(&q[h * dk..(h + 1) * dk], kv, slot0, n, scale, f16_accum, lanes, m, l, acc)
+        run_body(&q[h * dk..(h + 1) * dk], kv, slot0, n, scale, lanes, m, l, acc)
     }
 }
 
@@ -245,7 +234,6 @@ pub fn tree_ggml(x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
     use super::{Online, Run, MAX_HEADS, MAX_RUN};
-    use crate::cpu::math::avx2::exp;
     use std::arch::x86_64::*;
 
     /// Eight f16 values at `p[i..]` as f32.
@@ -281,14 +269,6 @@ pub(super) mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn run(r: &Run, o: &mut Online) {
         match o.heads {
             1 => heads::<1>(r, o),
@@ -305,60 +285,36 @@ pub(super) mod avx2 {
     /// Per-key, per-head values: `[key][head]`, the heads of a key in one 8-lane register.
     pub(super) type Cols = [[f32; MAX_HEADS]; MAX_RUN];
 
-    /// Softmax factors of a run, all heads at once (one lane each), updating each head's max
-    /// and denominator. `s` holds the scores on entry and the value weights on return. In
-    /// f16 mode `ms[j]` rescales the running sum before key `j` (1 where the max did not
-    /// move; the returned mask has bit `j` set where it moved for one of `o.heads`); in f32 mode
-    /// `ms[0]` rescales it once for the run.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn factors(s: &mut Cols, n: usize, f16_accum: bool, o: &mut Online, ms: &mut Cols) -> u64 {
-        if f16_accum {
-            // Key by key as llama.cpp, with its `expf` (scalar: one call per key and head): a
-            // new max rescales the sum by e^(m_old - s) and the key weighs 1; otherwise the
-            // rescale is 1 and the key weighs e^(s - m); `l = fma(l, rescale, weight)`.
-            let mut rescale = 0u64;
-            for j in 0..n {
-                let mut c = [1f32; MAX_HEADS];
-                let mut moved = false;
-                for h in 0..o.heads {
-                    let sj = s[j][h];
-                    if sj > o.m[h] {
-                        c[h] = (o.m[h] - sj).exp();
-                        o.m[h] = sj;
-                        s[j][h] = 1.0;
-                        moved = true;
-                    } else {
-                        s[j][h] = (sj - o.m[h]).exp();
-                    }
-                    o.l[h] = o.l[h].mul_add(c[h], s[j][h]);
+    /// Softmax factors of a run, key by key as llama.cpp, with its `expf` (scalar: one call
+    /// per key and head), updating each head's max and denominator: a new max rescales the
+    /// sum by e^(m_old - s) and the key weighs 1; otherwise the rescale is 1 and the key
+    /// weighs e^(s - m); `l = fma(l, rescale, weight)`. `s` holds the scores on entry and the
+    /// value weights on return; `ms[j]` rescales the running sum before key `j` (1 where the
+    /// max did not move; the returned mask has bit `j` set where it moved for one of
+    /// `o.heads`).
+    pub(super) fn factors(s: &mut Cols, n: usize, o: &mut Online, ms: &mut Cols) -> u64 {
+        let mut rescale = 0u64;
+        for j in 0..n {
+            let mut c = [1f32; MAX_HEADS];
+            let mut moved = false;
+            for h in 0..o.heads {
+                let sj = s[j][h];
+                if sj > o.m[h] {
+                    c[h] = (o.m[h] - sj).exp();
+                    o.m[h] = sj;
+                    s[j][h] = 1.0;
+                    moved = true;
+                } else {
+                    s[j][h] = (sj - o.m[h]).exp();
                 }
-                if moved {
-                    rescale |= 1 << j;
-                    ms[j] = c;
-                }
+                o.l[h] = o.l[h].mul_add(c[h], s[j][h]);
             }
-            return rescale;
+            if moved {
+                rescale |= 1 << j;
+                ms[j] = c;
+            }
         }
-        // f32 mode: one rescale for the whole run.
-        let row = |c: &Cols, j: usize| ld(&c[j], 0);
-        let put = |c: &mut Cols, j: usize, v: __m256| st(&mut c[j], 0, v);
-        let m = ld(&o.m, 0);
-        let mut mx = m;
-        for j in 0..n {
-            mx = _mm256_max_ps(mx, row(s, j));
-        }
-        let c = exp(_mm256_sub_ps(m, mx));
-        let mut sum = _mm256_setzero_ps();
-        for j in 0..n {
-            let e = exp(_mm256_sub_ps(row(s, j), mx));
-            sum = _mm256_add_ps(sum, e);
-            put(s, j, e);
-        }
-        let l = _mm256_fmadd_ps(ld(&o.l, 0), c, sum);
-        st(&mut o.l, 0, l);
-        st(&mut o.m, 0, mx);
-        put(ms, 0, c);
-        0
+        rescale
     }
 
     /// [`super::dot_ggml`] with 8 lanes.
@@ -384,34 +340,20 @@ pub(super) mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     fn heads<const NH: usize>(r: &Run, o: &mut Online) {
-        let Run { q, dk, kv, slot0, n, scale, f16_accum, .. } = *r;
+        let Run { q, dk, kv, slot0, n, scale } = *r;
         let dv = o.dv();
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
         let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
-        // 1. Scores: each key converted once for every head (f16 mode: per head, in
-        // `ggml_vec_dot_f16`'s order).
+        // 1. Scores, per head in `ggml_vec_dot_f16`'s order.
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         for (j, s) in s.iter_mut().enumerate().take(n) {
             let k = key(j);
-            if f16_accum {
-                for (h, s) in s.iter_mut().enumerate().take(NH) {
-                    *s = dot_ggml8(&q[h * dk..(h + 1) * dk], k) * scale;
-                }
-                continue;
-            }
-            let mut acc = [_mm256_setzero_ps(); NH];
-            for i in (0..dk).step_by(8) {
-                let k8 = ld16(k, i);
-                for (h, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(ld(q, h * dk + i), k8, *acc);
-                }
-            }
-            for (h, acc) in acc.iter().enumerate() {
-                s[h] = hsum(*acc) * scale;
+            for (h, s) in s.iter_mut().enumerate().take(NH) {
+                *s = dot_ggml8(&q[h * dk..(h + 1) * dk], k) * scale;
             }
         }
         let mut ms: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
-        let rescale = factors(&mut s, n, f16_accum, o, &mut ms);
+        let rescale = factors(&mut s, n, o, &mut ms);
         let vs = &s;
         // 2. Σ e·v, eight outputs at a time held in registers across the keys; each value
         // converted once for every head.
@@ -419,21 +361,14 @@ pub(super) mod avx2 {
             let mut acc = [_mm256_setzero_ps(); NH];
             for (h, acc) in acc.iter_mut().enumerate() {
                 *acc = ld(&o.acc[h * dv..], i);
-                if !f16_accum {
-                    *acc = _mm256_mul_ps(*acc, _mm256_set1_ps(ms[0][h]));
-                }
             }
             for j in 0..n {
                 let v8 = ld16(val(j), i);
                 for (h, acc) in acc.iter_mut().enumerate() {
-                    if f16_accum {
-                        if rescale >> j & 1 != 0 {
-                            *acc = round16(_mm256_mul_ps(*acc, _mm256_set1_ps(ms[j][h])));
-                        }
-                        *acc = round16(_mm256_fmadd_ps(v8, _mm256_set1_ps(vs[j][h]), *acc));
-                    } else {
-                        *acc = _mm256_fmadd_ps(v8, _mm256_set1_ps(vs[j][h]), *acc);
+                    if rescale >> j & 1 != 0 {
+                        *acc = round16(_mm256_mul_ps(*acc, _mm256_set1_ps(ms[j][h])));
                     }
+                    *acc = round16(_mm256_fmadd_ps(v8, _mm256_set1_ps(vs[j][h]), *acc));
                 }
             }
             for (h, acc) in acc.iter().enumerate() {
@@ -490,73 +425,24 @@ mod avx512 {
         _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
     }
 
-    /// The horizontal sums of eight vectors, lane `h` holding `Σ a[h]` (a transpose-and-add
-    /// tree: 12 shuffles and 7 adds for all eight).
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-    #[inline]
-    fn hsum8(a: &[__m512; 8]) -> __m256 {
-        // Per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3].
-        let l1 = |x, y| _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
-        // Per 128-bit lane: the lane's partial sums of four vectors, in order.
-        let l2 = |x, y| {
-            _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(x, y), _mm512_shuffle_ps::<0b11_10_11_10>(x, y))
-        };
-        let u0 = l2(l1(a[0], a[1]), l1(a[2], a[3]));
-        let u1 = l2(l1(a[4], a[5]), l1(a[6], a[7]));
-        // [u0: L0+L1, u0: L2+L3, u1: L0+L1, u1: L2+L3]
-        let x = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(u0, u1),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(u0, u1),
-        );
-        let y = _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b00_00_10_00>(x, x),
-            _mm512_shuffle_f32x4::<0b00_00_11_01>(x, x),
-        );
-        _mm512_castps512_ps256(y)
-    }
-
     /// `NH` heads; `G` 16-value chunks of the output per pass over the keys.
     ///
     /// # Safety
     /// As [`run`].
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     unsafe fn heads<const NH: usize, const G: usize>(r: &Run, o: &mut Online) {
-        let Run { q, dk, kv, slot0, n, scale, f16_accum, .. } = *r;
+        let Run { q, dk, kv, slot0, n, scale } = *r;
         debug_assert!(n <= MAX_RUN && NH <= MAX_HEADS && q.len() == NH * dk);
         let dv = o.dv();
         let key = |j: usize| kv.k[(slot0 + j) * kv.k_stride + kv.k_off..].as_ptr();
-        // 1. Scores: each key chunk converted once for every head; in models with four heads
-        // or fewer per KV head, even and odd chunks go to separate accumulators (two chains
-        // per head).
-        let split = r.group <= 4 && NH <= 4;
+        // 1. Scores, per head in `ggml_vec_dot_f16`'s order.
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
-        let mut j = 0;
-        if f16_accum {
-            for (j, s) in s.iter_mut().enumerate().take(n) {
-                // SAFETY: key `j` is in range (the caller's contract).
-                unsafe { scores_ggml::<NH>(q, dk, key(j), scale, s) };
-            }
-            j = n;
-        }
-        while j < n {
-            // Two keys at a time: each query chunk loaded once for both.
-            // SAFETY: keys `j..j + P` are in range (the caller's contract).
-            unsafe {
-                match (j + 1 < n, split) {
-                    (true, true) => {
-                        scores::<NH, 2, true>(q, dk, [key(j), key(j + 1)], scale, &mut s[j..j + 2])
-                    }
-                    (true, false) => {
-                        scores::<NH, 2, false>(q, dk, [key(j), key(j + 1)], scale, &mut s[j..j + 2])
-                    }
-                    (false, true) => scores::<NH, 1, true>(q, dk, [key(j)], scale, &mut s[j..j + 1]),
-                    (false, false) => scores::<NH, 1, false>(q, dk, [key(j)], scale, &mut s[j..j + 1]),
-                }
-            }
-            j += 2;
+        for (j, s) in s.iter_mut().enumerate().take(n) {
+            // SAFETY: key `j` is in range (the caller's contract).
+            unsafe { scores_ggml::<NH>(q, dk, key(j), scale, s) };
         }
         let mut ms: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
-        let rescale = factors(&mut s, n, f16_accum, o, &mut ms);
+        let rescale = factors(&mut s, n, o, &mut ms);
         let vs = &s;
         // 2. Σ e·v: `G` chunks of 16 outputs per head in registers across the keys.
         let mut i = 0;
@@ -565,52 +451,12 @@ mod avx512 {
             // SAFETY: values `i..i + 16·g` of every value row are in range (the caller's
             // contract; `dv` is a multiple of 16).
             unsafe {
-                match (g == G, f16_accum) {
-                    (true, false) => pass::<NH, G, false>(kv, slot0, n, i, vs, &ms, rescale, o),
-                    (true, true) => pass::<NH, G, true>(kv, slot0, n, i, vs, &ms, rescale, o),
-                    (false, false) => pass::<NH, 1, false>(kv, slot0, n, i, vs, &ms, rescale, o),
-                    (false, true) => pass::<NH, 1, true>(kv, slot0, n, i, vs, &ms, rescale, o),
+                match g == G {
+                    true => pass::<NH, G>(kv, slot0, n, i, vs, &ms, rescale, o),
+                    false => pass::<NH, 1>(kv, slot0, n, i, vs, &ms, rescale, o),
                 }
             }
             i += 16 * g;
-        }
-    }
-
-    /// Scores `q·k · scale` of `P` keys for `NH` heads into `out[key][head]`; with `SPLIT`
-    /// (`NH ≤ 4`), even and odd chunks go to separate accumulators (two chains per head).
-    ///
-    /// # Safety
-    /// Each key pointer has `dk` readable values; `q` holds `NH × dk`; `dk % 16 == 0`.
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn scores<const NH: usize, const P: usize, const SPLIT: bool>(
-        q: &[f32],
-        dk: usize,
-        keys: [*const u16; P],
-        scale: f32,
-        out: &mut [[f32; MAX_HEADS]],
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 8]; P];
-        for c in 0..dk / 16 {
-            // SAFETY: the caller's contract.
-            let kc = keys.map(|kp| unsafe { ld16(kp.add(16 * c)) });
-            let slot = if SPLIT { 4 * (c & 1) } else { 0 };
-            for h in 0..NH {
-                // SAFETY: `q` holds `NH × dk` values (the caller's contract).
-                let qc = unsafe { _mm512_loadu_ps(q.as_ptr().add(h * dk + 16 * c)) };
-                for (acc, kc) in acc.iter_mut().zip(&kc) {
-                    acc[slot + h] = _mm512_fmadd_ps(qc, *kc, acc[slot + h]);
-                }
-            }
-        }
-        for (acc, out) in acc.iter().zip(out.iter_mut()) {
-            let mut sums = _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(scale));
-            if SPLIT {
-                // Lanes 4..8 hold the odd chunks of heads 0..4.
-                sums = _mm256_add_ps(sums, _mm256_permute2f128_ps::<0x81>(sums, sums));
-            }
-            // SAFETY: `out` holds 8 writable f32.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
         }
     }
 
@@ -701,7 +547,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    unsafe fn pass<const NH: usize, const G: usize, const F16: bool>(
+    unsafe fn pass<const NH: usize, const G: usize>(
         kv: &HeadKv,
         slot0: usize,
         n: usize,
@@ -717,9 +563,6 @@ mod avx512 {
             for (g, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the slice holds 16 readable f32; the load is unaligned.
                 *a = unsafe { _mm512_loadu_ps(o.acc[h * dv + i + 16 * g..][..16].as_ptr()) };
-                if !F16 {
-                    *a = _mm512_mul_ps(*a, _mm512_set1_ps(ms[0][h]));
-                }
             }
         }
         let base = kv.v[slot0 * kv.v_stride + kv.v_off + i..].as_ptr();
@@ -729,7 +572,7 @@ mod avx512 {
                 // SAFETY: the caller's contract.
                 *v = unsafe { ld16(base.add(j * kv.v_stride + 16 * g)) };
             }
-            if F16 && rescale >> j & 1 != 0 {
+            if rescale >> j & 1 != 0 {
                 for (h, acc) in acc.iter_mut().enumerate() {
                     let c = _mm512_set1_ps(ms[j][h]);
                     for a in acc.iter_mut() {
@@ -740,10 +583,7 @@ mod avx512 {
             for h in 0..NH {
                 let e = _mm512_set1_ps(vs[j][h]);
                 for (a, v) in acc[h].iter_mut().zip(&v) {
-                    *a = _mm512_fmadd_ps(*v, e, *a);
-                    if F16 {
-                        *a = round16(*a);
-                    }
+                    *a = round16(_mm512_fmadd_ps(*v, e, *a));
                 }
             }
         }
@@ -766,21 +606,6 @@ fn round16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// `Σ q·k` in 8 lanes (vectorizes without reassociation flags).
-#[inline(always)]
-fn dot(q: &[f32], k: &[u16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (qc, kc) = (q.chunks_exact(8), k.chunks_exact(8));
-    let (qt, kt) = (qc.remainder(), kc.remainder());
-    for (q8, k8) in qc.zip(kc) {
-        for l in 0..8 {
-            acc[l] = q8[l].mul_add(h2f(k8[l]), acc[l]);
-        }
-    }
-    let tail: f32 = qt.iter().zip(kt).map(|(a, b)| a * h2f(*b)).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn run_body(
@@ -789,7 +614,6 @@ fn run_body(
     slot0: usize,
     n: usize,
     scale: f32,
-    f16_accum: bool,
     lanes: usize,
     m: &mut f32,
     l: &mut f32,
@@ -799,37 +623,18 @@ fn run_body(
     let dv = acc.len();
     let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
     let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
-    if f16_accum {
-        for j in 0..n {
-            let s = dot_ggml(q, key(j), lanes) * scale;
-            let (mut ms, mut vs) = (1f32, 1f32);
-            if s > *m {
-                ms = (*m - s).exp();
-                *m = s;
-                acc.iter_mut().for_each(|a| *a = round16(*a * ms));
-            } else {
-                vs = (s - *m).exp();
-            }
-            acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = round16(h2f(v).mul_add(vs, *a)));
-            // Fused, as llama.cpp's compiled `S = S*ms + vs`.
-            *l = l.mul_add(ms, vs);
+    for j in 0..n {
+        let s = dot_ggml(q, key(j), lanes) * scale;
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > *m {
+            ms = (*m - s).exp();
+            *m = s;
+            acc.iter_mut().for_each(|a| *a = round16(*a * ms));
+        } else {
+            vs = (s - *m).exp();
         }
-        return;
-    }
-    let mut s = [0f32; MAX_RUN];
-    for (j, s) in s[..n].iter_mut().enumerate() {
-        *s = dot(q, key(j)) * scale;
-    }
-    let mx = s[..n].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    if mx > *m {
-        let c = (*m - mx).exp();
-        *l *= c;
-        acc.iter_mut().for_each(|a| *a *= c);
-        *m = mx;
-    }
-    for (j, &s) in s[..n].iter().enumerate() {
-        let e = (s - *m).exp();
-        *l += e;
-        acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = h2f(v).mul_add(e, *a));
+        acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = round16(h2f(v).mul_add(vs, *a)));
+        // Fused, as llama.cpp's compiled `S = S*ms + vs`.
+        *l = l.mul_add(ms, vs);
     }
 }
