@@ -19,6 +19,7 @@
 use super::math;
 use crate::cpu::attn::{tree_ggml, HeadKv};
 use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// Keys per tile (llama.cpp's `GGML_FA_TILE_KV`).
 pub const TILE: usize = 64;
@@ -28,6 +29,8 @@ pub const TILE: usize = 64;
 pub struct Tile {
     kt: Vec<f32>,
     v: Vec<f32>,
+    /// One key in f32, before it is transposed.
+    row: Vec<f32>,
     dk: usize,
     dv: usize,
 }
@@ -45,18 +48,18 @@ impl Tile {
     ) {
         assert!(lanes.end <= TILE, "tile lanes");
         if self.dk != dk || self.dv != dv {
-            *self = Tile { kt: vec![0.0; dk * TILE], v: vec![0.0; TILE * dv], dk, dv };
+            *self = Tile { kt: vec![0.0; dk * TILE], v: vec![0.0; TILE * dv], row: vec![0.0; dk], dk, dv };
         }
         for j in lanes {
             let s = slot(j);
-            let k = &kv.k[s * kv.k_stride + kv.k_off..][..dk];
-            for (d, &x) in k.iter().enumerate() {
-                self.kt[d * TILE + j] = f16::from_bits(x).to_f32();
+            // `half` converts slices with F16C where the CPU has it.
+            let k: &[f16] = kv.k[s * kv.k_stride + kv.k_off..][..dk].reinterpret_cast();
+            k.convert_to_f32_slice(&mut self.row);
+            for (d, &x) in self.row.iter().enumerate() {
+                self.kt[d * TILE + j] = x;
             }
-            let v = &kv.v[s * kv.v_stride + kv.v_off..][..dv];
-            for (o, &x) in self.v[j * dv..(j + 1) * dv].iter_mut().zip(v) {
-                *o = f16::from_bits(x).to_f32();
-            }
+            let v: &[f16] = kv.v[s * kv.v_stride + kv.v_off..][..dv].reinterpret_cast();
+            v.convert_to_f32_slice(&mut self.v[j * dv..(j + 1) * dv]);
         }
     }
 }
@@ -164,25 +167,26 @@ mod avx2 {
         scale: f32,
         st: &mut State,
     ) {
-        // Scores of the 8-key chunks that hold the lanes; lanes outside weigh nothing.
-        let (c0, c1) = (lanes.start / 8, lanes.end.div_ceil(8));
+        // Scores of all 64 lanes (a constant trip count keeps the eight chains in
+        // registers); lanes outside the range are set to −∞ and weigh nothing.
         let mut acc = [_mm256_setzero_ps(); TILE / 8];
         let kt = tile.kt.as_ptr();
         for (d, &qd) in q.iter().enumerate() {
             let qv = _mm256_set1_ps(qd);
-            for (c, a) in acc.iter_mut().enumerate().take(c1).skip(c0) {
+            for (c, a) in acc.iter_mut().enumerate() {
                 // SAFETY: `kt` holds `dk × TILE` values; `d < dk`, `8c + 8 <= TILE`.
                 let k = unsafe { _mm256_loadu_ps(kt.add(d * TILE + 8 * c)) };
                 *a = _mm256_fmadd_ps(k, qv, *a);
             }
         }
         let mut s = [f32::NEG_INFINITY; TILE];
-        for (c, a) in acc.iter().enumerate().take(c1).skip(c0) {
+        for (c, a) in acc.iter().enumerate() {
             // SAFETY: `s` holds TILE values; `8c + 8 <= TILE`.
             unsafe { _mm256_storeu_ps(s.as_mut_ptr().add(8 * c), _mm256_mul_ps(*a, _mm256_set1_ps(scale))) };
         }
-        s[c0 * 8..lanes.start].fill(f32::NEG_INFINITY);
-        s[lanes.end..c1 * 8].fill(f32::NEG_INFINITY);
+        s[..lanes.start].fill(f32::NEG_INFINITY);
+        s[lanes.end..].fill(f32::NEG_INFINITY);
+        let (c0, c1) = (lanes.start / 8, lanes.end.div_ceil(8));
         let mx = s[lanes.clone()].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         rescale(st, mx);
         let mut w = [0f32; TILE];
@@ -197,34 +201,18 @@ mod avx2 {
             }
         }
         add_sum(st, &w);
-        // Σ w·v: 64 outputs (eight vectors) at a time across the tile's keys.
+        // Σ w·v: 64 outputs (eight vectors) at a time across the tile's keys, then eight.
         let dv = tile.dv;
-        let v = tile.v.as_ptr();
         let mut i = 0;
-        while i < dv {
-            let g = ((dv - i) / 8).min(8);
-            if g == 0 {
-                break;
-            }
-            let out = st.acc[i..].as_mut_ptr();
-            let mut a = [_mm256_setzero_ps(); 8];
-            for (k, a) in a.iter_mut().enumerate().take(g) {
-                // SAFETY: `i + 8k + 8 <= dv`.
-                *a = unsafe { _mm256_loadu_ps(out.add(8 * k)) };
-            }
-            for j in lanes.clone() {
-                let wj = _mm256_set1_ps(w[j]);
-                for (k, a) in a.iter_mut().enumerate().take(g) {
-                    // SAFETY: value row `j < TILE` has `dv` values; `i + 8k + 8 <= dv`.
-                    let x = unsafe { _mm256_loadu_ps(v.add(j * dv + i + 8 * k)) };
-                    *a = _mm256_fmadd_ps(x, wj, *a);
-                }
-            }
-            for (k, a) in a.iter().enumerate().take(g) {
-                // SAFETY: as the loads.
-                unsafe { _mm256_storeu_ps(out.add(8 * k), *a) };
-            }
-            i += 8 * g;
+        while i + 64 <= dv {
+            // SAFETY: outputs `i..i + 64` exist (`i + 64 <= dv`).
+            unsafe { pv::<8>(tile, i, lanes.clone(), &w, st) };
+            i += 64;
+        }
+        while i + 8 <= dv {
+            // SAFETY: outputs `i..i + 8` exist.
+            unsafe { pv::<1>(tile, i, lanes.clone(), &w, st) };
+            i += 8;
         }
         // A value width that is not a multiple of 8: the rest one by one.
         for d in i..dv {
@@ -233,6 +221,41 @@ mod avx2 {
                 a = tile.v[j * dv + d].mul_add(w[j], a);
             }
             st.acc[d] = a;
+        }
+    }
+
+    /// Outputs `i..i + 8·G` of `Σ w·v` over the keys of `lanes`, held in registers.
+    ///
+    /// # Safety
+    /// The CPU has avx2, fma and f16c; `i + 8·G <= tile.dv`; `lanes.end <= TILE`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn pv<const G: usize>(
+        tile: &Tile,
+        i: usize,
+        lanes: std::ops::Range<usize>,
+        w: &[f32; TILE],
+        st: &mut State,
+    ) {
+        let dv = tile.dv;
+        let out = st.acc[i..i + 8 * G].as_mut_ptr();
+        let v = tile.v.as_ptr();
+        let mut a = [_mm256_setzero_ps(); G];
+        for (k, a) in a.iter_mut().enumerate() {
+            // SAFETY: `out` holds 8·G values.
+            *a = unsafe { _mm256_loadu_ps(out.add(8 * k)) };
+        }
+        for j in lanes {
+            let wj = _mm256_set1_ps(w[j]);
+            for (k, a) in a.iter_mut().enumerate() {
+                // SAFETY: value row `j < TILE` has `dv` values; `i + 8k + 8 <= dv`.
+                let x = unsafe { _mm256_loadu_ps(v.add(j * dv + i + 8 * k)) };
+                *a = _mm256_fmadd_ps(x, wj, *a);
+            }
+        }
+        for (k, a) in a.iter().enumerate() {
+            // SAFETY: as the loads.
+            unsafe { _mm256_storeu_ps(out.add(8 * k), *a) };
         }
     }
 }
