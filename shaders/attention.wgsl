@@ -19,8 +19,8 @@
 //
 // p: rows in this dispatch, n_head, n_head_kv, head_dim, head_dim_v, scale (bits), window
 //    (0: none), block size, f16 mode, parts per row, first row of this dispatch, split-KV
-//    (1: single-row f16 batch), keys per part at most, rows in the batch, score lanes for
-//    the f16 mode (16: 4, 8: 5).
+//    (1: single-row f16 batch), keys per part at most, rows in the batch, the f16 mode's
+//    score lanes (16 or 8: `score_ggml`).
 // rows_info: positions[n], table_of_row[n], table offsets[n_seq + 1], then the tables,
 //    offsets counted from the start of rows_info (n: all rows of the batch).
 
@@ -220,7 +220,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         if (lid < n) {
             let ko = slot_of(table, t + lid) * kw + g * dk;
             if (f16_mode) {
-                sc[lid] = score_ggml(ko, dk, select(8u, 16u, p[14] == 4u)) * scale;
+                sc[lid] = score_ggml(ko, dk, p[14]) * scale;
             } else {
                 sc[lid] = score_seq(ko, dk) * scale;
             }

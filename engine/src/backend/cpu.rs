@@ -325,13 +325,9 @@ impl Backend for CpuBackend {
                 let (row, h0) = (job / jobs_per_row, job % jobs_per_row * heads);
                 let g = h0 / group;
                 let qh = &q[row * qw + h0 * p.head_dim..row * qw + (h0 + heads) * p.head_dim];
-                let pos = batch.positions[row] as usize;
                 let table = &batch.tables[batch.table_of_row[row] as usize];
-                let first = match p.window {
-                    Some(w) => (pos + 1).saturating_sub(w),
-                    None => 0,
-                };
-                attend(qh, heads, &kv.head(layer, g), table, first..pos + 1, p, sc, o);
+                let keys = p.keys(batch.positions[row] as usize);
+                attend(qh, heads, &kv.head(layer, g), table, keys, p, sc, o);
             },
         );
     }
@@ -487,10 +483,11 @@ fn attend(
     // reference ran with 2) once it looks at 512 or more of them, each part accumulated in
     // f16, the parts merged in f32 in order.
     if let Some(mid) = split_point(p.f16_accum && p.single_row, range.end) {
+        let mid = mid.clamp(range.start, range.end);
         let mut s0 = Online::new(heads, acc);
-        attend_range(q, kv, table, range.start..mid.clamp(range.start, range.end), p, &mut s0);
+        attend_range(q, kv, table, range.start..mid, p, &mut s0);
         let mut s1 = Online::new(heads, acc2);
-        attend_range(q, kv, table, mid.clamp(range.start, range.end)..range.end, p, &mut s1);
+        attend_range(q, kv, table, mid..range.end, p, &mut s1);
         for h in 0..heads {
             let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
             let o = &mut out[h * dv..(h + 1) * dv];
@@ -608,11 +605,7 @@ fn attend_tiled(
     let table = &batch.tables[batch.table_of_row[rows.start] as usize];
     let bs = BLOCK_SIZE;
     let slot = |t: usize| table[t / bs] as usize * bs + t % bs;
-    let keys = |r: usize| {
-        let pos = batch.positions[r] as usize;
-        let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        first..pos + 1
-    };
+    let keys = |r: usize| p.keys(batch.positions[r] as usize);
     let lo = rows.clone().map(|r| keys(r).start).min().unwrap_or(0);
     let hi = rows.clone().map(|r| keys(r).end).max().unwrap_or(0);
     let states = rows.len() * group;

@@ -160,6 +160,14 @@ pub struct AttnParams {
     pub single_row: bool,
 }
 
+impl AttnParams {
+    /// The positions a row at `pos` attends to: all before it and itself, or the last
+    /// `window` of them on sliding-window layers.
+    pub fn keys(&self, pos: usize) -> std::ops::Range<usize> {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))..pos + 1
+    }
+}
+
 /// Batches with fewer rows than this attend in llama.cpp's f16-accumulating mode.
 pub const F16_ATTN_MAX_ROWS: usize = 64;
 

@@ -216,22 +216,11 @@ const ENTRIES: &[(&str, &str)] = &[
 /// iterations) and gives long decode steps more workgroups.
 pub const ATTN_PART_KEYS: usize = 4096;
 
-/// The f16-mode score order (see `score_ggml` in attention.wgsl): llama.cpp's for this
-/// CPU's vector width, 4 for 16 lanes, 5 for 8, as the CPU backend sums them.
-fn score_order() -> u32 {
-    use ferrite_kernels::cpu::attn::AttnKernel;
-    if AttnKernel::Scalar.lanes() == 16 {
-        4
-    } else {
-        5
-    }
-}
-
-/// Parts a row's keys `first..=pos` split into (as `part_range` in attention.wgsl): the
-/// CPU's split-KV halves where it splits (`split`: a single-row f16 batch), each cut into
-/// as many equal pieces as keep them within the cap.
-fn attn_parts(first: usize, pos: usize, split: bool) -> usize {
-    let end = pos + 1;
+/// Parts a row's keys `keys` split into (as `part_range` in attention.wgsl): the CPU's
+/// split-KV halves where it splits (`split`: a single-row f16 batch), each cut into as many
+/// equal pieces as keep them within the cap.
+fn attn_parts(keys: std::ops::Range<usize>, split: bool) -> usize {
+    let (first, end) = (keys.start, keys.end);
     let (halves, longest) = match super::cpu::split_point(split, end) {
         Some(mid) => {
             let mid = mid.clamp(first, end);
@@ -909,13 +898,8 @@ impl Backend for WgpuBackend {
         }
         // Parts per row: the CPU's split of long single-row f16 batches, and the cap.
         let split = p.f16_accum && p.single_row;
-        let first = |pos: usize| p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let n_parts = batch
-            .positions
-            .iter()
-            .map(|&pos| attn_parts(first(pos as usize), pos as usize, split))
-            .max()
-            .unwrap_or(1);
+        let n_parts =
+            batch.positions.iter().map(|&pos| attn_parts(p.keys(pos as usize), split)).max().unwrap_or(1);
         // Rows per dispatch pair, so that their partial states fit one binding.
         let row_bytes = (p.n_head * n_parts * (p.head_dim_v + 2) * 4) as u64;
         let per = ((self.max_binding / row_bytes) as usize).clamp(1, n);
@@ -964,7 +948,8 @@ impl Backend for WgpuBackend {
                 u32::from(split),
                 u(ATTN_PART_KEYS),
                 u(n),
-                score_order(),
+                // The f16 mode sums scores in llama.cpp's order for this CPU's vector width.
+                u(ferrite_kernels::cpu::attn::AttnKernel::Scalar.lanes()),
             ];
             let res = [
                 (1, Res::Buf(&q.buf)),
