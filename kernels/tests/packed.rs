@@ -1,7 +1,7 @@
 //! The packed SIMD matmul, every instruction set this CPU has, against the scalar reference
 //! dot products (`VecDot::dot` on the original blocks) on random data and odd shapes.
 
-use ferrite_kernels::cpu::dot::VecDot;
+use ferrite_kernels::cpu::dot::{self, VecDot};
 use ferrite_kernels::cpu::packed::{Isa, PackScratch, PackedMatrix};
 use ferrite_kernels::quant::*;
 use half::f16;
@@ -41,36 +41,61 @@ fn rand_weights(rng: &mut StdRng, ty: QuantType, n_in: usize, n_out: usize, quan
 }
 
 fn reference<W: VecDot>(w: &[u8], n_in: usize, n_out: usize, x: &[f32], n: usize) -> Vec<f32> {
+    reference_with::<W>(w, n_in, n_out, x, n, |_| W::dot)
+}
+
+/// The reference with the dot product that `pick` gives for token `t`.
+fn reference_with<W: VecDot>(
+    w: &[u8],
+    n_in: usize,
+    n_out: usize,
+    x: &[f32],
+    n: usize,
+    pick: impl Fn(usize) -> fn(&[W], &[W::Act]) -> f32,
+) -> Vec<f32> {
     let w: &[W] = cast_blocks(w).unwrap();
     let wpr = n_in / W::BLOCK_ELEMS;
     let mut out = vec![0f32; n * n_out];
     for t in 0..n {
         let mut acts = vec![bytemuck::Zeroable::zeroed(); n_in / W::ACT_ELEMS];
         W::quantize_act(&x[t * n_in..(t + 1) * n_in], &mut acts);
+        let dot = pick(t);
         for r in 0..n_out {
-            out[t * n_out + r] = W::dot(&w[r * wpr..(r + 1) * wpr], &acts);
+            out[t * n_out + r] = dot(&w[r * wpr..(r + 1) * wpr], &acts);
         }
     }
     out
 }
 
+/// The reference in the order llama.cpp's x86 build uses for a batch of `n` tokens.
 fn reference_for(ty: QuantType, w: &[u8], n_in: usize, n_out: usize, x: &[f32], n: usize) -> Vec<f32> {
     match ty {
         QuantType::Q4_0 => reference::<BlockQ4_0>(w, n_in, n_out, x, n),
         QuantType::Q4_1 => reference::<BlockQ4_1>(w, n_in, n_out, x, n),
         QuantType::Q5_0 => reference::<BlockQ5_0>(w, n_in, n_out, x, n),
         QuantType::Q8_0 => reference::<BlockQ8_0>(w, n_in, n_out, x, n),
-        QuantType::Q4_K => reference::<BlockQ4K>(w, n_in, n_out, x, n),
-        QuantType::Q6_K => reference::<BlockQ6K>(w, n_in, n_out, x, n),
+        // Repacked gemm for the tokens in fours, gemv for the last n % 4.
+        QuantType::Q4_K => reference_with::<BlockQ4K>(w, n_in, n_out, x, n, |t| {
+            if t < n - n % 4 {
+                dot::dot_q4k_gemm
+            } else {
+                BlockQ4K::dot
+            }
+        }),
+        // The tiled K-quant matmul from 8 tokens on, `vec_dot` below.
+        QuantType::Q6_K => reference_with::<BlockQ6K>(w, n_in, n_out, x, n, |_| {
+            if n >= 8 {
+                dot::dot_q6k_tiled
+            } else {
+                BlockQ6K::dot
+            }
+        }),
         other => panic!("no reference for {other:?}"),
     }
 }
 
 const PACKED: [QuantType; 6] =
     [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0, QuantType::Q4_K, QuantType::Q6_K];
-
-/// Formats whose packed kernel and scalar reference sum in one order (llama.cpp's).
-const EXACT: [QuantType; 4] = [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0];
 
 #[test]
 fn packed_matches_scalar_reference() {
@@ -96,28 +121,15 @@ fn packed_matches_scalar_reference() {
                     let mut got = vec![f32::NAN; n * n_out];
                     p.matmul(&x, n, &mut got, &mut scratch);
                     for t in 0..n {
-                        // 32-value formats sum in the scalar reference's (llama.cpp's) order:
-                        // the same bits. K-quants: integer sums are exact; only the order of
-                        // the per-block f32 adds differs, so compare against the row's magnitude.
-                        let scale: f32 =
-                            want[t * n_out..(t + 1) * n_out].iter().map(|v| v.abs()).sum::<f32>()
-                                / n_out as f32
-                                + 1e-6;
+                        // Every packed format sums in the scalar reference's order (llama.cpp's
+                        // x86 one): the same bits.
                         for r in 0..n_out {
                             let (g, e) = (got[t * n_out + r], want[t * n_out + r]);
-                            if EXACT.contains(&ty) {
-                                assert_eq!(
-                                    g.to_bits(),
-                                    e.to_bits(),
-                                    "{ty:?} {isa:?} quantized={quantized} n_in={n_in} n_out={n_out} n={n} \
-                                     t={t} r={r}: {g} vs {e} (same order: same bits)"
-                                );
-                                continue;
-                            }
-                            assert!(
-                                (g - e).abs() <= 1e-4 * scale.max(e.abs()),
+                            assert_eq!(
+                                g.to_bits(),
+                                e.to_bits(),
                                 "{ty:?} {isa:?} quantized={quantized} n_in={n_in} n_out={n_out} n={n} \
-                                 t={t} r={r}: {g} vs {e}"
+                                 t={t} r={r}: {g} vs {e} (same order: same bits)"
                             );
                         }
                     }

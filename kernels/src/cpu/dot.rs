@@ -253,30 +253,20 @@ impl VecDot for BlockIQ4NL {
     }
 }
 
-/// Σ over the 8 sub-blocks of (min_j × the activation sums of sub-block j): the part of a
-/// K-quant dot product that the block minimums contribute.
-#[inline(always)]
-fn k_mins(bsums: &[i16; QK_K / 16], mins: &[u8; 8]) -> i32 {
-    (0..8).map(|j| mins[j] as i32 * (bsums[2 * j] as i32 + bsums[2 * j + 1] as i32)).sum()
-}
-
 /// One Q4_K/Q5_K super-block against a Q8_K block: 8 sub-blocks of 32 with 6-bit scales
-/// and mins; `qh` holds Q5_K's fifth bits.
+/// and mins; `qh` holds Q5_K's fifth bits. Returns per sub-block `j` the exact integers
+/// `scale_j · Σ q·a` and `min_j · Σ a`.
 #[inline(always)]
-fn k_dot(
-    d: f32,
-    dmin: f32,
+fn k_sums(
     sm: impl Fn(usize) -> (u8, u8),
     qs: &[u8; QK_K / 2],
     qh: Option<&[u8; QK_K / 8]>,
     y: &BlockQ8K,
-) -> f32 {
-    let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
-    for (j, (s, m)) in scales.iter_mut().zip(&mut mins).enumerate() {
-        (*s, *m) = sm(j);
-    }
-    let mut sumi = 0i32;
-    for (j, &sc) in scales.iter().enumerate() {
+) -> ([i32; 8], [i32; 8]) {
+    let bsums = y.bsums();
+    let (mut sums, mut mins) = ([0i32; 8], [0i32; 8]);
+    for j in 0..8 {
+        let (sc, m) = sm(j);
         let q = &qs[(j / 2) * 32..(j / 2) * 32 + 32];
         let yq = &y.qs[j * 32..j * 32 + 32];
         let shift = if j % 2 == 0 { 0 } else { 4 };
@@ -289,55 +279,122 @@ fn k_dot(
                 .map(|((&q, &h), &v)| ((((q >> shift) & 0x0f) | (((h >> j) & 1) << 4)) as i32) * v as i32)
                 .sum(),
         };
-        sumi += sc as i32 * s;
+        sums[j] = sc as i32 * s;
+        mins[j] = m as i32 * (bsums[2 * j] as i32 + bsums[2 * j + 1] as i32);
     }
-    let yd = y.d();
-    yd * d * sumi as f32 - yd * dmin * k_mins(&y.bsums(), &mins) as f32
+    (sums, mins)
 }
 
 impl VecDot for BlockQ4K {
     activations!(BlockQ8K, QK_K, quantize_with);
+    /// llama.cpp's x86 build repacks Q4_K (`q4_K_8x8_q8_K`, rows a multiple of 8); this is
+    /// its gemv (single token) order: per block `acc += sumi · (d·d_a)` and, in a second
+    /// accumulator, `acc_min += mins · (dmin·d_a)`, both fused; the row is `acc − acc_min`.
+    /// Its gemm (tokens in fours) fuses per pair of sub-blocks: [`dot_q4k_gemm`].
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
-        w.iter().zip(a).map(|(x, y)| k_dot(x.d(), x.dmin(), |j| x.scale_min(j), &x.qs, None, y)).sum()
+        dot_q4k(w, a, 8)
     }
+}
+
+/// Q4_K in the order of llama.cpp's repacked gemm, which it runs for a batch's tokens in
+/// groups of four (the last `n % 4` tokens take the gemv order of `VecDot::dot`): one
+/// fused multiply-add per pair of 32-value sub-blocks.
+pub fn dot_q4k_gemm(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    dot_q4k(w, a, 2)
+}
+
+/// Q4_K with one fused step per `step` sub-blocks (8: per block; 2: per pair).
+#[inline(always)]
+fn dot_q4k(w: &[BlockQ4K], a: &[BlockQ8K], step: usize) -> f32 {
+    let (mut acc, mut acc_min) = (0f32, 0f32);
+    for (x, y) in w.iter().zip(a) {
+        let (sums, mins) = k_sums(|j| x.scale_min(j), &x.qs, None, y);
+        let (dd, dm) = (x.d() * y.d(), x.dmin() * y.d());
+        for (s, m) in sums.chunks_exact(step).zip(mins.chunks_exact(step)) {
+            acc = (s.iter().sum::<i32>() as f32).mul_add(dd, acc);
+            acc_min = (m.iter().sum::<i32>() as f32).mul_add(dm, acc_min);
+        }
+    }
+    acc - acc_min
 }
 
 impl VecDot for BlockQ5K {
     activations!(BlockQ8K, QK_K, quantize_with);
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
-        w.iter().zip(a).map(|(x, y)| k_dot(x.d(), x.dmin(), |j| x.scale_min(j), &x.qs, Some(&x.qh), y)).sum()
+        w.iter()
+            .zip(a)
+            .map(|(x, y)| {
+                let (sums, mins) = k_sums(|j| x.scale_min(j), &x.qs, Some(&x.qh), y);
+                let (sumi, mins) = (sums.iter().sum::<i32>(), mins.iter().sum::<i32>());
+                let yd = y.d();
+                yd * x.d() * sumi as f32 - yd * x.dmin() * mins as f32
+            })
+            .sum()
     }
+}
+
+/// The 256 unsigned 6-bit codes of a Q6_K block (value `u − 32`), in value order.
+#[inline(always)]
+pub(crate) fn q6k_codes(x: &BlockQ6K) -> [u8; QK_K] {
+    let mut u = [0u8; QK_K];
+    for n in 0..2 {
+        let (ql, qh) = (&x.ql[64 * n..64 * n + 64], &x.qh[32 * n..32 * n + 32]);
+        let out = &mut u[128 * n..128 * n + 128];
+        for l in 0..32 {
+            out[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+            out[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+            out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    u
 }
 
 impl VecDot for BlockQ6K {
     activations!(BlockQ8K, QK_K, quantize_with);
+    /// llama.cpp's x86 `vec_dot_q6_K_q8_K` (Q6_K is not repacked there): lane `k` of a block
+    /// is the exact integer `Σ_c scale(2c + k/4) · Σ_{t=4k..4k+4} u·a` over the eight
+    /// 32-value chunks `c`, minus `32 · (bsum_2k·scale_2k + bsum_2k+1·scale_2k+1)`; then
+    /// [`lanes8`] with `d·d_a`.
     #[inline(always)]
     fn dot(w: &[Self], a: &[BlockQ8K]) -> f32 {
-        let mut sum = 0f32;
-        for (x, y) in w.iter().zip(a) {
-            // Unpack to 256 signed 6-bit values, then one integer sum per 16-value scale.
-            let mut q = [0i8; QK_K];
-            for n in 0..2 {
-                let (ql, qh) = (&x.ql[64 * n..64 * n + 64], &x.qh[32 * n..32 * n + 32]);
-                let out = &mut q[128 * n..128 * n + 128];
-                for l in 0..32 {
-                    out[l] = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8 - 32;
-                    out[l + 32] = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
-                    out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
-                    out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        lanes8(w.iter().zip(a).map(|(x, y)| {
+            let u = q6k_codes(x);
+            let bs = y.bsums();
+            let sc = |j: usize| x.scales[j] as i32;
+            let lanes = std::array::from_fn(|k| {
+                let mut s = 0i32;
+                for c in 0..QK_K / 32 {
+                    let p: i32 =
+                        (32 * c + 4 * k..32 * c + 4 * k + 4).map(|t| u[t] as i32 * y.qs[t] as i32).sum();
+                    s += sc(2 * c + k / 4) * p;
                 }
-            }
-            let mut sumi = 0i32;
-            for (s, (qc, yc)) in q.chunks_exact(16).zip(y.qs.chunks_exact(16)).enumerate() {
-                let d: i32 = qc.iter().zip(yc).map(|(&a, &b)| a as i32 * b as i32).sum();
-                sumi += x.scales[s] as i32 * d;
-            }
-            sum += x.d() * y.d() * sumi as f32;
-        }
-        sum
+                s - 32 * (bs[2 * k] as i32 * sc(2 * k) + bs[2 * k + 1] as i32 * sc(2 * k + 1))
+            });
+            (x.d() * y.d(), lanes)
+        }))
     }
+}
+
+/// Q6_K in the order of llama.cpp's tiled K-quant matmul (`ggml-cpu/tiled`, VNNI
+/// microkernel), which it runs for batches of 8 tokens or more: per block the exact integer
+/// `s = Σ_j scale_j · Σ (u − 32)·a` is scaled to `float(s) · d`, then `acc = fma(that, d_a,
+/// acc)` (the source writes a multiply and an add; GCC's default contraction fuses them).
+pub fn dot_q6k_tiled(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let u = q6k_codes(x);
+        let s: i32 = (0..QK_K / 16)
+            .map(|j| {
+                let p: i32 = (16 * j..16 * j + 16).map(|t| (u[t] as i32 - 32) * y.qs[t] as i32).sum();
+                x.scales[j] as i32 * p
+            })
+            .sum();
+        acc = (s as f32 * x.d()).mul_add(y.d(), acc);
+    }
+    acc
 }
 
 impl VecDot for BlockF32 {

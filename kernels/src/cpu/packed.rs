@@ -60,8 +60,9 @@ pub(crate) const LAYOUTS: [Layout; 6] = [
     Layout { blk: 256, sub: 16, bits: 6, zero: 32, min: Min::None, scales: true },
 ];
 /// Formats whose kernel follows llama.cpp's x86 `vec_dot` lane order (it does not repack
-/// them); Q4_0 and the K-quants follow its repacked kernels' one sum per block.
-pub(crate) const GGML_LANES: [bool; 6] = [false, true, true, true, false, false];
+/// them: Q4_1, Q5_0, Q8_0, Q6_K); Q4_0 and Q4_K follow its repacked kernels' one sum per
+/// block.
+pub(crate) const GGML_LANES: [bool; 6] = [false, true, true, true, false, true];
 pub(crate) const FMT_Q4_0: usize = 0;
 pub(crate) const FMT_Q4_1: usize = 1;
 pub(crate) const FMT_Q5_0: usize = 2;
@@ -102,9 +103,11 @@ impl Layout {
         self.hdr_bytes() + self.blk / 32 * self.chunk_bytes()
     }
     /// Activation `i32` side values per token and block: the zero-point corrections
-    /// (`−zero·Σa` per sub-block) or the i16 pairs of sub-block sums (Q4_K).
+    /// (`−zero·Σa` per sub-block) or the i16 pairs of sub-block sums (Q4_K, Q6_K).
     pub(crate) const fn iz_per_block(&self) -> usize {
-        if self.zero != 0 {
+        if self.scales {
+            self.nsub() / 2
+        } else if self.zero != 0 {
             self.nsub()
         } else if matches!(self.min, Min::Sub) {
             self.nsub() / 2
@@ -183,16 +186,7 @@ fn int_block(fmt: usize, b: &[u8]) -> IntBlock {
         FMT_Q6_K => {
             let x: &BlockQ6K = bytemuck::from_bytes(b);
             ib.d = x.d;
-            for n in 0..2 {
-                let (ql, qh) = (&x.ql[64 * n..64 * n + 64], &x.qh[32 * n..32 * n + 32]);
-                let u = &mut ib.u[128 * n..128 * n + 128];
-                for l in 0..32 {
-                    u[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
-                    u[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
-                    u[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                    u[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                }
-            }
+            ib.u = super::dot::q6k_codes(x);
             for (s, &v) in ib.sc.iter_mut().zip(&x.scales) {
                 *s = v as u8;
             }
@@ -492,15 +486,19 @@ fn quantize_token(fmt: usize, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
                 qc.copy_from_slice(&y.qs);
                 d[b] = y.d();
                 let bs = y.bsums();
+                // i16 pairs: Q6_K's lane k needs sub-blocks (2k, 2k + 1) of 16; Q4_K's
+                // sub-blocks of 32 are pairs of those, two sub-blocks per pair.
+                let pair =
+                    |lo: i32, hi: i32| (lo as i16 as u16 as u32 | ((hi as i16 as u16 as u32) << 16)) as i32;
                 if fmt == FMT_Q6_K {
-                    for j in 0..16 {
-                        iz[16 * b + j] = -l.zero * bs[j] as i32;
+                    for k in 0..8 {
+                        iz[8 * b + k] = pair(bs[2 * k] as i32, bs[2 * k + 1] as i32);
                     }
                 } else {
                     for p in 0..4 {
                         let lo = bs[4 * p] as i32 + bs[4 * p + 1] as i32;
                         let hi = bs[4 * p + 2] as i32 + bs[4 * p + 3] as i32;
-                        iz[4 * b + p] = (lo as i16 as u16 as u32 | ((hi as i16 as u16 as u32) << 16)) as i32;
+                        iz[4 * b + p] = pair(lo, hi);
                     }
                 }
             }

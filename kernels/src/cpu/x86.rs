@@ -8,14 +8,14 @@
 //! `float(sum) · d_w · d_a` to an f32 accumulator as ggml does.
 
 macro_rules! kernels {
-    ($feat:literal, $dot4:item) => {
+    ($feat:literal, $($isa_fn:item),+ $(,)?) => {
         use crate::cpu::packed::*;
         use std::arch::x86_64::*;
 
         /// Tokens per activation tile kept hot while a task streams its row groups.
         const TOKEN_BLOCK: usize = 64;
 
-        $dot4
+        $($isa_fn)*
 
         /// Runs one task of a packed matmul.
         #[target_feature(enable = $feat)]
@@ -39,14 +39,28 @@ macro_rules! kernels {
                 for g in 0..groups {
                     let w = &job.w[g * job.group_bytes..(g + 1) * job.group_bytes];
                     let mut t = tb;
+                    if F == FMT_Q6_K && job.n >= 8 {
+                        // llama.cpp's tiled K-quant matmul order (batches of 8 or more).
+                        while t + 4 <= te {
+                            store(job, g, t, &group_q6k_tiled::<4>(w, job, t));
+                            t += 4;
+                        }
+                        match te - t {
+                            3 => store(job, g, t, &group_q6k_tiled::<3>(w, job, t)),
+                            2 => store(job, g, t, &group_q6k_tiled::<2>(w, job, t)),
+                            1 => store(job, g, t, &group_q6k_tiled::<1>(w, job, t)),
+                            _ => {}
+                        }
+                        continue;
+                    }
                     if GGML_LANES[F] {
                         // Eight accumulators per token: tiles of two.
                         while t + 2 <= te {
-                            store(job, g, t, &group_lanes::<F, 2>(w, job, t));
+                            store(job, g, t, &lanes::<F, 2>(w, job, t));
                             t += 2;
                         }
                         if t < te {
-                            store(job, g, t, &group_lanes::<F, 1>(w, job, t));
+                            store(job, g, t, &lanes::<F, 1>(w, job, t));
                         }
                         continue;
                     }
@@ -153,6 +167,144 @@ macro_rules! kernels {
             _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
         }
 
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn lanes<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
+            if F == FMT_Q6_K {
+                group_q6k::<T>(w, job, t0)
+            } else {
+                group_lanes::<F, T>(w, job, t0)
+            }
+        }
+
+        /// `hsum_float_8`'s tree over eight lane accumulators (one row per lane), per token.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn hsum_lanes<const T: usize>(acc: &[[__m256; 8]; T]) -> [[f32; GROUP]; T] {
+            let mut r = [[0f32; GROUP]; T];
+            for (r, a) in r.iter_mut().zip(acc) {
+                let h = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                    _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
+                );
+                // SAFETY: `r` is 8 writable f32; the store is unaligned.
+                unsafe { _mm256_storeu_ps(r.as_mut_ptr(), h) };
+            }
+            r
+        }
+
+        /// Code vector `k` (values `4k..4k+4` of each row) of a Q6_K chunk: one vector of
+        /// [`unpack`], computed alone so that a lane's eight chunks can run back to back.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn unpack_q6k(ch: &[u8], k: usize) -> __m256i {
+            let v = ld(ch, 32 * (k % 4));
+            let lo = _mm256_and_si256(shift(v, -4 * (k / 4) as i32), _mm256_set1_epi8(0x0f));
+            let h = ld(ch, 128 + 32 * (k / 4));
+            _mm256_or_si256(lo, _mm256_and_si256(shift(h, 4 - 2 * (k % 4) as i32), _mm256_set1_epi8(0x30)))
+        }
+
+        /// Eight rows (one group) of Q6_K against tokens `t0..t0 + T` in llama.cpp's x86
+        /// `vec_dot_q6_K_q8_K` order (see `dot`'s Q6_K): lane `k` of a block is the exact
+        /// integer `Σ_c scale(2c + k/4)·(products 4k..4k+4 of chunk c)` minus
+        /// `32·(bsum·scale)` of sub-blocks `2k` and `2k + 1`, accumulated as
+        /// `fma(d_w·d_a, lane, acc_k)`; then `hsum_float_8`'s tree.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn group_q6k<const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
+            let l = LAYOUTS[FMT_Q6_K];
+            let bb = l.block_bytes();
+            let acts = job.acts;
+            let mut acc = [[_mm256_setzero_ps(); 8]; T];
+            for b in 0..job.nblk {
+                let rec = &w[b * bb..(b + 1) * bb];
+                let dw = _mm256_cvtph_ps(ld128(rec, 0));
+                let scb = |j: usize| ld64(rec, l.sc_off() + GROUP * j);
+                // Sub-block scale j of row r, as the i16 pair (s, s) in lane r.
+                let sc: [__m256i; 16] = std::array::from_fn(|j| _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(j), scb(j))));
+                let mut dd = [_mm256_setzero_ps(); T];
+                for (i, dd) in dd.iter_mut().enumerate() {
+                    *dd = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
+                }
+                for k in 0..8 {
+                    // Scales of sub-blocks (2k, 2k + 1) as an i16 pair, against the
+                    // activations' pair of sums: the `−32` zero point of lane k.
+                    let scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(2 * k), scb(2 * k + 1)));
+                    let mut isum = [_mm256_setzero_si256(); T];
+                    for (i, isum) in isum.iter_mut().enumerate() {
+                        let pair = acts.iz[(t0 + i) * acts.iz_stride + b * 8 + k];
+                        let z = _mm256_madd_epi16(scp, _mm256_set1_epi32(pair));
+                        *isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(z));
+                    }
+                    for c in 0..8 {
+                        let u = unpack_q6k(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()], k);
+                        let s = sc[2 * c + k / 4];
+                        for (i, isum) in isum.iter_mut().enumerate() {
+                            let a = &acts.qs[(t0 + i) * acts.n_in + b * l.blk + 32 * c + 4 * k..][..4];
+                            *isum = dot4_scaled(*isum, u, bcast(a, 0), s);
+                        }
+                    }
+                    for i in 0..T {
+                        acc[i][k] = _mm256_fmadd_ps(dd[i], _mm256_cvtepi32_ps(isum[i]), acc[i][k]);
+                    }
+                }
+            }
+            hsum_lanes(&acc)
+        }
+
+        /// Eight rows (one group) of Q6_K against tokens `t0..t0 + T` in the order of
+        /// llama.cpp's tiled K-quant matmul (`dot::dot_q6k_tiled`): per block the exact
+        /// integer `Σ_j scale_j·Σ(u − 32)·a`, then `acc = fma(float(s)·d_w, d_a, acc)`.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn group_q6k_tiled<const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
+            let l = LAYOUTS[FMT_Q6_K];
+            let bb = l.block_bytes();
+            let acts = job.acts;
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..job.nblk {
+                let rec = &w[b * bb..(b + 1) * bb];
+                let dw = _mm256_cvtph_ps(ld128(rec, 0));
+                let scb = |j: usize| ld64(rec, l.sc_off() + GROUP * j);
+                // The zero point: 32·Σ_j scale_j·bsum_j, from the activations' i16 pairs.
+                let mut isum = [_mm256_setzero_si256(); T];
+                for k in 0..8 {
+                    let scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(2 * k), scb(2 * k + 1)));
+                    for (i, isum) in isum.iter_mut().enumerate() {
+                        let pair = acts.iz[(t0 + i) * acts.iz_stride + b * 8 + k];
+                        *isum = _mm256_sub_epi32(*isum, _mm256_madd_epi16(scp, _mm256_set1_epi32(pair)));
+                    }
+                }
+                for isum in isum.iter_mut() {
+                    *isum = _mm256_slli_epi32::<5>(*isum);
+                }
+                for c in 0..l.blk / 32 {
+                    let u = unpack::<FMT_Q6_K>(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()]);
+                    for h in 0..2 {
+                        let sc = _mm256_cvtepi8_epi32(scb(2 * c + h));
+                        for (i, isum) in isum.iter_mut().enumerate() {
+                            let a = &acts.qs[(t0 + i) * acts.n_in + b * l.blk + 32 * c..][..32];
+                            let mut dp = _mm256_setzero_si256();
+                            for k in 4 * h..4 * h + 4 {
+                                dp = dot4(dp, u[k], bcast(a, 4 * k));
+                            }
+                            *isum = _mm256_add_epi32(*isum, _mm256_mullo_epi32(dp, sc));
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let da = _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]);
+                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(isum[i]), dw), da, *acc);
+                }
+            }
+            let mut r = [[0f32; GROUP]; T];
+            for (r, acc) in r.iter_mut().zip(acc) {
+                // SAFETY: `r` is 8 writable f32; the store is unaligned.
+                unsafe { _mm256_storeu_ps(r.as_mut_ptr(), acc) };
+            }
+            r
+        }
+
         /// Eight rows (one group) against tokens `t0..t0 + T` in llama.cpp's x86 `vec_dot`
         /// order (Q4_1, Q5_0, Q8_0; see `dot::lanes8`): per token, vector `k` holds lane `k`
         /// (products `4k..4k+4` of each block) of the eight rows, accumulated as
@@ -197,22 +349,21 @@ macro_rules! kernels {
                     }
                 }
             }
-            let mut r = [[0f32; GROUP]; T];
-            for i in 0..T {
-                let a = &acc[i];
-                let h = _mm256_add_ps(
-                    _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
-                    _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])),
-                );
-                let h = if l.min == Min::Block { _mm256_add_ps(h, summs[i]) } else { h };
-                // SAFETY: `r[i]` is 8 writable f32; the store is unaligned.
-                unsafe { _mm256_storeu_ps(r[i].as_mut_ptr(), h) };
+            let mut r = hsum_lanes(&acc);
+            if l.min == Min::Block {
+                // Q4_1: `+ Σ m·s` after the lanes' sum.
+                for (r, summs) in r.iter_mut().zip(summs) {
+                    // SAFETY: `r` is 8 readable and writable f32; the accesses are unaligned.
+                    unsafe { _mm256_storeu_ps(r.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(r.as_ptr()), summs)) };
+                }
             }
             r
         }
 
-        /// Eight rows (one group) against tokens `t0..t0 + T`: Q4_0 and the K-quants (one
-        /// integer sum per block or sub-block; the formats of `GGML_LANES` run `group_lanes`).
+        /// Eight rows (one group) against tokens `t0..t0 + T`: Q4_0 and Q4_K in the order of
+        /// llama.cpp's repacked kernels (`q4_0_8x8_q8_0`, `q4_K_8x8_q8_K`): one exact integer
+        /// sum per block, fused into the accumulator with `d_w·d_a`; Q4_K's mins go to a second
+        /// accumulator (`dmin·d_a`) subtracted at the end. `GGML_LANES` formats run [`lanes`].
         #[target_feature(enable = $feat)]
         #[inline]
         fn group<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
@@ -222,10 +373,20 @@ macro_rules! kernels {
             let acts = job.acts;
             let nsub_chunk = 32 / l.sub;
             let gv = l.sub / 4;
+            // llama.cpp's gemm (tokens in fours: our full tiles) fuses Q4_K per pair of
+            // sub-blocks, its gemv (the last n % 4 tokens: our partial tile) per block.
+            let pairs = F == FMT_Q4_K && T == 4;
             let mut acc = [_mm256_setzero_ps(); T];
+            let mut acc_min = [_mm256_setzero_ps(); T];
             for b in 0..job.nblk {
                 let rec = &w[b * bb..(b + 1) * bb];
                 let dw = _mm256_cvtph_ps(ld128(rec, 0));
+                let mut da = [_mm256_setzero_ps(); T];
+                let mut dd = [_mm256_setzero_ps(); T];
+                for i in 0..T {
+                    da[i] = _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]);
+                    dd[i] = _mm256_mul_ps(dw, da[i]);
+                }
                 let mut a: [&[i8]; T] = [&[]; T];
                 for (i, a) in a.iter_mut().enumerate() {
                     *a = &acts.qs[(t0 + i) * acts.n_in + b * l.blk..][..l.blk];
@@ -247,14 +408,15 @@ macro_rules! kernels {
                             }
                         }
                         if l.scales {
-                            let raw = ld64(rec, l.sc_off() + GROUP * j);
-                            let sc = if l.min == Min::None {
-                                _mm256_cvtepi8_epi32(raw)
-                            } else {
-                                _mm256_cvtepu8_epi32(raw)
-                            };
+                            let sc = _mm256_cvtepu8_epi32(ld64(rec, l.sc_off() + GROUP * j));
                             for i in 0..T {
                                 isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(dp[i], sc));
+                            }
+                            if pairs && j % 2 == 1 {
+                                for i in 0..T {
+                                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), dd[i], acc[i]);
+                                    isum[i] = _mm256_setzero_si256();
+                                }
                             }
                         } else {
                             for i in 0..T {
@@ -263,12 +425,10 @@ macro_rules! kernels {
                         }
                     }
                 }
-                let mut da = [_mm256_setzero_ps(); T];
-                for (i, da) in da.iter_mut().enumerate() {
-                    *da = _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]);
-                }
-                for i in 0..T {
-                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, da[i]), acc[i]);
+                if !pairs {
+                    for i in 0..T {
+                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), dd[i], acc[i]);
+                    }
                 }
                 match l.min {
                     // Q4_1 runs `group_lanes`.
@@ -284,18 +444,26 @@ macro_rules! kernels {
                             for i in 0..T {
                                 let pair = acts.iz[(t0 + i) * acts.iz_stride + b * (l.nsub() / 2) + p];
                                 ms[i] = _mm256_add_epi32(ms[i], _mm256_madd_epi16(m16, _mm256_set1_epi32(pair)));
+                                if pairs {
+                                    let dm = _mm256_mul_ps(dmin, da[i]);
+                                    acc_min[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms[i]), dm, acc_min[i]);
+                                    ms[i] = _mm256_setzero_si256();
+                                }
                             }
                         }
-                        for i in 0..T {
-                            acc[i] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms[i]), _mm256_mul_ps(dmin, da[i]), acc[i]);
+                        if !pairs {
+                            for i in 0..T {
+                                let dm = _mm256_mul_ps(dmin, da[i]);
+                                acc_min[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ms[i]), dm, acc_min[i]);
+                            }
                         }
                     }
                 }
             }
             let mut r = [[0f32; GROUP]; T];
-            for (r, acc) in r.iter_mut().zip(acc) {
+            for ((r, acc), acc_min) in r.iter_mut().zip(acc).zip(acc_min) {
                 // SAFETY: `r` is 8 writable f32; the store is unaligned.
-                unsafe { _mm256_storeu_ps(r.as_mut_ptr(), acc) };
+                unsafe { _mm256_storeu_ps(r.as_mut_ptr(), _mm256_sub_ps(acc, acc_min)) };
             }
             r
         }
@@ -313,6 +481,13 @@ pub(crate) mod avx2 {
         fn dot4(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
             let p16 = _mm256_maddubs_epi16(u, a);
             _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+        },
+        /// `acc + Σ sc·(u·a pairs)`: `vpmaddubsw` then `vpmaddwd` against i16 scales
+        /// (llama.cpp's Q6_K `vec_dot`; no saturation: codes ≤ 63, activations ±127).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn dot4_scaled(acc: __m256i, u: __m256i, a: __m256i, sc: __m256i) -> __m256i {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), sc))
         }
     );
 }
@@ -326,6 +501,12 @@ pub(crate) mod vnni {
         #[inline]
         fn dot4(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
             _mm256_dpbusd_epi32(acc, u, a)
+        },
+        /// `acc + Σ sc·(u·a pairs)`: `vpmaddubsw` then one `vpdpwssd`.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn dot4_scaled(acc: __m256i, u: __m256i, a: __m256i, sc: __m256i) -> __m256i {
+            _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, a), sc)
         }
     );
 }
