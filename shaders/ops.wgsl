@@ -126,6 +126,15 @@ fn add(@builtin(global_invocation_id) id: vec3<u32>) {
     }
 }
 
+// p: len, s (f32 bits). a *= s (ggml's scale).
+@compute @workgroup_size(64)
+fn scale(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x + id.y * 65535u * 64u;
+    if (i < p[0]) {
+        a[i] *= pf(1u);
+    }
+}
+
 // p: n_rows, width. a[row] += c.
 @compute @workgroup_size(64)
 fn add_bias(@builtin(global_invocation_id) id: vec3<u32>) {

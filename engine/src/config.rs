@@ -127,6 +127,9 @@ pub struct ModelConfig {
     pub embed_scale: Option<f32>,
     /// Attention scale (1/√head_dim unless the architecture says otherwise).
     pub attn_scale: f32,
+    /// The scale multiplies the queries (after rope, by its own op) instead of q·k (Gemma 3,
+    /// as llama.cpp's graph does: the scaled queries then round to f16 in attention).
+    pub scale_queries: bool,
     /// The output head shares the embedding matrix.
     pub tied_embeddings: bool,
 }
@@ -174,11 +177,12 @@ impl ModelConfig {
         let rope_dim = md.opt(&k("rope.dimension_count"), Metadata::usize)?.unwrap_or(head_dim);
         let rope_scaling = read_rope_scaling(md, &arch_name)?;
         let gemma = arch == Arch::Gemma3;
+        let n_layers = md.usize(&k("block_count"))?;
         let sliding_window =
             if gemma { md.opt(&k("attention.sliding_window"), Metadata::usize)? } else { None };
         Ok(ModelConfig {
             arch,
-            n_layers: md.usize(&k("block_count"))?,
+            n_layers,
             n_embd,
             n_ff: md.usize(&k("feed_forward_length"))?,
             n_head,
@@ -204,7 +208,13 @@ impl ModelConfig {
             post_norms: gemma,
             activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
             embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            // Gemma 3 27B (62 layers) scales by 1/√(n_embd / n_head), as llama.cpp does.
+            attn_scale: if gemma && n_layers == 62 {
+                1.0 / ((n_embd / n_head) as f32).sqrt()
+            } else {
+                1.0 / (head_dim as f32).sqrt()
+            },
+            scale_queries: gemma,
             tied_embeddings: file.try_tensor("output.weight").is_none(),
             arch_name,
         })

@@ -408,6 +408,10 @@ impl<B: Backend> Device for OnBackend<B> {
         let s = scratch.as_mut().expect("allocated above");
 
         b.embed(&w.tok_embd, &batch.tokens, c.embed_scale.unwrap_or(1.0), &mut s.x)?;
+        // Rows through the current layer's feed-forward block: all of them, except in the last
+        // layer, which (as in llama.cpp) keeps only the rows that need logits.
+        let mut nr = n;
+        let last = w.layers.len() - 1;
         for (il, l) in w.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm_to(&s.x, &l.attn_norm, n, c.n_embd, c.rms_eps, &mut s.h);
@@ -446,18 +450,32 @@ impl<B: Backend> Device for OnBackend<B> {
             if let Some(pn) = &l.post_attn_norm {
                 b.rms_norm(&mut s.h, pn, n, c.n_embd, c.rms_eps);
             }
-            b.add(&mut s.x, &s.h, n * c.n_embd);
+            if il == last && logit_rows.len() < n {
+                // Only the rows that need logits go on; the kernels' order can depend on the
+                // batch size, so this also keeps ferrite's numbers equal to llama.cpp's.
+                nr = logit_rows.len();
+                if nr == 0 {
+                    return Ok(());
+                }
+                b.get_rows(&s.h, logit_rows, c.n_embd, &mut s.sel);
+                b.get_rows(&s.x, logit_rows, c.n_embd, &mut s.gate);
+                // `h + x` equals `x + h` bit for bit (IEEE addition commutes).
+                b.add(&mut s.sel, &s.gate, nr * c.n_embd);
+                std::mem::swap(&mut s.x, &mut s.sel);
+            } else {
+                b.add(&mut s.x, &s.h, n * c.n_embd);
+            }
 
             // Feed-forward block.
-            b.rms_norm_to(&s.x, &l.ffn_norm, n, c.n_embd, c.rms_eps, &mut s.h);
-            b.matmul(&l.w_gate, &s.h, n, &mut s.gate);
-            b.matmul(&l.w_up, &s.h, n, &mut s.up);
-            b.gated_act(&mut s.gate, &s.up, n * c.n_ff, c.activation);
-            b.matmul(&l.w_down, &s.gate, n, &mut s.h);
+            b.rms_norm_to(&s.x, &l.ffn_norm, nr, c.n_embd, c.rms_eps, &mut s.h);
+            b.matmul(&l.w_gate, &s.h, nr, &mut s.gate);
+            b.matmul(&l.w_up, &s.h, nr, &mut s.up);
+            b.gated_act(&mut s.gate, &s.up, nr * c.n_ff, c.activation);
+            b.matmul(&l.w_down, &s.gate, nr, &mut s.h);
             if let Some(pn) = &l.post_ffn_norm {
-                b.rms_norm(&mut s.h, pn, n, c.n_embd, c.rms_eps);
+                b.rms_norm(&mut s.h, pn, nr, c.n_embd, c.rms_eps);
             }
-            b.add(&mut s.x, &s.h, n * c.n_embd);
+            b.add(&mut s.x, &s.h, nr * c.n_embd);
         }
 
         // Logits only for the rows that need them, in passes of equal size whose logits fit
@@ -473,6 +491,14 @@ impl<B: Backend> Device for OnBackend<B> {
             s.logits_rows = per;
         }
         let head = w.output.as_ref().unwrap_or(&w.tok_embd);
+        // After the last layer's pruning, row `i` of `x` is the `i`-th logit row.
+        let kept: Vec<u32>;
+        let logit_rows = if nr < n {
+            kept = (0..nr as u32).collect();
+            &kept[..]
+        } else {
+            logit_rows
+        };
         for chunk in logit_rows.chunks(per) {
             let m = chunk.len();
             b.get_rows(&s.x, chunk, c.n_embd, &mut s.sel);

@@ -83,6 +83,10 @@ extern "C" __global__ void add(float* x, const float* __restrict__ y, u64 len) {
     GRID_STRIDE(i, len) x[i] += y[i];
 }
 
+extern "C" __global__ void scale(float* x, float s, u64 len) {
+    GRID_STRIDE(i, len) x[i] *= s;
+}
+
 extern "C" __global__ void add_bias(float* x, const float* __restrict__ bias, u64 len, int width) {
     GRID_STRIDE(i, len) x[i] += bias[i % width];
 }

@@ -55,6 +55,7 @@ const ENTRIES: &[(&str, &str)] = &[
     ("ops", "rope"),
     ("ops", "gated_act"),
     ("ops", "add"),
+    ("ops", "scale"),
     ("ops", "add_bias"),
     ("ops", "get_rows"),
     ("ops", "kv_store"),
@@ -706,6 +707,10 @@ impl Backend for CudaBackend {
 
     fn add(&self, x: &mut CudaBuf, y: &CudaBuf, len: usize) {
         self.launch("add", stride_cfg(len), &[&self.ptr(&x.data), &self.ptr(&y.data), &(len as u64)]);
+    }
+
+    fn scale(&self, x: &mut CudaBuf, len: usize, s: f32) {
+        self.launch("scale", stride_cfg(len), &[&self.ptr(&x.data), &s, &(len as u64)]);
     }
 
     fn get_rows(&self, x: &CudaBuf, rows: &[u32], width: usize, out: &mut CudaBuf) {

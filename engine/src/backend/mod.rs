@@ -289,6 +289,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `x += y` over `len` values.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize);
 
+    /// `x *= s` over `len` values (ggml's `scale`: Gemma scales its queries by their own op,
+    /// before attention rounds them).
+    fn scale(&self, x: &mut Self::Buf, len: usize, s: f32);
+
     /// Gathers rows: `out[j] = x[rows[j]]`, rows of `width`.
     fn get_rows(&self, x: &Self::Buf, rows: &[u32], width: usize, out: &mut Self::Buf);
 }

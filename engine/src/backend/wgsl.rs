@@ -203,6 +203,7 @@ const ENTRIES: &[(&str, &str)] = &[
     ("ops", "rope"),
     ("ops", "gated_act"),
     ("ops", "add"),
+    ("ops", "scale"),
     ("ops", "add_bias"),
     ("ops", "get_rows"),
     ("ops", "kv_store"),
@@ -987,6 +988,13 @@ impl Backend for WgpuBackend {
         self.room(&mut st, 0, 1);
         let res = [(1, Res::Buf(&x.buf)), (2, Res::Buf(&y.buf))];
         self.dispatch(&mut st, ("add", 0), &[u(len)], &res, Self::linear(len));
+    }
+
+    fn scale(&self, x: &mut WgpuBuf, len: usize, s: f32) {
+        let mut st = self.lock();
+        self.room(&mut st, 0, 1);
+        let res = [(1, Res::Buf(&x.buf))];
+        self.dispatch(&mut st, ("scale", 0), &[u(len), f(s)], &res, Self::linear(len));
     }
 
     fn get_rows(&self, x: &WgpuBuf, rows: &[u32], width: usize, out: &mut WgpuBuf) {
