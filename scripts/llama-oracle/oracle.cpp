@@ -57,6 +57,9 @@ int main(int argc, char ** argv) {
     auto cp = llama_context_default_params();
     cp.n_ctx = prompt.size() + greedy.size() + 8;
     cp.n_batch = prompt.size();
+    // ORACLE_CTX / ORACLE_UBATCH: try other context settings than the defaults above.
+    if (const char * e = getenv("ORACLE_CTX")) cp.n_ctx = atoi(e);
+    if (const char * e = getenv("ORACLE_UBATCH")) { cp.n_ubatch = atoi(e); cp.n_batch = std::max<int>(cp.n_batch, cp.n_ubatch); }
     cp.n_threads = threads; cp.n_threads_batch = threads;
     if (!nocb && g_dump_step >= 0) { cp.cb_eval = cb; cp.cb_eval_user_data = nullptr; }
     llama_context * ctx = llama_init_from_model(model, cp);
