@@ -434,13 +434,16 @@ impl<B: Backend> Device for OnBackend<B> {
             let rp = ropes[il];
             b.rope(&mut s.q, &attn.positions, c.n_head, c.head_dim, &rp);
             b.rope(&mut s.k, &attn.positions, c.n_head_kv, c.head_dim, &rp);
+            if c.scale_queries {
+                b.scale(&mut s.q, n * c.n_head * c.head_dim, c.attn_scale);
+            }
             b.kv_store(kv, il, &s.k, &s.v, &attn.slots);
             let ap = AttnParams {
                 n_head: c.n_head,
                 n_head_kv: c.n_head_kv,
                 head_dim: c.head_dim,
                 head_dim_v: c.head_dim_v,
-                scale: c.attn_scale,
+                scale: if c.scale_queries { 1.0 } else { c.attn_scale },
                 window: if c.is_swa_layer(il) { c.sliding_window } else { None },
                 f16_accum: n < crate::backend::F16_ATTN_MAX_ROWS,
                 single_row: n == 1,
