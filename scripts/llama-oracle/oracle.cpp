@@ -59,6 +59,7 @@ int main(int argc, char ** argv) {
     cp.n_batch = prompt.size();
     // ORACLE_CTX / ORACLE_UBATCH: try other context settings than the defaults above.
     if (const char * e = getenv("ORACLE_CTX")) cp.n_ctx = atoi(e);
+    if (const char * e = getenv("ORACLE_FA")) cp.flash_attn_type = atoi(e) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (const char * e = getenv("ORACLE_UBATCH")) { cp.n_ubatch = atoi(e); cp.n_batch = std::max<int>(cp.n_batch, cp.n_ubatch); }
     cp.n_threads = threads; cp.n_threads_batch = threads;
     if (!nocb && g_dump_step >= 0) { cp.cb_eval = cb; cp.cb_eval_user_data = nullptr; }
@@ -67,7 +68,9 @@ int main(int argc, char ** argv) {
     auto run = [&](const llama_token * toks, int n, int pos0) {
         llama_batch_ext_clear(batch);
         for (int i = 0; i < n; i++) { int idx = llama_batch_ext_add_token(batch, 0, toks[i]); llama_pos p = pos0 + i; llama_batch_ext_set_pos(batch, idx, &p); }
-        llama_batch_ext_set_output_logits(batch, n - 1, true);
+        // ORACLE_ALL: logits for every row of the batch (no last-layer pruning).
+        static const bool all = getenv("ORACLE_ALL") != nullptr;
+        for (int i = all ? 0 : n - 1; i < n; i++) llama_batch_ext_set_output_logits(batch, i, true);
         if (llama_process(ctx, LLAMA_PROCESS_TYPE_DECODE, batch)) { fprintf(stderr, "eval failed\n"); exit(1); }
         const float * lg = llama_get_logits_ith(ctx, -1);
         float mx = -INFINITY; for (int i = 0; i < n_vocab; i++) mx = std::max(mx, lg[i]);
@@ -79,7 +82,15 @@ int main(int argc, char ** argv) {
         fflush(stdout);
         if (g_step == g_dump_step) { FILE * f = fopen((g_dir + "/logits.bin").c_str(), "wb"); fwrite(lg, 4, n_vocab, f); fclose(f); }
     };
-    run(prompt.data(), prompt.size(), 0);
+    // ORACLE_SPLIT=k: the first k prompt tokens in a batch of their own (a server's cached prefix).
+    int split = getenv("ORACLE_SPLIT") ? atoi(getenv("ORACLE_SPLIT")) : 0;
+    if (split > 0 && split < (int) prompt.size()) {
+        run(prompt.data(), split, 0);
+        g_step = 0;
+        run(prompt.data() + split, prompt.size() - split, split);
+    } else {
+        run(prompt.data(), prompt.size(), 0);
+    }
     for (size_t i = 0; i + 1 < greedy.size(); i++) { g_step++; run(&greedy[i], 1, prompt.size() + i); }
     if (g_index) fclose(g_index);
     return 0;
