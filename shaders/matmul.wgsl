@@ -174,9 +174,13 @@ fn a_word(t: u32, b: u32, k: u32) -> u32 {
     return xq[t * (p.n_in / 4u) + b * 8u + k];
 }
 
-// Q4_K block at byte o against 256-block b of token t: Σ_j scale_j · (codes · acts) and
-// Σ_j min_j · Σacts_j, folded into acc with the CPU kernel's two fmas.
-fn dot_q4_k(o: u32, t: u32, b: u32, a: u32, acc: f32) -> f32 {
+// Q4_K block at byte o against 256-block b of token t, the CPU's (llama.cpp's repacked)
+// order: `acc += Σ scale·(codes · acts)·(d·d_a)` and `acc_min += Σ min·Σacts·(dmin·d_a)`,
+// fused per pair of sub-blocks (`pairs`: a token its gemm takes) or per block (its gemv).
+fn dot_q4_k(o: u32, t: u32, b: u32, a: u32, pairs: bool, acc: ptr<function, f32>, acc_min: ptr<function, f32>) {
+    let yd = xd[a];
+    let dd = w_half(o) * yd;
+    let dm = w_half(o + 2u) * yd;
     var sumi = 0;
     var mins = 0;
     for (var j = 0u; j < 8u; j++) {
@@ -189,30 +193,70 @@ fn dot_q4_k(o: u32, t: u32, b: u32, a: u32, acc: f32) -> f32 {
         }
         sumi += i32(sm.x) * s;
         mins += i32(sm.y) * i32(xd[a + 1u + j]);
+        if (pairs && j % 2u == 1u) {
+            *acc = fma_exact(f32(sumi), dd, *acc);
+            *acc_min = fma_exact(f32(mins), dm, *acc_min);
+            sumi = 0;
+            mins = 0;
+        }
     }
-    let yd = xd[a];
-    return fma_exact(-f32(mins), w_half(o + 2u) * yd, fma_exact(f32(sumi), w_half(o) * yd, acc));
+    if (!pairs) {
+        *acc = fma_exact(f32(sumi), dd, *acc);
+        *acc_min = fma_exact(f32(mins), dm, *acc_min);
+    }
 }
 
-// Q6_K block at byte o against 256-block b of token t: one integer sum per 16-value scale.
+// The four unsigned 6-bit codes of Q6_K sub-block s (16 values), word k, of the block at o.
+fn q6_word(o: u32, s: u32, k: u32) -> u32 {
+    let h = s / 8u;
+    let r = (s % 8u) * 16u;
+    let quad = r / 32u;
+    let lo = o + 64u * h + r % 32u + 32u * (quad % 2u);
+    let hi = o + 128u + 32u * h + r % 32u;
+    return ((w_word(lo + 4u * k) >> (4u * (quad / 2u))) & 0x0f0f0f0fu)
+        | (((w_word(hi + 4u * k) >> (2u * quad)) & 0x03030303u) << 4u);
+}
+
+// Σ of token t's activation codes in Q6_K sub-block s (16 values) of 256-block b.
+fn q6_asum(t: u32, b: u32, s: u32) -> i32 {
+    var g = 0;
+    for (var k = 0u; k < 4u; k++) {
+        g += dot4I8Packed(0x01010101u, a_word(t, 8u * b + s / 2u, (s % 2u) * 4u + k));
+    }
+    return g;
+}
+
+// Q6_K block at byte o against 256-block b of token t: the exact integer
+// Σ_s scale_s · Σ (u − 32)·a (llama.cpp's tiled K-quant matmul, batches of 8 or more).
 fn dot_q6_k(o: u32, t: u32, b: u32) -> i32 {
     var sumi = 0;
     for (var s = 0u; s < 16u; s++) {
-        let h = s / 8u;
-        let r = (s % 8u) * 16u;
-        let quad = r / 32u;
-        let lo = o + 64u * h + r % 32u + 32u * (quad % 2u);
-        let hi = o + 128u + 32u * h + r % 32u;
         var g = 0;
         for (var k = 0u; k < 4u; k++) {
-            let v = ((w_word(lo + 4u * k) >> (4u * (quad / 2u))) & 0x0f0f0f0fu)
-                | (((w_word(hi + 4u * k) >> (2u * quad)) & 0x03030303u) << 4u);
-            let aw = a_word(t, 8u * b + s / 2u, (s % 2u) * 4u + k);
-            g += dot4I8Packed(v, aw) - 32 * dot4I8Packed(0x01010101u, aw);
+            g += dot4I8Packed(q6_word(o, s, k), a_word(t, 8u * b + s / 2u, (s % 2u) * 4u + k));
         }
-        sumi += w_i8(o + 192u + s) * g;
+        sumi += w_i8(o + 192u + s) * (g - 32 * q6_asum(t, b, s));
     }
     return sumi;
+}
+
+// Q6_K's eight `vec_dot` lanes (smaller batches, the CPU's `BlockQ6K::dot`): lane L holds
+// values 4L..4L+4 of every 32-value chunk times their scale, minus 32·(Σa·scale) of
+// sub-blocks 2L and 2L + 1.
+fn dot_q6_k_lanes(o: u32, t: u32, b: u32) -> array<i32, 8> {
+    var lane = array<i32, 8>(0, 0, 0, 0, 0, 0, 0, 0);
+    for (var s = 0u; s < 16u; s++) {
+        let sc = w_i8(o + 192u + s);
+        for (var k = 0u; k < 4u; k++) {
+            let aw = a_word(t, 8u * b + s / 2u, (s % 2u) * 4u + k);
+            lane[4u * (s % 2u) + k] += sc * dot4I8Packed(q6_word(o, s, k), aw);
+        }
+    }
+    for (var l = 0u; l < 8u; l++) {
+        lane[l] -= 32 * (w_i8(o + 192u + 2u * l) * q6_asum(t, b, 2u * l)
+            + w_i8(o + 193u + 2u * l) * q6_asum(t, b, 2u * l + 1u));
+    }
+    return lane;
 }
 
 // Quantized weights: per block, exact integer sums of weight codes × activation codes
@@ -228,15 +272,32 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
     var acc = 0.0;
     if (QTYPE == 12u || QTYPE == 14u) {
         let nblk = p.n_in / 256u;
+        // llama.cpp's kernel choice by batch size: Q4_K's gemm takes the tokens in fours
+        // (the last n % 4 go through its gemv); Q6_K's tiled matmul takes batches of 8+.
+        let pairs = t < p.n - p.n % 4u;
+        let tiled = p.n >= 8u;
+        var acc_min = 0.0;
+        var lacc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for (var b = 0u; b < nblk; b++) {
             let o = (r * nblk + b) * block_bytes();
             // The block's scale and sub-block sums sit where its eight 32-blocks' would.
             let a = 2u * (t * (p.n_in / 32u) + 8u * b);
             if (QTYPE == 12u) {
-                acc = dot_q4_k(o, t, b, a, acc);
+                dot_q4_k(o, t, b, a, pairs, &acc, &acc_min);
+            } else if (tiled) {
+                acc = fma_exact(f32(dot_q6_k(o, t, b)) * w_half(o + 208u), xd[a], acc);
             } else {
-                acc = fma_exact(f32(dot_q6_k(o, t, b)), w_half(o + 208u) * xd[a], acc);
+                let lane = dot_q6_k_lanes(o, t, b);
+                let dd = w_half(o + 208u) * xd[a];
+                for (var k = 0u; k < 8u; k++) {
+                    lacc[k] = fma_exact(dd, f32(lane[k]), lacc[k]);
+                }
             }
+        }
+        if (QTYPE == 12u) {
+            acc -= acc_min;
+        } else if (!tiled) {
+            acc = ((lacc[0] + lacc[4]) + (lacc[2] + lacc[6])) + ((lacc[1] + lacc[5]) + (lacc[3] + lacc[7]));
         }
         y[t * p.n_out + p.row0 + r] = acc;
         return;

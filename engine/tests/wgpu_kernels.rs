@@ -273,6 +273,9 @@ fn norms_and_elementwise_match_cpu() {
     c.add(&mut xc, &yc, len - 5);
     g.add(&mut xg, &yg, len - 5);
     close("add", &get(&c, &xc, len), &get(g, &xg, len), 0.0);
+    c.scale(&mut xc, len - 7, 0.37);
+    g.scale(&mut xg, len - 7, 0.37);
+    close("scale", &get(&c, &xc, len), &get(g, &xg, len), 0.0);
     let pick = [6u32, 0, 3];
     let (mut sc, mut sg) = (c.alloc(3 * width), g.alloc(3 * width));
     c.get_rows(&xc, &pick, width, &mut sc);
@@ -434,8 +437,17 @@ fn chained_matmuls_match_cpu() {
     let Some(g) = gpu() else { return };
     let c = CpuBackend::new();
     let mut rng = Rng(16);
-    for &ty in &[GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K] {
-        let (a, b, n) = (512usize, 1536usize, 5usize);
+    // K-quants: 5 rows take llama.cpp's Q4_K gemm for four tokens and its gemv for the fifth,
+    // and Q6_K's `vec_dot` lanes; 9 rows take Q6_K's tiled order.
+    for (ty, n) in [
+        (GgmlType::Q4_1, 5usize),
+        (GgmlType::Q8_0, 5),
+        (GgmlType::Q4_K, 5),
+        (GgmlType::Q4_K, 9),
+        (GgmlType::Q6_K, 5),
+        (GgmlType::Q6_K, 9),
+    ] {
+        let (a, b) = (512usize, 1536usize);
         let file = gguf(
             "chain",
             vec![
@@ -445,7 +457,7 @@ fn chained_matmuls_match_cpu() {
         );
         let x = rng.vec(n * a);
         let (cpu, gpu) = (chain(&c, &file, &x, n, a, b), chain(g, &file, &x, n, a, b));
-        close(&format!("chained {ty:?}"), &cpu, &gpu, tol(g, 1e-4));
+        close(&format!("chained {ty:?}, {n} rows"), &cpu, &gpu, tol(g, 1e-4));
     }
 }
 
