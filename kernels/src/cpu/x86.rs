@@ -53,14 +53,21 @@ macro_rules! kernels {
                         }
                         continue;
                     }
+                    if F == FMT_Q6_K {
+                        // `vec_dot` lanes (batches under 8): one token at a time.
+                        for t in t..te {
+                            store(job, g, t, &group_q6k(w, job, t));
+                        }
+                        continue;
+                    }
                     if GGML_LANES[F] {
                         // Eight accumulators per token: tiles of two.
                         while t + 2 <= te {
-                            store(job, g, t, &lanes::<F, 2>(w, job, t));
+                            store(job, g, t, &group_lanes::<F, 2>(w, job, t));
                             t += 2;
                         }
                         if t < te {
-                            store(job, g, t, &lanes::<F, 1>(w, job, t));
+                            store(job, g, t, &group_lanes::<F, 1>(w, job, t));
                         }
                         continue;
                     }
@@ -167,16 +174,6 @@ macro_rules! kernels {
             _mm256_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
         }
 
-        #[target_feature(enable = $feat)]
-        #[inline]
-        fn lanes<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
-            if F == FMT_Q6_K {
-                group_q6k::<T>(w, job, t0)
-            } else {
-                group_lanes::<F, T>(w, job, t0)
-            }
-        }
-
         /// `hsum_float_8`'s tree over eight lane accumulators (one row per lane), per token.
         #[target_feature(enable = $feat)]
         #[inline]
@@ -193,63 +190,49 @@ macro_rules! kernels {
             r
         }
 
-        /// Code vector `k` (values `4k..4k+4` of each row) of a Q6_K chunk: one vector of
-        /// [`unpack`], computed alone so that a lane's eight chunks can run back to back.
-        #[target_feature(enable = $feat)]
-        #[inline]
-        fn unpack_q6k(ch: &[u8], k: usize) -> __m256i {
-            let v = ld(ch, 32 * (k % 4));
-            let lo = _mm256_and_si256(shift(v, -4 * (k / 4) as i32), _mm256_set1_epi8(0x0f));
-            let h = ld(ch, 128 + 32 * (k / 4));
-            _mm256_or_si256(lo, _mm256_and_si256(shift(h, 4 - 2 * (k % 4) as i32), _mm256_set1_epi8(0x30)))
-        }
-
-        /// Eight rows (one group) of Q6_K against tokens `t0..t0 + T` in llama.cpp's x86
+        /// Eight rows (one group) of Q6_K against token `t0` in llama.cpp's x86
         /// `vec_dot_q6_K_q8_K` order (see `dot`'s Q6_K): lane `k` of a block is the exact
         /// integer `Σ_c scale(2c + k/4)·(products 4k..4k+4 of chunk c)` minus
         /// `32·(bsum·scale)` of sub-blocks `2k` and `2k + 1`, accumulated as
-        /// `fma(d_w·d_a, lane, acc_k)`; then `hsum_float_8`'s tree.
+        /// `fma(d_w·d_a, lane, acc_k)`; then `hsum_float_8`'s tree. One token at a time (this
+        /// order serves batches under 8): the eight lane sums, eight accumulators and a
+        /// chunk's eight code vectors then stay in registers.
         #[target_feature(enable = $feat)]
         #[inline]
-        fn group_q6k<const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
+        fn group_q6k(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; 1] {
             let l = LAYOUTS[FMT_Q6_K];
             let bb = l.block_bytes();
             let acts = job.acts;
-            let mut acc = [[_mm256_setzero_ps(); 8]; T];
+            let mut acc = [_mm256_setzero_ps(); 8];
             for b in 0..job.nblk {
                 let rec = &w[b * bb..(b + 1) * bb];
                 let dw = _mm256_cvtph_ps(ld128(rec, 0));
                 let scb = |j: usize| ld64(rec, l.sc_off() + GROUP * j);
-                // Sub-block scale j of row r, as the i16 pair (s, s) in lane r.
-                let sc: [__m256i; 16] = std::array::from_fn(|j| _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(j), scb(j))));
-                let mut dd = [_mm256_setzero_ps(); T];
-                for (i, dd) in dd.iter_mut().enumerate() {
-                    *dd = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
-                }
-                for k in 0..8 {
-                    // Scales of sub-blocks (2k, 2k + 1) as an i16 pair, against the
-                    // activations' pair of sums: the `−32` zero point of lane k.
+                let a = &acts.qs[t0 * acts.n_in + b * l.blk..][..l.blk];
+                let iz = &acts.iz[t0 * acts.iz_stride + b * 8..][..8];
+                // Lane k starts at −32·(scale·bsum) of sub-blocks 2k and 2k + 1: the scales
+                // as an i16 pair against the activations' pair of sums.
+                let mut isum: [__m256i; 8] = std::array::from_fn(|k| {
                     let scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(2 * k), scb(2 * k + 1)));
-                    let mut isum = [_mm256_setzero_si256(); T];
-                    for (i, isum) in isum.iter_mut().enumerate() {
-                        let pair = acts.iz[(t0 + i) * acts.iz_stride + b * 8 + k];
-                        let z = _mm256_madd_epi16(scp, _mm256_set1_epi32(pair));
-                        *isum = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(z));
+                    let z = _mm256_madd_epi16(scp, _mm256_set1_epi32(iz[k]));
+                    _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(z))
+                });
+                for c in 0..l.blk / 32 {
+                    let u = unpack::<FMT_Q6_K>(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()]);
+                    // Sub-block scales of the chunk's two halves, as i16 pairs (s, s).
+                    let s0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(2 * c), scb(2 * c)));
+                    let s1 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(2 * c + 1), scb(2 * c + 1)));
+                    for (k, isum) in isum.iter_mut().enumerate() {
+                        let s = if k < 4 { s0 } else { s1 };
+                        *isum = dot4_scaled(*isum, u[k], bcast(a, 32 * c + 4 * k), s);
                     }
-                    for c in 0..8 {
-                        let u = unpack_q6k(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()], k);
-                        let s = sc[2 * c + k / 4];
-                        for (i, isum) in isum.iter_mut().enumerate() {
-                            let a = &acts.qs[(t0 + i) * acts.n_in + b * l.blk + 32 * c + 4 * k..][..4];
-                            *isum = dot4_scaled(*isum, u, bcast(a, 0), s);
-                        }
-                    }
-                    for i in 0..T {
-                        acc[i][k] = _mm256_fmadd_ps(dd[i], _mm256_cvtepi32_ps(isum[i]), acc[i][k]);
-                    }
+                }
+                let dd = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[t0 * job.nblk + b]));
+                for (acc, isum) in acc.iter_mut().zip(isum) {
+                    *acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), *acc);
                 }
             }
-            hsum_lanes(&acc)
+            hsum_lanes(&[acc])
         }
 
         /// Eight rows (one group) of Q6_K against tokens `t0..t0 + T` in the order of
