@@ -949,7 +949,7 @@ impl Backend for WgpuBackend {
                 u32::from(split),
                 u(ATTN_PART_KEYS),
                 u(n),
-                // The f16 mode sums scores in llama.cpp's order for this CPU's vector width.
+                // The f16 mode sums scores in the CPU's order (the reference build's vector width).
                 u(ferrite_kernels::cpu::attn::AttnKernel::Scalar.lanes()),
             ];
             let res = [

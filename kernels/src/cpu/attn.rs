@@ -3,13 +3,14 @@
 //! (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`), to the bit: one head's query
 //! against a run of consecutive cache slots, with an online softmax (no score matrix), for
 //! all query heads that share the KV head at once. The query is pre-rounded to f16 by the
-//! caller, each score is summed in the order of llama.cpp's `ggml_vec_dot_f16` for this
-//! CPU's vector width ([`dot_ggml`]), weights come from the platform's `expf` (as llama.cpp
-//! calls it), and the running `Σ e·v` is rounded to f16 after every rescale and every
-//! multiply-add, key by key. Three bodies ([`AttnKernel`]): scalar (the reference),
-//! AVX2+FMA+F16C and AVX-512 (f16 loads become `vcvtph2ps`), the best one the CPU has chosen
-//! per run. Larger batches go through [`super::attn_tile`].
+//! caller; each score is summed in the order of llama.cpp's `ggml_vec_dot_f16` in the
+//! reference build (16 lanes, [`SCORE_LANES`], on every CPU; [`dot_ggml`]); weights are
+//! glibc's `expf` bits ([`exp_glibc`], on every platform); the running `Σ e·v` is rounded to
+//! f16 after every rescale and every multiply-add, key by key. Three bodies ([`AttnKernel`]):
+//! scalar (the reference), AVX2+FMA+F16C and AVX-512 (f16 loads become `vcvtph2ps`), the best
+//! one the CPU has chosen per run. Larger batches go through [`super::attn_tile`].
 
+use super::math::exp_glibc;
 use half::f16;
 
 /// One call's work: the queries of the heads sharing a KV head (`heads × dk`, contiguous,
@@ -59,6 +60,12 @@ impl<'a> Online<'a> {
         self.acc.len() / self.heads
     }
 }
+
+/// The vector width of `ggml_vec_dot_f16` in the llama.cpp build the references came from
+/// (AVX-512: 16 lanes). Every kernel sums scores in that order, whatever this CPU's own width,
+/// so that ferrite gives the same bits on every machine (llama.cpp itself sums in 8 lanes on
+/// an AVX2-only CPU, and its outputs there differ from the reference's).
+pub const SCORE_LANES: usize = 16;
 
 /// Most slots in one run (a KV cache block: the engine's blocks hold 32 slots).
 pub const MAX_RUN: usize = 32;
@@ -128,17 +135,10 @@ impl AttnKernel {
         }
     }
 
-    /// The vector width whose `ggml_vec_dot_f16` summation order this kernel's scores
-    /// follow: its own, or for the scalar body the one llama.cpp uses on this CPU.
+    /// The vector width whose `ggml_vec_dot_f16` summation order the scores follow:
+    /// [`SCORE_LANES`] for every kernel.
     pub fn lanes(self) -> usize {
-        match self {
-            AttnKernel::Avx2 => 8,
-            AttnKernel::Avx512 => 16,
-            AttnKernel::Scalar => match AttnKernel::best() {
-                AttnKernel::Avx512 => 16,
-                _ => 8,
-            },
-        }
+        SCORE_LANES
     }
 
     /// Name for logs and benchmarks.
@@ -180,7 +180,7 @@ pub fn attend_run_with(kernel: AttnKernel, r: &Run, st: &mut Online) {
     attend_run_scalar(r, st, kernel.lanes())
 }
 
-/// The scalar reference of [`attend_run`]: head by head, key by key, libm `exp`; scores
+/// The scalar reference of [`attend_run`]: head by head, key by key, [`exp_glibc`]; scores
 /// summed as `ggml_vec_dot_f16` with `lanes`-wide vectors (8 or 16).
 pub fn attend_run_scalar(r: &Run, st: &mut Online, lanes: usize) {
     let Run { q, dk, kv, slot0, n, scale } = *r;
@@ -234,6 +234,7 @@ pub fn tree_ggml(x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
     use super::{Online, Run, MAX_HEADS, MAX_RUN};
+    use crate::cpu::math::avx2::exp_glibc;
     use std::arch::x86_64::*;
 
     /// Eight f16 values at `p[i..]` as f32.
@@ -271,108 +272,203 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn run(r: &Run, o: &mut Online) {
         match o.heads {
-            1 => heads::<1>(r, o),
-            2 => heads::<2>(r, o),
-            3 => heads::<3>(r, o),
-            4 => heads::<4>(r, o),
-            5 => heads::<5>(r, o),
-            6 => heads::<6>(r, o),
-            7 => heads::<7>(r, o),
-            _ => heads::<8>(r, o),
+            // Chunks per pass: up to 14 sums in registers (16 on AVX2, one for the weight
+            // and one for the rounding).
+            1 => heads::<1, 4>(r, o),
+            2 => heads::<2, 4>(r, o),
+            3 => heads::<3, 4>(r, o),
+            4 => heads::<4, 3>(r, o),
+            5 => heads::<5, 2>(r, o),
+            6 => heads::<6, 2>(r, o),
+            7 => heads::<7, 2>(r, o),
+            _ => heads::<8, 1>(r, o),
         }
     }
 
     /// Per-key, per-head values: `[key][head]`, the heads of a key in one 8-lane register.
     pub(super) type Cols = [[f32; MAX_HEADS]; MAX_RUN];
 
-    /// Softmax factors of a run, key by key as llama.cpp, with its `expf` (scalar: one call
-    /// per key and head), updating each head's max and denominator: a new max rescales the
-    /// sum by e^(m_old - s) and the key weighs 1; otherwise the rescale is 1 and the key
-    /// weighs e^(s - m); `l = fma(l, rescale, weight)`. `s` holds the scores on entry and the
-    /// value weights on return; `ms[j]` rescales the running sum before key `j` (1 where the
-    /// max did not move; the returned mask has bit `j` set where it moved for one of
-    /// `o.heads`).
+    /// Softmax factors of a run, key by key as llama.cpp, with glibc's `expf` bits: a new max
+    /// rescales the sum by e^(m_old - s) and the key weighs 1; otherwise the rescale is 1 and
+    /// the key weighs e^(s - m); `l = fma(l, rescale, weight)`. `s` holds the scores on entry
+    /// and the value weights on return; `ms[j]` rescales the running sum before key `j` (1
+    /// where the max did not move; the returned mask has bit `j` set where it moved for one
+    /// of `o.heads`). The heads of a key are the eight lanes of one register, so each step is
+    /// the scalar recurrence lane by lane, its exponential [`exp_glibc`] eight at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn factors(s: &mut Cols, n: usize, o: &mut Online, ms: &mut Cols) -> u64 {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(o.heads as i32), lane));
+        let one = _mm256_set1_ps(1.0);
+        let ld = |a: &[f32; MAX_HEADS]| {
+            // SAFETY: `a` holds 8 readable f32; the load is unaligned.
+            unsafe { _mm256_loadu_ps(a.as_ptr()) }
+        };
+        let (mut m, mut l) = (ld(&o.m), ld(&o.l));
         let mut rescale = 0u64;
-        for j in 0..n {
-            let mut c = [1f32; MAX_HEADS];
-            let mut moved = false;
-            for h in 0..o.heads {
-                let sj = s[j][h];
-                if sj > o.m[h] {
-                    c[h] = (o.m[h] - sj).exp();
-                    o.m[h] = sj;
-                    s[j][h] = 1.0;
-                    moved = true;
-                } else {
-                    s[j][h] = (sj - o.m[h]).exp();
-                }
-                o.l[h] = o.l[h].mul_add(c[h], s[j][h]);
-            }
-            if moved {
+        for (j, (s, ms)) in s.iter_mut().zip(ms.iter_mut()).take(n).enumerate() {
+            let sj = ld(s);
+            // `s > m` is false for NaN, as the scalar comparison; lanes past the heads stay at
+            // e^0 and are never stored.
+            let moved = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sj, m), live);
+            let arg = _mm256_blendv_ps(_mm256_sub_ps(sj, m), _mm256_sub_ps(m, sj), moved);
+            let e = exp_glibc(_mm256_and_ps(arg, live));
+            let c = _mm256_blendv_ps(one, e, moved);
+            let w = _mm256_blendv_ps(e, one, moved);
+            m = _mm256_blendv_ps(m, sj, moved);
+            l = _mm256_fmadd_ps(l, c, w);
+            // SAFETY: `s` and `ms` hold 8 writable f32; the stores are unaligned.
+            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), w) };
+            if _mm256_movemask_ps(moved) != 0 {
                 rescale |= 1 << j;
-                ms[j] = c;
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_ps(ms.as_mut_ptr(), c) };
             }
+        }
+        let keep = |old: &[f32; MAX_HEADS], new| _mm256_blendv_ps(ld(old), new, live);
+        let (m, l) = (keep(&o.m, m), keep(&o.l, l));
+        // SAFETY: `o.m` and `o.l` hold 8 writable f32; the stores are unaligned.
+        unsafe {
+            _mm256_storeu_ps(o.m.as_mut_ptr(), m);
+            _mm256_storeu_ps(o.l.as_mut_ptr(), l);
         }
         rescale
     }
 
-    /// [`super::dot_ggml`] with 8 lanes.
+    /// Scores `q·k · scale` of one key for `NH` heads into `out[head]`, each summed as
+    /// [`super::dot_ggml`] with 16 lanes (two registers per lane vector): per head four
+    /// accumulators and `(a0 + a2) + (a1 + a3)`, halves added; then the eight heads' lane trees
+    /// side by side ([`tree16x8`]); a tail past the last 64-value step in f64, head by head.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn dot_ggml8(q: &[f32], k: &[u16]) -> f32 {
-        let full = q.len() / 32 * 32;
-        let mut a = [_mm256_setzero_ps(); 4];
-        for i in (0..full).step_by(32) {
-            for (j, a) in a.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(ld(q, i + 8 * j), ld16(k, i + 8 * j), *a);
+    fn scores16<const NH: usize>(q: &[f32], k: &[u16], scale: f32, out: &mut [f32; MAX_HEADS]) {
+        let dk = k.len();
+        let full = dk / 64 * 64;
+        // Per head: lane i of the 16-lane sum plus lane i + 8, i < 8.
+        let mut t = [_mm256_setzero_ps(); MAX_HEADS];
+        for (h, t) in t.iter_mut().enumerate().take(NH) {
+            let qh = &q[h * dk..(h + 1) * dk];
+            let mut a = [[_mm256_setzero_ps(); 2]; 4];
+            for i in (0..full).step_by(64) {
+                for (c, a) in a.iter_mut().enumerate() {
+                    for (half, a) in a.iter_mut().enumerate() {
+                        let at = i + 16 * c + 8 * half;
+                        *a = _mm256_fmadd_ps(ld(qh, at), ld16(k, at), *a);
+                    }
+                }
+            }
+            let x = |half: usize| {
+                _mm256_add_ps(_mm256_add_ps(a[0][half], a[2][half]), _mm256_add_ps(a[1][half], a[3][half]))
+            };
+            *t = _mm256_add_ps(x(0), x(1));
+        }
+        let sums = _mm256_mul_ps(tree16x8(&t), _mm256_set1_ps(scale));
+        // SAFETY: `out` holds 8 writable f32; the store is unaligned.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+        if full < dk {
+            for (h, out) in out.iter_mut().enumerate().take(NH) {
+                let qh = &q[h * dk..(h + 1) * dk];
+                let mut wide = f64::from(_mm256_cvtss_f32(tree16x8(&[t[h]; MAX_HEADS])));
+                for i in full..dk {
+                    wide += f64::from(qh[i] * super::h2f(k[i]));
+                }
+                *out = wide as f32 * scale;
             }
         }
-        let x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
-        let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
-        let t = _mm_hadd_ps(t, t);
-        let mut sum = f64::from(_mm_cvtss_f32(_mm_hadd_ps(t, t)));
-        for i in full..q.len() {
-            sum += f64::from(q[i] * super::h2f(k[i]));
-        }
-        sum as f32
+    }
+
+    /// Lane `h` of the result: the rest of [`super::tree_ggml`]'s 16-lane tree for `t[h]` (its
+    /// halves already added): quarters, then `(u0 + u2) + (u1 + u3)`, for eight heads at once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn tree16x8(t: &[__m256; MAX_HEADS]) -> __m256 {
+        // [quarters of t_a | quarters of t_b], each reordered to u0, u2, u1, u3.
+        let quarter = |a, b| {
+            let u = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b));
+            _mm256_permute_ps::<0b11_01_10_00>(u)
+        };
+        let (u01, u23, u45, u67) =
+            (quarter(t[0], t[1]), quarter(t[2], t[3]), quarter(t[4], t[5]), quarter(t[6], t[7]));
+        // Pairs (u0 + u2, u1 + u3), then their sum: [h0, h2, h4, h6 | h1, h3, h5, h7].
+        let r = _mm256_hadd_ps(_mm256_hadd_ps(u01, u23), _mm256_hadd_ps(u45, u67));
+        _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn heads<const NH: usize>(r: &Run, o: &mut Online) {
+    fn heads<const NH: usize, const G: usize>(r: &Run, o: &mut Online) {
         let Run { q, dk, kv, slot0, n, scale } = *r;
         let dv = o.dv();
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
-        let val = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off..][..dv];
         // 1. Scores, per head in `ggml_vec_dot_f16`'s order.
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         for (j, s) in s.iter_mut().enumerate().take(n) {
-            let k = key(j);
-            for (h, s) in s.iter_mut().enumerate().take(NH) {
-                *s = dot_ggml8(&q[h * dk..(h + 1) * dk], k) * scale;
-            }
+            scores16::<NH>(q, key(j), scale, s);
         }
         let mut ms: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         let rescale = factors(&mut s, n, o, &mut ms);
         let vs = &s;
-        // 2. Σ e·v, eight outputs at a time held in registers across the keys; each value
-        // converted once for every head.
-        for i in (0..dv).step_by(8) {
-            let mut acc = [_mm256_setzero_ps(); NH];
-            for (h, acc) in acc.iter_mut().enumerate() {
-                *acc = ld(&o.acc[h * dv..], i);
+        // 2. Σ e·v: `G` chunks of 8 outputs per head in registers across the keys.
+        let mut i = 0;
+        while i < dv {
+            let g = if i + 8 * G <= dv { G } else { 1 };
+            let vals = |j: usize| &kv.v[(slot0 + j) * kv.v_stride + kv.v_off + i..][..8 * g];
+            match g == G {
+                true => pass::<NH, G>(vals, n, o.acc, dv, i, vs, &ms, rescale),
+                false => pass::<NH, 1>(vals, n, o.acc, dv, i, vs, &ms, rescale),
             }
-            for j in 0..n {
-                let v8 = ld16(val(j), i);
+            i += 8 * g;
+        }
+    }
+
+    /// Outputs `i..i + 8·G` of every head over keys `0..n` (`vals(j)`: key `j`'s values
+    /// there). Each step of the sum is a multiply-add, an f16 rounding and a reload, which
+    /// depend on the step before, so `NH × G` independent sums keep the pipeline full; the
+    /// run's values are converted to f32 once first, to leave the registers to the sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn pass<'v, const NH: usize, const G: usize>(
+        vals: impl Fn(usize) -> &'v [u16],
+        n: usize,
+        out: &mut [f32],
+        dv: usize,
+        i: usize,
+        vs: &Cols,
+        ms: &Cols,
+        rescale: u64,
+    ) {
+        let mut v = [[_mm256_setzero_ps(); G]; MAX_RUN];
+        for (j, v) in v.iter_mut().enumerate().take(n) {
+            let vj = vals(j);
+            for (g, v) in v.iter_mut().enumerate() {
+                *v = ld16(vj, 8 * g);
+            }
+        }
+        let mut acc = [[_mm256_setzero_ps(); G]; NH];
+        for (h, acc) in acc.iter_mut().enumerate() {
+            for (g, a) in acc.iter_mut().enumerate() {
+                *a = ld(&out[h * dv..], i + 8 * g);
+            }
+        }
+        for (j, v) in v.iter().enumerate().take(n) {
+            if rescale >> j & 1 != 0 {
                 for (h, acc) in acc.iter_mut().enumerate() {
-                    if rescale >> j & 1 != 0 {
-                        *acc = round16(_mm256_mul_ps(*acc, _mm256_set1_ps(ms[j][h])));
+                    let c = _mm256_set1_ps(ms[j][h]);
+                    for a in acc.iter_mut() {
+                        *a = round16(_mm256_mul_ps(*a, c));
                     }
-                    *acc = round16(_mm256_fmadd_ps(v8, _mm256_set1_ps(vs[j][h]), *acc));
                 }
             }
-            for (h, acc) in acc.iter().enumerate() {
-                st(&mut o.acc[h * dv..], i, *acc);
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let e = _mm256_set1_ps(vs[j][h]);
+                for (a, v) in acc.iter_mut().zip(v) {
+                    *a = round16(_mm256_fmadd_ps(*v, e, *a));
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            for (g, a) in acc.iter().enumerate() {
+                st(&mut out[h * dv..], i + 8 * g, *a);
             }
         }
     }
@@ -627,11 +723,11 @@ fn run_body(
         let s = dot_ggml(q, key(j), lanes) * scale;
         let (mut ms, mut vs) = (1f32, 1f32);
         if s > *m {
-            ms = (*m - s).exp();
+            ms = exp_glibc(*m - s);
             *m = s;
             acc.iter_mut().for_each(|a| *a = round16(*a * ms));
         } else {
-            vs = (s - *m).exp();
+            vs = exp_glibc(s - *m);
         }
         acc.iter_mut().zip(val(j)).for_each(|(a, &v)| *a = round16(h2f(v).mul_add(vs, *a)));
         // Fused, as llama.cpp's compiled `S = S*ms + vs`.

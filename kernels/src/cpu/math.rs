@@ -60,25 +60,33 @@ const EXP2_32: [u64; 32] = [
 ];
 
 /// `e^x` for `x ≤ 0` exactly as glibc's `expf` computes it (the libm that llama.cpp's flash
-/// attention calls, and that the CPU backend's f16-mode attention calls through `f32::exp`):
+/// attention calls, and whose bits the CPU backend's f16-mode attention reproduces on every
+/// platform):
 /// `k = round(x·32/ln2)` and `r = x·32/ln2 − k` rounded once (the constant split so that
 /// both products are exact), `2^(r/32)` by glibc's cubic in f64, times `2^(k/32)`, rounded
-/// once to f32. Not used on the CPU: it is the algorithm `exp_libm` in
-/// shaders/exact_f64.wgsl mirrors, tested here against the platform's `expf`.
+/// once to f32. The attention's softmax factors run its AVX2 body ([`avx2::exp_glibc`], eight
+/// at a time); shaders/exact_f64.wgsl's `exp_libm` mirrors it; tested here against glibc.
 pub fn exp_glibc(x: f32) -> f32 {
-    if x < -103.972_08 {
+    if x < GL_UNDERFLOW {
         return 0.0;
     }
     let xd = f64::from(x);
-    let (p1, p2) = (46.166_241_168_975_83 * xd, 1.394_709_983_060_238_3e-7 * xd);
+    let (p1, p2) = (GL_INV_LN2_HI * xd, GL_INV_LN2_LO * xd);
     let kd = (p1 + p2).round_ties_even();
     let r = (p1 - kd) + p2;
     let k = kd as i32;
-    let z = 1.693_835_925_092_021_2e-6f64 * r + 2.345_980_978_950_900_4e-4;
-    let y = z * (r * r) + (2.166_084_939_661_313_4e-2 * r + 1.0);
+    let z = GL_C[0] * r + GL_C[1];
+    let y = z * (r * r) + (GL_C[2] * r + 1.0);
     let s = f64::from_bits(EXP2_32[(k & 31) as usize]) * f64::from_bits(((1023 + (k >> 5)) as u64) << 52);
     (y * s) as f32
 }
+
+/// Constants of [`exp_glibc`]: below `GL_UNDERFLOW` the result is 0; 32/ln2 in two parts
+/// (each product with an f32 exact); the cubic's coefficients (highest first, times 32⁻ᵏ).
+const GL_UNDERFLOW: f32 = -103.972_08;
+const GL_INV_LN2_HI: f64 = 46.166_241_168_975_83;
+const GL_INV_LN2_LO: f64 = 1.394_709_983_060_238_3e-7;
+const GL_C: [f64; 3] = [1.693_835_925_092_021_2e-6, 2.345_980_978_950_900_4e-4, 2.166_084_939_661_313_4e-2];
 
 /// Constants of [`exp_ggml`]: the rounding shift 1.5·2²³, log2(e), ln2 in two parts, and the
 /// polynomial's coefficients (highest first).
@@ -211,6 +219,38 @@ pub(crate) mod avx2 {
         _mm256_blendv_ps(res, alt, big)
     }
 
+    /// Eight lanes of [`super::exp_glibc`] (glibc's `expf` to the bit, for `x ≤ 0`), the same
+    /// f64 operations in the same order, four lanes at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(crate) fn exp_glibc(x: __m256) -> __m256 {
+        let half = |x: __m128| {
+            let xd = _mm256_cvtps_pd(x);
+            let p1 = _mm256_mul_pd(_mm256_set1_pd(super::GL_INV_LN2_HI), xd);
+            let p2 = _mm256_mul_pd(_mm256_set1_pd(super::GL_INV_LN2_LO), xd);
+            let kd =
+                _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_add_pd(p1, p2));
+            let r = _mm256_add_pd(_mm256_sub_pd(p1, kd), p2);
+            // Integral already; NaN gives i32::MIN, whose index bits are 0 (the result stays NaN).
+            let k = _mm256_cvtpd_epi32(kd);
+            let c = |v: f64| _mm256_set1_pd(v);
+            let z = _mm256_add_pd(_mm256_mul_pd(c(super::GL_C[0]), r), c(super::GL_C[1]));
+            let y = _mm256_add_pd(
+                _mm256_mul_pd(z, _mm256_mul_pd(r, r)),
+                _mm256_add_pd(_mm256_mul_pd(c(super::GL_C[2]), r), c(1.0)),
+            );
+            let idx = _mm_and_si128(k, _mm_set1_epi32(31));
+            // SAFETY: every index is in 0..32, the table's length; the gather reads 8-byte lanes.
+            let t = unsafe { _mm256_i32gather_pd::<8>(super::EXP2_32.as_ptr().cast(), idx) };
+            let e = _mm_add_epi32(_mm_srai_epi32::<5>(k), _mm_set1_epi32(1023));
+            let p = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_cvtepi32_epi64(e)));
+            _mm256_cvtpd_ps(_mm256_mul_pd(y, _mm256_mul_pd(t, p)))
+        };
+        let res = _mm256_set_m128(half(_mm256_extractf128_ps::<1>(x)), half(_mm256_castps256_ps128(x)));
+        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(super::GL_UNDERFLOW));
+        _mm256_blendv_ps(res, _mm256_setzero_ps(), tiny)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn silu_mul(g: &mut [f32], u: &[f32]) {
         let mut gc = g.chunks_exact_mut(8);
@@ -254,6 +294,30 @@ mod tests {
         }
         for x in [0.0f32, -0.0, -1e-30, -103.97, -103.972_08, -103.98, -1e30, f32::NEG_INFINITY] {
             assert_eq!(exp_glibc(x).to_bits(), x.exp().to_bits(), "x = {x}");
+        }
+    }
+
+    /// The AVX2 body of [`exp_glibc`] gives the scalar's bits: every 61st float in [-110, 0],
+    /// random arguments, and the edges (NaN, −∞, −0, the underflow threshold).
+    #[test]
+    fn exp_glibc_simd_matches_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::use_avx2() {
+            use std::arch::x86_64::*;
+            let mut x: Vec<f32> =
+                ((0x8000_0000u32..=(-110f32).to_bits()).step_by(61)).map(f32::from_bits).collect();
+            x.extend(inputs().into_iter().map(|v| -v.abs()));
+            x.extend([f32::NAN, f32::NEG_INFINITY, -0.0, 0.0, -103.972_08, -103.98, -87.5, -1e-40]);
+            x.resize(x.len().next_multiple_of(8), -1.5);
+            for c in x.chunks_exact(8) {
+                let mut out = [0f32; 8];
+                // SAFETY: avx2/fma/f16c detected above; `c` and `out` hold 8 f32.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp_glibc(_mm256_loadu_ps(c.as_ptr()))) };
+                for (o, v) in out.iter().zip(c) {
+                    let want = exp_glibc(*v);
+                    assert!(o.to_bits() == want.to_bits() || (o.is_nan() && want.is_nan()), "exp_glibc({v})");
+                }
+            }
         }
     }
 
