@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds llama.cpp at the reference commit (0c1e570, the one ../shared/reference was made
 # with) plus `llama-oracle`, a teacher-forcing tool that prints each step's top-5 log-probs
-# and can dump every tensor of one step. The source comes from the llama-cpp-python source
+# and can dump every tensor of one step, and `llama-bench`, for speed comparisons on the
+# same machine. The source comes from the llama-cpp-python source
 # package on PyPI, which vendors llama.cpp at exactly that commit (version 0.3.36).
-# Output: target/llama-oracle/bin/llama-oracle. Needs cmake, g++, pip. About 10 min on 2 cores.
+# Output: target/llama-oracle/bin/{llama-oracle,llama-bench}. Needs cmake, g++, pip. About 10 min on 2 cores.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$root/target/llama-oracle"
@@ -33,7 +34,8 @@ grep -q 'add_subdirectory(oracle)' "$src/examples/CMakeLists.txt" ||
 # Native build with repacking on: the configuration the reference outputs came from.
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF > "$work/cmake.log"
-cmake --build "$work/build" -j"$(nproc)" --target llama-oracle > "$work/build.log"
+cmake --build "$work/build" -j"$(nproc)" --target llama-oracle llama-bench > "$work/build.log"
 mkdir -p "$work/bin"
 ln -sf "$work/build/bin/llama-oracle" "$work/bin/llama-oracle"
+ln -sf "$work/build/bin/llama-bench" "$work/bin/llama-bench"
 echo "$work/bin/llama-oracle"
