@@ -503,9 +503,9 @@ fn attend(
                 if part.l[h] == 0.0 {
                     continue;
                 }
-                // As ggml's reduce: libm `expf`, `x·c_old + (y·c_new)` fused.
+                // As ggml's reduce: libm `expf` (glibc's bits), `x·c_old + (y·c_new)` fused.
                 let mn = m.max(part.m[h]);
-                let (c_old, c_new) = ((m - mn).exp(), (part.m[h] - mn).exp());
+                let (c_old, c_new) = (k::math::exp_glibc(m - mn), k::math::exp_glibc(part.m[h] - mn));
                 for (o, y) in o.iter_mut().zip(&part.acc[h * dv..(h + 1) * dv]) {
                     *o = o.mul_add(c_old, y * c_new);
                 }

@@ -8,7 +8,7 @@
 //! - each score is one fused multiply-add chain over the key's dimensions, in order, from 0,
 //!   with the query in f32, then times the scale; keys outside the row's range weigh 0;
 //! - the running max `M` moves to the tile's max; if it moved, the sum `S` and the
-//!   accumulator are scaled by libm's `expf(M_old − M_new)`;
+//!   accumulator are scaled by libm's `expf(M_old − M_new)` (glibc's bits, `math::exp_glibc`);
 //! - the weights are ggml's vector exponential ([`math::exp_ggml`]) of `s − M`; `S` gains
 //!   their sum, taken per 16 keys by `_mm512_reduce_add_ps`'s tree and across those in f64;
 //! - the accumulator gains `Σ w·v`, one fused multiply-add per key, in key order.
@@ -121,13 +121,13 @@ pub fn update_scalar(q: &[f32], tile: &Tile, lanes: std::ops::Range<usize>, scal
     }
 }
 
-/// Moves the max to `max(M, tile_max)`, scaling `S` and the accumulator by libm's
+/// Moves the max to `max(M, tile_max)`, scaling `S` and the accumulator by libm's (glibc's bits)
 /// `expf(M_old − M_new)` if it moved.
 #[inline]
 fn rescale(st: &mut State, tile_max: f32) {
     let m = st.m.max(tile_max);
     if m > st.m {
-        let c = (st.m - m).exp();
+        let c = math::exp_glibc(st.m - m);
         st.acc.iter_mut().for_each(|a| *a *= c);
         st.s *= c;
         st.m = m;
