@@ -1,5 +1,6 @@
 // Causal attention over the paged KV cache in two passes, mirroring the CPU backend's
-// arithmetic. Keys and values are `[slot][kv head][dim]` (f16-rounded f32); position `t` of
+// arithmetic. Keys and values are `[slot][kv head][dim]` in the cache's type `kv_t` (f16, or
+// f32 holding f16-rounded values); position `t` of
 // a sequence lives in slot `table[t / bs] · bs + t % bs` of its block table.
 //
 // `attention`: one workgroup per (row, query head, part of the row's key range). Two modes,
@@ -26,8 +27,8 @@
 
 @group(0) @binding(0) var<storage, read> p: array<u32>;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kc: array<f32>;
-@group(0) @binding(3) var<storage, read> vc: array<f32>;
+@group(0) @binding(2) var<storage, read> kc: array<kv_t>;
+@group(0) @binding(3) var<storage, read> vc: array<kv_t>;
 @group(0) @binding(4) var<storage, read> rows_info: array<u32>;
 @group(0) @binding(5) var<storage, read_write> part_out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> o: array<f32>;
@@ -130,7 +131,7 @@ fn score_ggml(ko: u32, dk: u32, w: u32) -> f32 {
         for (var j = 0u; j < 4u; j++) {
             for (var l = 0u; l < w; l++) {
                 let t = i + j * w + l;
-                a[j][l] = fma_exact(qs[t], kc[ko + t], a[j][l]);
+                a[j][l] = fma_exact(qs[t], f32(kc[ko + t]), a[j][l]);
             }
         }
     }
@@ -144,7 +145,7 @@ fn score_ggml(ko: u32, dk: u32, w: u32) -> f32 {
     }
     var wide = wide_add(wide_zero(), r);
     for (var i = full; i < dk; i++) {
-        wide = wide_add(wide, qs[i] * kc[ko + i]);
+        wide = wide_add(wide, qs[i] * f32(kc[ko + i]));
     }
     return wide_f32(wide);
 }
@@ -154,7 +155,7 @@ fn score_ggml(ko: u32, dk: u32, w: u32) -> f32 {
 fn score_seq(ko: u32, dk: u32) -> f32 {
     var x = 0.0;
     for (var d = 0u; d < dk; d++) {
-        x = fma_exact(kc[ko + d], qs[d], x);
+        x = fma_exact(f32(kc[ko + d]), qs[d], x);
     }
     return x;
 }
@@ -244,7 +245,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
                 for (var c = 0u; c < DV_PER; c++) {
                     let d = lid + c * WG;
                     if (d < dv) {
-                        acc[c] = f16_round(fma_exact(vc[vo + d], vs, acc[c]));
+                        acc[c] = f16_round(fma_exact(f32(vc[vo + d]), vs, acc[c]));
                     }
                 }
                 l = fma_exact(l, ms, vs);
@@ -287,7 +288,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
                 for (var c = 0u; c < DV_PER; c++) {
                     let d = lid + c * WG;
                     if (d < dv) {
-                        acc[c] = fma_exact(vc[vo + d], w[j], acc[c]);
+                        acc[c] = fma_exact(f32(vc[vo + d]), w[j], acc[c]);
                     }
                 }
             }

@@ -1,19 +1,7 @@
-// Shared helpers, prepended to every kernel file: f16 bits to f32 and f32 rounded to f16
-// precision, done with integer ops so that no shader needs the f16 feature.
-
-fn f16_to_f32(h: u32) -> f32 {
-    let e = (h >> 10u) & 0x1fu;
-    let m = h & 0x3ffu;
-    var v: f32;
-    if (e == 0u) {
-        v = f32(m) * 5.9604645e-8; // subnormal: m · 2^-24
-    } else if (e == 31u) {
-        v = bitcast<f32>(0x7f800000u | (m << 13u));
-    } else {
-        v = bitcast<f32>(((e + 112u) << 23u) | (m << 13u));
-    }
-    return select(v, -v, (h & 0x8000u) != 0u);
-}
+// Shared helpers, prepended to every kernel file: f32 rounded to f16 precision, done with
+// integer ops (WGSL leaves the rounding of an f32-to-f16 conversion to the device). Reading
+// f16 bits (`f16_to_f32`) and the KV cache's element type (`kv_t`) come from half_bits.wgsl
+// or, on adapters with exact f16 conversions, half_native.wgsl.
 
 // x rounded to the nearest f16 value (ties to even), kept as f32: what storing to f16 and
 // reading back gives.

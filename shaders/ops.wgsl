@@ -1,5 +1,5 @@
 // Element-wise and row ops of the forward pass: RMSNorm, rope, gated activations,
-// residual add, bias add, row gather and KV-cache store. Every entry point
+// residual add, bias add and row gather (the KV-cache store is kv.wgsl). Every entry point
 // binds `p` (its parameters, u32 words; floats as bits) at 0 and its buffers from 1.
 
 @group(0) @binding(0) var<storage, read> p: array<u32>;
@@ -151,24 +151,5 @@ fn get_rows(@builtin(global_invocation_id) id: vec3<u32>) {
     let width = p[1];
     if (i < p[0] * width) {
         a[i] = b[ids[i / width] * width + i % width];
-    }
-}
-
-// p: n_rows, kw (keys per row), vw. b: keys, c: values; a: key cache,
-// a2: value cache (both `[slot][width]`, values rounded to f16 as the CPU cache stores them).
-@compute @workgroup_size(64)
-fn kv_store(@builtin(global_invocation_id) id: vec3<u32>) {
-    let l = id.x + id.y * 65535u * 64u;
-    let i = l % max(p[1], p[2]);
-    let row = l / max(p[1], p[2]);
-    if (row >= p[0]) {
-        return;
-    }
-    let slot = ids[row];
-    if (i < p[1]) {
-        a[slot * p[1] + i] = f16_round(b[row * p[1] + i]);
-    }
-    if (i < p[2]) {
-        a2[slot * p[2] + i] = f16_round(c[row * p[2] + i]);
     }
 }

@@ -12,9 +12,13 @@
 const TK: u32 = 256u;
 const NONE: u32 = 0xffffffffu;
 
-var<workgroup> best_v: array<f32, 256>;
-var<workgroup> best_i: array<u32, 256>;
 var<workgroup> sums: array<f32, 256>;
+
+// A candidate: a value and its index (NONE: no candidate).
+struct Cand {
+    v: f32,
+    i: u32,
+}
 
 // Whether (v, i) comes before (w, j) in the order the host sorts by; no index comes last.
 fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
@@ -33,9 +37,12 @@ fn is_nan(y: f32) -> bool {
 }
 
 // Round r finds the best value that comes after round r - 1's: k rounds of a strided scan
-// and a tree reduction, exact and in the host's order, at k reads of the row.
+// and a reduction over the workgroup (`group_best`: a tree in workgroup memory, or
+// subgroup operations where the adapter has them; both exact, so both give the same
+// result), at k reads of the row.
 @compute @workgroup_size(256)
-fn top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn top_k(@builtin(workgroup_id) wg: vec3<u32>, ids: GroupIds) {
+    let lid = ids.lid;
     let row = wg.x + wg.y * 65535u;
     let width = p[1];
     let k = p[2];
@@ -59,23 +66,13 @@ fn top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
                 bi = e;
             }
         }
-        best_v[lid] = v;
-        best_i[lid] = bi;
-        workgroupBarrier();
-        for (var s = TK / 2u; s > 0u; s >>= 1u) {
-            if (lid < s && before(best_v[lid + s], best_i[lid + s], best_v[lid], best_i[lid])) {
-                best_v[lid] = best_v[lid + s];
-                best_i[lid] = best_i[lid + s];
-            }
-            workgroupBarrier();
-        }
-        prev_v = best_v[0];
-        prev_i = best_i[0];
+        let best = group_best(ids, Cand(v, bi));
+        prev_v = best.v;
+        prev_i = best.i;
         if (lid == 0u) {
             out[o + 2u + 2u * r] = prev_i;
             out[o + 3u + 2u * r] = bitcast<u32>(prev_v);
         }
-        workgroupBarrier();
         if (r == 0u) {
             // Round 0 found the max: the row's Σ e^(y − max) now, in a tree.
             var acc = 0.0;

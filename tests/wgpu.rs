@@ -71,12 +71,16 @@ fn greedy_equal_cpu(keys: &[&str]) {
 /// each row's device top-k, must still equal the CPU backend's.
 #[test]
 fn binding_limit_splits_logits_and_weights() {
-    use ferrite::backend::{cpu::CpuBackend, wgsl::WgpuBackend};
+    use ferrite::backend::{
+        cpu::CpuBackend,
+        wgsl::{WgpuBackend, WgpuOptions},
+    };
     use ferrite::model::{Batch, Model};
     use ferrite::sampler::TopLogits;
     let r = common::reference("smollm2-q4_1.json");
     let Some(path) = common::model(r["model_file"].as_str().unwrap(), true) else { return };
-    let gpu = match WgpuBackend::with_binding_limit(true, 1 << 20) {
+    let opts = WgpuOptions { max_binding: 1 << 20, f16: false, subgroups: false };
+    let gpu = match WgpuBackend::with_options(true, opts) {
         Ok(g) => g,
         Err(e) if std::env::var("FERRITE_WGPU_REQUIRED").as_deref() != Ok("1") => {
             eprintln!("skipped: no wgpu adapter here ({e})");
@@ -84,7 +88,7 @@ fn binding_limit_splits_logits_and_weights() {
         }
         Err(e) => panic!("wgpu backend: {e}"),
     };
-    let exact = gpu.software() && gpu.arith().f64;
+    let exact = gpu.software() && gpu.caps().f64;
     let file = std::sync::Arc::new(ferrite::loader::GgufFile::open(&path).unwrap());
     let cfg = ferrite::ModelConfig::from_gguf(&file).unwrap();
     let mut g = Model::load(gpu, &file, cfg.clone(), 256).unwrap();

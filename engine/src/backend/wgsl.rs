@@ -15,7 +15,9 @@
 //! (q·k in the order of the attention kernel the host CPU runs), fused multiply-adds are
 //! the device's `fma` where it rounds once and an integer emulation where it does not
 //! (llvmpipe), RMSNorm sums in f64 where the adapter has it, exp is the CPU's polynomial,
-//! the KV cache holds f16-rounded values, rope uses the CPU's cos/sin, attention walks the
+//! the KV cache holds f16-rounded values (as f16 where the adapter's f16 conversions
+//! prove exact, [`Caps::f16`]), sampling's reductions are exact (subgroup max/min where
+//! the adapter has subgroups), rope uses the CPU's cos/sin, attention walks the
 //! same runs of keys in the same f32 or f16 mode and splits where the CPU splits. What
 //! still differs: ranges past `ATTN_PART_KEYS` keys (split here, not on the CPU), GELU's
 //! tanh, RMSNorm's sum without f64, and hardware whose division or square root is not
@@ -35,43 +37,95 @@ const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 const EXACT: &str = include_str!("../../../shaders/exact.wgsl");
 const EXACT_F64: &str = include_str!("../../../shaders/exact_f64.wgsl");
 const EXACT_F32: &str = include_str!("../../../shaders/exact_f32.wgsl");
+const HALF_BITS: &str = include_str!("../../../shaders/half_bits.wgsl");
+/// half_bits.wgsl's conversion under its own name, for the f16 probe.
+const HALF_BITS_FN: &str = "fn f16_bits_to_f32(h: u32) -> f32 {
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    var v: f32;
+    if (e == 0u) {
+        v = f32(m) * 5.9604645e-8;
+    } else if (e == 31u) {
+        v = bitcast<f32>(0x7f800000u | (m << 13u));
+    } else {
+        v = bitcast<f32>(((e + 112u) << 23u) | (m << 13u));
+    }
+    return select(v, -v, (h & 0x8000u) != 0u);
+}";
+const HALF_NATIVE: &str = include_str!("../../../shaders/half_native.wgsl");
+const GROUP_TREE: &str = include_str!("../../../shaders/group_tree.wgsl");
+const GROUP_SUBGROUP: &str = include_str!("../../../shaders/group_subgroup.wgsl");
 
-/// The kernel files: (name, source). Each is compiled after `common.wgsl` and the
-/// exact-arithmetic prelude ([`shader_source`]).
+/// The kernel files: (name, source). Each is compiled after `common.wgsl` and the preludes
+/// that fit the adapter ([`shader_source`]).
 pub const SHADERS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../../shaders/matmul.wgsl")),
     ("quantize", include_str!("../../../shaders/quantize.wgsl")),
     ("ops", include_str!("../../../shaders/ops.wgsl")),
+    ("kv", include_str!("../../../shaders/kv.wgsl")),
     ("attention", include_str!("../../../shaders/attention.wgsl")),
     ("sample", include_str!("../../../shaders/sample.wgsl")),
 ];
 
-/// What an adapter offers for computing the CPU backend's bits: whether its `fma` rounds
-/// once (Mesa's llvmpipe multiplies and adds), and whether shaders may use f64.
+/// What an adapter offers the kernels, each used only where it keeps the CPU backend's
+/// bits: an `fma` that rounds once (Mesa's llvmpipe multiplies and adds), f64, f16 with
+/// exact conversions (the KV cache then holds f16), and subgroup operations (for the
+/// exact reductions of sampling).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Arith {
+pub struct Caps {
     pub fused_fma: bool,
     pub f64: bool,
+    pub f16: bool,
+    pub subgroups: bool,
 }
 
-impl Arith {
+impl Caps {
     /// Every combination (the shader tests validate each).
-    pub const ALL: [Arith; 4] = [
-        Arith { fused_fma: true, f64: true },
-        Arith { fused_fma: true, f64: false },
-        Arith { fused_fma: false, f64: true },
-        Arith { fused_fma: false, f64: false },
-    ];
+    pub fn all() -> impl Iterator<Item = Caps> {
+        (0..16u8).map(|b| Caps {
+            fused_fma: b & 1 != 0,
+            f64: b & 2 != 0,
+            f16: b & 4 != 0,
+            subgroups: b & 8 != 0,
+        })
+    }
 }
 
-/// The full source of a kernel file as a device with `arith` compiles it: the shared
-/// helpers, the exact-arithmetic prelude for its f64 support, and `fma_exact` bound to the
-/// device's `fma` where that rounds once, else to the integer emulation.
-pub fn shader_source(body: &str, arith: Arith) -> String {
-    let wide = if arith.f64 { EXACT_F64 } else { EXACT_F32 };
-    let fma = if arith.fused_fma { "fma" } else { "fma_soft" };
+/// How [`WgpuBackend::with_options`] opens the adapter.
+#[derive(Clone, Copy, Debug)]
+pub struct WgpuOptions {
+    /// Largest storage binding in bytes (at most the adapter's).
+    pub max_binding: u64,
+    /// Use f16 where the adapter offers it with exact conversions.
+    pub f16: bool,
+    /// Use subgroup operations where the adapter offers them.
+    pub subgroups: bool,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        WgpuOptions { max_binding: u64::MAX, f16: true, subgroups: true }
+    }
+}
+
+/// The full source of kernel file `name` as a device with `caps` compiles it: the
+/// extensions it enables, the shared helpers, the exact-arithmetic prelude for its f64
+/// support, `fma_exact` bound to the device's `fma` where that rounds once (else to the
+/// integer emulation), f16 reads and the KV cache type, and for sampling its workgroup
+/// reduction.
+pub fn shader_source(name: &str, body: &str, caps: Caps) -> String {
+    let wide = if caps.f64 { EXACT_F64 } else { EXACT_F32 };
+    let fma = if caps.fused_fma { "fma" } else { "fma_soft" };
+    let (half, f16) = if caps.f16 { (HALF_NATIVE, "enable f16;\n") } else { (HALF_BITS, "") };
+    // Subgroup operations need no `enable` in naga (it rejects the directive); the
+    // device feature gates them.
+    let group = match (name, caps.subgroups) {
+        ("sample", true) => GROUP_SUBGROUP,
+        ("sample", false) => GROUP_TREE,
+        _ => "",
+    };
     format!(
-        "{COMMON}\n{EXACT}\n{wide}\nfn fma_exact(a: f32, b: f32, c: f32) -> f32 {{\n    return {fma}(a, b, c);\n}}\n\n{body}"
+        "{f16}{COMMON}\n{half}\n{EXACT}\n{wide}\nfn fma_exact(a: f32, b: f32, c: f32) -> f32 {{\n    return {fma}(a, b, c);\n}}\n\n{group}\n{body}"
     )
 }
 
@@ -126,7 +180,8 @@ pub enum WgpuWeight {
     Vector { buf: wgpu::Buffer, len: usize },
 }
 
-/// The KV cache: per layer, keys and values as `[slot][kv head · dim]` f32 (f16-rounded).
+/// The KV cache: per layer, keys and values as `[slot][kv head · dim]` in kv.wgsl's `kv_t`:
+/// f16 where the adapter has exact f16 ([`Caps::f16`]), else f32 holding f16-rounded values.
 #[derive(Debug)]
 pub struct WgpuKv {
     k: Vec<wgpu::Buffer>,
@@ -187,7 +242,7 @@ pub struct WgpuBackend {
     /// Storage binding offset alignment, bytes.
     align: u64,
     /// How the kernels get the CPU's roundings on this adapter.
-    arith: Arith,
+    caps: Caps,
     prepared: Mutex<PrepareStats>,
 }
 
@@ -206,7 +261,7 @@ const ENTRIES: &[(&str, &str)] = &[
     ("ops", "scale"),
     ("ops", "add_bias"),
     ("ops", "get_rows"),
-    ("ops", "kv_store"),
+    ("kv", "kv_store"),
     ("attention", "attention"),
     ("attention", "attention_merge"),
     ("sample", "top_k"),
@@ -260,12 +315,57 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x;
     y[i] = fma(x[3u * i], x[3u * i + 1u], x[3u * i + 2u]);
 }";
+    let got = run_probe(device, queue, "fma probe", src, bytemuck::cast_slice(&abc), N)?;
+    Ok(got.iter().zip(abc.chunks_exact(3)).all(|(&g, x)| g == x[0].mul_add(x[1], x[2]).to_bits()))
+}
+
+/// Whether the adapter's f16 conversions (half_native.wgsl's reads of weight halves, and
+/// the KV cache's f32 → f16 → f32) give every one of the 65,536 f16 bit patterns its exact
+/// value (NaN as some NaN): some hardware flushes f16 subnormals, which would change the
+/// bits of weights and cached keys.
+fn f16_is_exact(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<bool, EngineError> {
+    const N: usize = 1 << 16;
+    let src = format!(
+        "enable f16;\n{HALF_BITS_FN}
+@group(0) @binding(0) var<storage, read> x: array<u32>;
+@group(0) @binding(1) var<storage, read_write> y: array<u32>;
+var<private> kv: f16;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
+    let i = id.x + id.y * 64u * 256u;
+    let want = f16_bits_to_f32(x[i]);
+    let read = unpack2x16float(x[i]).x;
+    kv = f16(want);
+    let stored = f32(kv);
+    let nan = (x[i] & 0x7fffu) > 0x7c00u;
+    // NaN by its bits: a compiler that assumes no NaN may fold `v != v` away.
+    let r = select(bitcast<u32>(read) == bitcast<u32>(want), (bitcast<u32>(read) & 0x7fffffffu) > 0x7f800000u, nan);
+    let s = select(bitcast<u32>(stored) == bitcast<u32>(want), (bitcast<u32>(stored) & 0x7fffffffu) > 0x7f800000u, nan);
+    y[i] = select(0u, 1u, r) | select(0u, 2u, s);
+}}"
+    );
+    let bits: Vec<u32> = (0..N as u32).collect();
+    let got = run_probe(device, queue, "f16 probe", &src, &bits, N)?;
+    Ok(got.iter().all(|&g| g == 3))
+}
+
+/// Runs the one-binding-in, one-binding-out compute shader `src` (entry `main`, 64
+/// invocations per workgroup, rows of 256 workgroups) over `n` invocations and returns
+/// the `n` words it writes.
+fn run_probe(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    label: &str,
+    src: &str,
+    input: &[u32],
+    n: usize,
+) -> Result<Vec<u32>, EngineError> {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some("fma probe"),
+        label: Some(label),
         source: wgpu::ShaderSource::Wgsl(src.into()),
     });
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("fma probe"),
+        label: Some(label),
         layout: None,
         module: &module,
         entry_point: Some("main"),
@@ -273,25 +373,25 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         cache: None,
     });
     let input = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("fma probe in"),
-        contents: bytemuck::cast_slice(&abc),
+        label: Some(label),
+        contents: bytemuck::cast_slice(input),
         usage: wgpu::BufferUsages::STORAGE,
     });
-    let bytes = (N * 4) as u64;
+    let bytes = (n * 4) as u64;
     let output = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("fma probe out"),
+        label: Some(label),
         size: bytes,
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
         mapped_at_creation: false,
     });
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("fma probe staging"),
+        label: Some(label),
         size: bytes,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("fma probe"),
+        label: Some(label),
         layout: &pipeline.get_bind_group_layout(0),
         entries: &[
             wgpu::BindGroupEntry { binding: 0, resource: input.as_entire_binding() },
@@ -303,15 +403,15 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups((N / 64) as u32, 1, 1);
+        let groups = n.div_ceil(64) as u32;
+        pass.dispatch_workgroups(groups.min(256), groups.div_ceil(256), 1);
     }
     enc.copy_buffer_to_buffer(&output, 0, &staging, 0, bytes);
     queue.submit([enc.finish()]);
     staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
-    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| unavailable(format!("fma probe: {e}")))?;
-    let view = staging.slice(..).get_mapped_range().map_err(|e| unavailable(format!("fma probe: {e}")))?;
-    let got: &[f32] = bytemuck::cast_slice(&view);
-    Ok(got.iter().zip(abc.chunks_exact(3)).all(|(g, x)| g.to_bits() == x[0].mul_add(x[1], x[2]).to_bits()))
+    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| unavailable(format!("{label}: {e}")))?;
+    let view = staging.slice(..).get_mapped_range().map_err(|e| unavailable(format!("{label}: {e}")))?;
+    Ok(bytemuck::cast_slice(&view).to_vec())
 }
 
 fn unavailable(why: impl Into<String>) -> EngineError {
@@ -322,13 +422,13 @@ impl WgpuBackend {
     /// Opens the best adapter. With `allow_cpu` false, a software adapter (lavapipe,
     /// WARP) counts as none: `--backend auto` wants a real GPU, tests take any.
     pub fn new(allow_cpu: bool) -> Result<Self, EngineError> {
-        Self::with_binding_limit(allow_cpu, u64::MAX)
+        Self::with_options(allow_cpu, WgpuOptions::default())
     }
 
-    /// [`WgpuBackend::new`] with the largest storage binding capped at `max_binding` bytes
-    /// (at most the adapter's): tests use it to run on a small model the splits that a big
-    /// model's weights and logits need on a real adapter.
-    pub fn with_binding_limit(allow_cpu: bool, max_binding: u64) -> Result<Self, EngineError> {
+    /// [`WgpuBackend::new`] with `opts`: tests cap the storage binding to run on a small
+    /// model the splits that a big model's weights need on a real adapter, and turn off f16
+    /// and subgroups to check the paths other adapters take.
+    pub fn with_options(allow_cpu: bool, opts: WgpuOptions) -> Result<Self, EngineError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
@@ -342,23 +442,43 @@ impl WgpuBackend {
             return Err(unavailable(format!("only a software adapter ({}) was found", info.name)));
         }
         let limits = adapter.limits();
-        let f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
+        let offered = adapter.features();
+        let mut wanted = wgpu::Features::SHADER_F64;
+        if opts.f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        if opts.subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        let features = offered & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ferrite"),
             required_limits: limits.clone(),
-            required_features: if f64 { wgpu::Features::SHADER_F64 } else { wgpu::Features::empty() },
+            required_features: features,
             ..Default::default()
         }))
         .map_err(|e| unavailable(format!("{}: {e}", info.name)))?;
-        let arith = Arith { fused_fma: fma_is_fused(&device, &queue)?, f64 };
-        let max_binding =
-            limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(max_binding.max(1 << 16));
+        let caps = Caps {
+            fused_fma: fma_is_fused(&device, &queue)?,
+            f64: features.contains(wgpu::Features::SHADER_F64),
+            f16: features.contains(wgpu::Features::SHADER_F16)
+                && adapter
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32)
+                && f16_is_exact(&device, &queue)?,
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+        };
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(opts.max_binding.max(1 << 16));
         let align = limits.min_storage_buffer_offset_alignment as u64;
         let mut modules = HashMap::new();
         for (name, body) in SHADERS {
             let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(shader_source(body, arith).into()),
+                source: wgpu::ShaderSource::Wgsl(shader_source(name, body, caps).into()),
             });
             modules.insert(*name, m);
         }
@@ -410,15 +530,19 @@ impl WgpuBackend {
             }),
             max_binding,
             align,
-            arith,
+            caps,
             prepared: Mutex::new(PrepareStats::default()),
         })
     }
 
     /// The adapter's name and driver, for logs.
     pub fn adapter(&self) -> String {
-        let fma = if self.arith.fused_fma { "fused fma" } else { "fma emulated" };
-        format!("{} ({:?}, {}, {fma})", self.info.name, self.info.backend, self.info.driver)
+        let c = self.caps;
+        let mut what = vec![if c.fused_fma { "fused fma" } else { "fma emulated" }];
+        what.extend(c.f64.then_some("f64"));
+        what.push(if c.f16 { "f16 KV cache" } else { "f32 KV cache" });
+        what.extend(c.subgroups.then_some("subgroups"));
+        format!("{} ({:?}, {}, {})", self.info.name, self.info.backend, self.info.driver, what.join(", "))
     }
 
     /// Whether the adapter is a software rasterizer (lavapipe, WARP).
@@ -427,8 +551,8 @@ impl WgpuBackend {
     }
 
     /// How this adapter gets the CPU backend's arithmetic.
-    pub fn arith(&self) -> Arith {
-        self.arith
+    pub fn caps(&self) -> Caps {
+        self.caps
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -672,10 +796,13 @@ impl Backend for WgpuBackend {
         head_dim_v: usize,
     ) -> Result<WgpuKv, EngineError> {
         let (kw, vw) = (n_head_kv * head_dim, n_head_kv * head_dim_v);
+        // kv_t: f16 or f32; bindings are whole words.
+        let elem = if self.caps.f16 { 2 } else { 4 };
         let bytes = |w: usize| {
             n_slots
                 .checked_mul(w)
-                .and_then(|x| x.checked_mul(4))
+                .and_then(|x| x.checked_mul(elem))
+                .map(|b| b.next_multiple_of(4))
                 .filter(|&b| b as u64 <= self.max_binding)
                 .ok_or_else(|| {
                     unavailable(format!(
