@@ -27,20 +27,20 @@ struct Params {
 
 // 16 bits at even byte offset o of the weights.
 fn w_half(o: u32) -> f32 {
-    return f16_to_f32((w[o >> 2u] >> ((o & 2u) * 8u)) & 0xffffu);
+    return f16_to_f32((wload(o >> 2u) >> ((o & 2u) * 8u)) & 0xffffu);
 }
 
 // 32 bits at even byte offset o of the weights (every block field starts at an even byte).
 fn w_word(o: u32) -> u32 {
     let i = o >> 2u;
     if ((o & 2u) == 0u) {
-        return w[i];
+        return wload(i);
     }
-    return (w[i] >> 16u) | (w[i + 1u] << 16u);
+    return (wload(i) >> 16u) | (wload(i + 1u) << 16u);
 }
 
 fn w_byte(o: u32) -> u32 {
-    return (w[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
+    return (wload(o >> 2u) >> ((o & 3u) * 8u)) & 0xffu;
 }
 
 fn w_i8(o: u32) -> i32 {
@@ -75,7 +75,7 @@ fn scale_min_k4(o: u32, j: u32) -> vec2<u32> {
 // Value i of row r, dequantized as the CPU backend does.
 fn w_value(r: u32, i: u32) -> f32 {
     switch QTYPE {
-        case 0u: { return bitcast<f32>(w[r * p.n_in + i]); }
+        case 0u: { return bitcast<f32>(wload(r * p.n_in + i)); }
         case 1u: { return w_half(2u * (r * p.n_in + i)); }
         case 12u: {
             let o = (r * (p.n_in / 256u) + i / 256u) * 144u;
@@ -121,7 +121,54 @@ fn w_value(r: u32, i: u32) -> f32 {
 // the CPU's order. One token: a dot in 8 lanes (multiply, then add), the lanes summed in
 // turn. A batch: the CPU's tiled GEMM, 32-row tiles taken 4 rows at a time with fused
 // multiply-adds in 8 lanes, lanes summed in turn plus the tail past a multiple of 8; a
-// tile's last rows past a multiple of 4 summed plainly.
+// tile's last rows past a multiple of 4 summed plainly. `float_*` hold that order one value
+// at a time, so that mm_float and the staged mm_float_tiled run the same code.
+struct FloatAcc {
+    plain: bool,
+    fused: bool,
+    lanes: u32,
+    s: f32,
+    tail: f32,
+    acc: array<f32, 8>,
+}
+
+// The running sums of output row gr (global) of one token.
+fn float_start(gr: u32) -> FloatAcc {
+    let tile0 = gr / 32u * 32u;
+    let gemm = p.n > 1u;
+    let fused = gemm && gr - tile0 < min(32u, p.n_out - tile0) / 4u * 4u;
+    let lanes = select(p.n_in, p.n_in / 8u * 8u, fused);
+    return FloatAcc(gemm && !fused, fused, lanes, 0.0, 0.0, array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0));
+}
+
+// Value i of row r (of this part) times activation i of token t, into the sums.
+fn float_step(r: u32, t: u32, i: u32, f: ptr<function, FloatAcc>) {
+    let wa = w_value(r, i);
+    let xa = act(t, i);
+    if ((*f).plain) {
+        (*f).s += wa * xa;
+    } else if (i < (*f).lanes) {
+        if ((*f).fused) {
+            (*f).acc[i % 8u] = fma_exact(wa, xa, (*f).acc[i % 8u]);
+        } else {
+            (*f).acc[i % 8u] += wa * xa;
+        }
+    } else {
+        (*f).tail += wa * xa;
+    }
+}
+
+fn float_finish(f: FloatAcc) -> f32 {
+    if (f.plain) {
+        return f.s;
+    }
+    var s = 0.0;
+    for (var j = 0u; j < 8u; j++) {
+        s += f.acc[j];
+    }
+    return s + f.tail;
+}
+
 @compute @workgroup_size(64)
 fn mm_float(@builtin(global_invocation_id) id: vec3<u32>) {
     let r = id.x;
@@ -129,40 +176,16 @@ fn mm_float(@builtin(global_invocation_id) id: vec3<u32>) {
     if (r >= p.rows || t >= p.n) {
         return;
     }
-    let gr = p.row0 + r;
-    let tile0 = gr / 32u * 32u;
-    let gemm = p.n > 1u;
-    let fused = gemm && gr - tile0 < min(32u, p.n_out - tile0) / 4u * 4u;
-    var s = 0.0;
-    if (gemm && !fused) {
-        for (var i = 0u; i < p.n_in; i++) {
-            s += w_value(r, i) * act(t, i);
-        }
-        y[t * p.n_out + gr] = s;
-        return;
+    var f = float_start(p.row0 + r);
+    for (var i = 0u; i < p.n_in; i++) {
+        float_step(r, t, i, &f);
     }
-    let lanes = select(p.n_in, p.n_in / 8u * 8u, fused);
-    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for (var i = 0u; i < lanes; i++) {
-        if (fused) {
-            acc[i % 8u] = fma_exact(w_value(r, i), act(t, i), acc[i % 8u]);
-        } else {
-            acc[i % 8u] += w_value(r, i) * act(t, i);
-        }
-    }
-    for (var j = 0u; j < 8u; j++) {
-        s += acc[j];
-    }
-    var tail = 0.0;
-    for (var i = lanes; i < p.n_in; i++) {
-        tail += w_value(r, i) * act(t, i);
-    }
-    y[t * p.n_out + gr] = s + tail;
+    y[t * p.n_out + p.row0 + r] = float_finish(f);
 }
 
 // Activation i of token t as a float weight's dot sees it.
 fn act(t: u32, i: u32) -> f32 {
-    let a = x[t * p.n_in + i];
+    let a = xload(t * p.n_in + i);
     if (QTYPE == 1u) {
         return f16_round(a);
     }
@@ -171,14 +194,14 @@ fn act(t: u32, i: u32) -> f32 {
 
 // Activation codes of token t, block b, word k (4 codes).
 fn a_word(t: u32, b: u32, k: u32) -> u32 {
-    return xq[t * (p.n_in / 4u) + b * 8u + k];
+    return xqload(t * (p.n_in / 4u) + b * 8u + k);
 }
 
 // Q4_K block at byte o against 256-block b of token t, the CPU's (llama.cpp's repacked)
 // order: `acc += Σ scale·(codes · acts)·(d·d_a)` and `acc_min += Σ min·Σacts·(dmin·d_a)`,
 // fused per pair of sub-blocks (`pairs`: a token its gemm takes) or per block (its gemv).
 fn dot_q4_k(o: u32, t: u32, b: u32, a: u32, pairs: bool, acc: ptr<function, f32>, acc_min: ptr<function, f32>) {
-    let yd = xd[a];
+    let yd = xdload(a);
     let dd = w_half(o) * yd;
     let dm = w_half(o + 2u) * yd;
     var sumi = 0;
@@ -192,7 +215,7 @@ fn dot_q4_k(o: u32, t: u32, b: u32, a: u32, pairs: bool, acc: ptr<function, f32>
             s += dot4I8Packed((w_word(qo + 4u * k) >> shift) & 0x0f0f0f0fu, a_word(t, 8u * b + j, k));
         }
         sumi += i32(sm.x) * s;
-        mins += i32(sm.y) * i32(xd[a + 1u + j]);
+        mins += i32(sm.y) * i32(xdload(a + 1u + j));
         if (pairs && j % 2u == 1u) {
             *acc = fma_exact(f32(sumi), dd, *acc);
             *acc_min = fma_exact(f32(mins), dm, *acc_min);
@@ -261,7 +284,113 @@ fn dot_q6_k_lanes(o: u32, t: u32, b: u32) -> array<i32, 8> {
 
 // Quantized weights: per block, exact integer sums of weight codes × activation codes
 // (Q4_0's −8 and Q5_0's −16 offsets folded in as −8·Σa, −16·Σa), accumulated in the CPU
-// kernel's order (below); K-quants per 256-value block.
+// kernel's order (below); K-quants per 256-value block. `quant_block` takes one block, so
+// that mm_quant and the staged mm_quant_tiled run the same code.
+struct QuantAcc {
+    acc: f32,
+    acc_min: f32,
+    summs: f32,
+    lacc: array<f32, 8>,
+}
+
+fn quant_start() -> QuantAcc {
+    return QuantAcc(0.0, 0.0, 0.0, array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0));
+}
+
+// Block b (of `n_in / block_elems()`) of row r (of this part) against token t.
+fn quant_block(r: u32, t: u32, b: u32, q: ptr<function, QuantAcc>) {
+    if (QTYPE == 12u || QTYPE == 14u) {
+        let nblk = p.n_in / 256u;
+        // llama.cpp's kernel choice by batch size: Q4_K's gemm takes the tokens in fours
+        // (the last n % 4 go through its gemv); Q6_K's tiled matmul takes batches of 8+.
+        let pairs = t < p.n - p.n % 4u;
+        let tiled = p.n >= 8u;
+        let o = (r * nblk + b) * block_bytes();
+        // The block's scale and sub-block sums sit where its eight 32-blocks' would.
+        let a = 2u * (t * (p.n_in / 32u) + 8u * b);
+        if (QTYPE == 12u) {
+            // Locals: naga's SPIR-V writer cannot pass a pointer into *q.
+            var acc = (*q).acc;
+            var acc_min = (*q).acc_min;
+            dot_q4_k(o, t, b, a, pairs, &acc, &acc_min);
+            (*q).acc = acc;
+            (*q).acc_min = acc_min;
+        } else if (tiled) {
+            (*q).acc = fma_exact(f32(dot_q6_k(o, t, b)) * w_half(o + 208u), xdload(a), (*q).acc);
+        } else {
+            let lane = dot_q6_k_lanes(o, t, b);
+            let dd = w_half(o + 208u) * xdload(a);
+            for (var k = 0u; k < 8u; k++) {
+                (*q).lacc[k] = fma_exact(dd, f32(lane[k]), (*q).lacc[k]);
+            }
+        }
+        return;
+    }
+    let nblk = p.n_in / 32u;
+    // Q4_1, Q5_0, Q8_0: llama.cpp's x86 `vec_dot` order (the CPU's `dot::lanes8`): lane k
+    // (products 4k..4k+4 of each block) accumulates fma(d_w·d_a, lane, acc_k); then
+    // `hsum_float_8`'s tree, plus Q4_1's fused Σ m·s. Q4_0: one sum per block.
+    let o = (r * nblk + b) * block_bytes();
+    var lane: array<i32, 8>;
+    if (QTYPE == 8u) {
+        for (var k = 0u; k < 8u; k++) {
+            lane[k] = dot4I8Packed(w_word(o + 2u + 4u * k), a_word(t, b, k));
+        }
+    } else {
+        let qs = select(select(2u, 4u, QTYPE == 3u), 6u, QTYPE == 6u);
+        var qh = 0u;
+        if (QTYPE == 6u) {
+            qh = w_word(o + 2u);
+        }
+        for (var k = 0u; k < 4u; k++) {
+            var qw = w_word(o + qs + 4u * k);
+            let lo = a_word(t, b, k);
+            let hi = a_word(t, b, k + 4u);
+            var ql = qw & 0x0f0f0f0fu;
+            var qhi = (qw >> 4u) & 0x0f0f0f0fu;
+            if (QTYPE == 6u) {
+                ql |= spread_bits((qh >> (4u * k)) & 0xfu);
+                qhi |= spread_bits((qh >> (16u + 4u * k)) & 0xfu);
+            }
+            lane[k] = dot4I8Packed(ql, lo);
+            lane[k + 4u] = dot4I8Packed(qhi, hi);
+            if (QTYPE == 2u || QTYPE == 6u) {
+                let off = select(8, 16, QTYPE == 6u);
+                lane[k] -= off * dot4I8Packed(0x01010101u, lo);
+                lane[k + 4u] -= off * dot4I8Packed(0x01010101u, hi);
+            }
+        }
+    }
+    let a = 2u * (t * nblk + b);
+    if (QTYPE != 2u) {
+        let dd = w_half(o) * xdload(a);
+        for (var k = 0u; k < 8u; k++) {
+            (*q).lacc[k] = fma_exact(dd, f32(lane[k]), (*q).lacc[k]);
+        }
+        if (QTYPE == 3u) {
+            (*q).summs = fma_exact(w_half(o + 2u), xdload(a + 1u), (*q).summs);
+        }
+    } else {
+        var isum = 0;
+        for (var k = 0u; k < 8u; k++) {
+            isum += lane[k];
+        }
+        (*q).acc = fma_exact(f32(isum), w_half(o) * xdload(a), (*q).acc);
+    }
+}
+
+fn quant_finish(q: QuantAcc) -> f32 {
+    let l = q.lacc;
+    let tree = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    switch QTYPE {
+        case 2u: { return q.acc; }
+        case 3u: { return tree + q.summs; }
+        case 12u: { return q.acc - q.acc_min; }
+        case 14u: { return select(tree, q.acc, p.n >= 8u); }
+        default: { return tree; }
+    }
+}
+
 @compute @workgroup_size(64)
 fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
     let r = id.x;
@@ -269,102 +398,12 @@ fn mm_quant(@builtin(global_invocation_id) id: vec3<u32>) {
     if (r >= p.rows || t >= p.n) {
         return;
     }
-    var acc = 0.0;
-    if (QTYPE == 12u || QTYPE == 14u) {
-        let nblk = p.n_in / 256u;
-        // llama.cpp's kernel choice by batch size: Q4_K's gemm takes the tokens in fours
-        // (the last n % 4 go through its gemv); Q6_K's tiled matmul takes batches of 8+.
-        let pairs = t < p.n - p.n % 4u;
-        let tiled = p.n >= 8u;
-        var acc_min = 0.0;
-        var lacc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-        for (var b = 0u; b < nblk; b++) {
-            let o = (r * nblk + b) * block_bytes();
-            // The block's scale and sub-block sums sit where its eight 32-blocks' would.
-            let a = 2u * (t * (p.n_in / 32u) + 8u * b);
-            if (QTYPE == 12u) {
-                dot_q4_k(o, t, b, a, pairs, &acc, &acc_min);
-            } else if (tiled) {
-                acc = fma_exact(f32(dot_q6_k(o, t, b)) * w_half(o + 208u), xd[a], acc);
-            } else {
-                let lane = dot_q6_k_lanes(o, t, b);
-                let dd = w_half(o + 208u) * xd[a];
-                for (var k = 0u; k < 8u; k++) {
-                    lacc[k] = fma_exact(dd, f32(lane[k]), lacc[k]);
-                }
-            }
-        }
-        if (QTYPE == 12u) {
-            acc -= acc_min;
-        } else if (!tiled) {
-            acc = ((lacc[0] + lacc[4]) + (lacc[2] + lacc[6])) + ((lacc[1] + lacc[5]) + (lacc[3] + lacc[7]));
-        }
-        y[t * p.n_out + p.row0 + r] = acc;
-        return;
-    }
-    let nblk = p.n_in / 32u;
-    // Q4_1, Q5_0, Q8_0: llama.cpp's x86 `vec_dot` order (the CPU's `dot::lanes8`): lane k
-    // (products 4k..4k+4 of each block) accumulates fma(d_w·d_a, lane, acc_k); then
-    // `hsum_float_8`'s tree, plus Q4_1's fused Σ m·s. Q4_0: one sum per block.
-    let lanes = QTYPE != 2u;
-    var lacc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    var summs = 0.0;
+    var q = quant_start();
+    let nblk = p.n_in / block_elems();
     for (var b = 0u; b < nblk; b++) {
-        let o = (r * nblk + b) * block_bytes();
-        var lane: array<i32, 8>;
-        if (QTYPE == 8u) {
-            for (var k = 0u; k < 8u; k++) {
-                lane[k] = dot4I8Packed(w_word(o + 2u + 4u * k), a_word(t, b, k));
-            }
-        } else {
-            let qs = select(select(2u, 4u, QTYPE == 3u), 6u, QTYPE == 6u);
-            var qh = 0u;
-            if (QTYPE == 6u) {
-                qh = w_word(o + 2u);
-            }
-            for (var k = 0u; k < 4u; k++) {
-                var q = w_word(o + qs + 4u * k);
-                let lo = a_word(t, b, k);
-                let hi = a_word(t, b, k + 4u);
-                var ql = q & 0x0f0f0f0fu;
-                var qhi = (q >> 4u) & 0x0f0f0f0fu;
-                if (QTYPE == 6u) {
-                    ql |= spread_bits((qh >> (4u * k)) & 0xfu);
-                    qhi |= spread_bits((qh >> (16u + 4u * k)) & 0xfu);
-                }
-                lane[k] = dot4I8Packed(ql, lo);
-                lane[k + 4u] = dot4I8Packed(qhi, hi);
-                if (QTYPE == 2u || QTYPE == 6u) {
-                    let off = select(8, 16, QTYPE == 6u);
-                    lane[k] -= off * dot4I8Packed(0x01010101u, lo);
-                    lane[k + 4u] -= off * dot4I8Packed(0x01010101u, hi);
-                }
-            }
-        }
-        let a = 2u * (t * nblk + b);
-        if (lanes) {
-            let dd = w_half(o) * xd[a];
-            for (var k = 0u; k < 8u; k++) {
-                lacc[k] = fma_exact(dd, f32(lane[k]), lacc[k]);
-            }
-            if (QTYPE == 3u) {
-                summs = fma_exact(w_half(o + 2u), xd[a + 1u], summs);
-            }
-        } else {
-            var isum = 0;
-            for (var k = 0u; k < 8u; k++) {
-                isum += lane[k];
-            }
-            acc = fma_exact(f32(isum), w_half(o) * xd[a], acc);
-        }
+        quant_block(r, t, b, &q);
     }
-    if (lanes) {
-        acc = ((lacc[0] + lacc[4]) + (lacc[2] + lacc[6])) + ((lacc[1] + lacc[5]) + (lacc[3] + lacc[7]));
-        if (QTYPE == 3u) {
-            acc += summs;
-        }
-    }
-    y[t * p.n_out + p.row0 + r] = acc;
+    y[t * p.n_out + p.row0 + r] = quant_finish(q);
 }
 
 // Four bits as the fifth bit (16) of four bytes: Q5_0's high bits beside its nibbles.

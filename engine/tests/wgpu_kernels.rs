@@ -13,25 +13,28 @@ use ferrite_loader::{GgmlType, GgufFile};
 use half::f16;
 use std::sync::{Arc, OnceLock};
 
-/// The shared wgpu backends: the adapter as the engine opens it, and where that uses f16 or
-/// subgroups, the same adapter without them (the path other adapters take). None (with a
-/// message) when there is no adapter.
+/// The shared wgpu backends: the adapter with f16, subgroups (where it offers them) and the
+/// staged matmul, and the same adapter without any of them (the paths other adapters
+/// take). None (with a message) when there is no adapter.
 fn gpus() -> &'static [WgpuBackend] {
     static GPUS: OnceLock<Vec<WgpuBackend>> = OnceLock::new();
     GPUS.get_or_init(|| {
-        let full = match WgpuBackend::new(true) {
-            Ok(b) => b,
-            Err(e) if std::env::var("FERRITE_WGPU_REQUIRED").as_deref() != Ok("1") => {
-                eprintln!("skipped: no wgpu adapter ({e}); install mesa-vulkan-drivers libvulkan1");
-                return Vec::new();
-            }
-            Err(e) => panic!("FERRITE_WGPU_REQUIRED=1 but {e}"),
-        };
+        // The staged matmul too, which the engine runs on hardware adapters only.
+        let full =
+            match WgpuBackend::with_options(true, WgpuOptions { tiled: Some(true), ..Default::default() }) {
+                Ok(b) => b,
+                Err(e) if std::env::var("FERRITE_WGPU_REQUIRED").as_deref() != Ok("1") => {
+                    eprintln!("skipped: no wgpu adapter ({e}); install mesa-vulkan-drivers libvulkan1");
+                    return Vec::new();
+                }
+                Err(e) => panic!("FERRITE_WGPU_REQUIRED=1 but {e}"),
+            };
         let mut all = vec![full];
-        if all[0].caps().f16 || all[0].caps().subgroups {
-            let opts = WgpuOptions { f16: false, subgroups: false, ..Default::default() };
+        {
+            let opts = WgpuOptions { f16: false, subgroups: false, tiled: Some(false), ..Default::default() };
             all.push(
-                WgpuBackend::with_options(true, opts).expect("the same adapter without f16 and subgroups"),
+                WgpuBackend::with_options(true, opts)
+                    .expect("the same adapter without f16, subgroups and staging"),
             );
         }
         for b in &all {
@@ -162,18 +165,35 @@ fn close(what: &str, cpu: &[f32], gpu: &[f32], tol: f32) {
 }
 
 /// The weight types the WGSL matmul reads.
-const MATMUL_TYPES: &[GgmlType] =
-    &[GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+const MATMUL_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
 
 #[test]
 fn matmul_matches_cpu() {
     for g in gpus() {
         let c = CpuBackend::new();
         let mut rng = Rng(11);
-        // (n_in, n_out, rows): odd output counts, one row (decode) and batches past a workgroup.
-        for &(n_in, n_out, n) in
-            &[(256usize, 67usize, 1usize), (512, 130, 5), (256, 9, 70), (768, 200, 3), (96, 33, 4)]
-        {
+        // (n_in, n_out, rows): odd output counts, one row (decode), batches past a workgroup,
+        // and for the staged kernels (8 rows or more) tiles cut short in rows, tokens and
+        // input values (a step covers 256 values of quantized weights, 128 of float ones).
+        for &(n_in, n_out, n) in &[
+            (256usize, 67usize, 1usize),
+            (512, 130, 5),
+            (256, 9, 70),
+            (768, 200, 3),
+            (96, 33, 4),
+            (96, 33, 9),
+            (1280, 37, 13),
+            (512, 8, 8),
+        ] {
             for &ty in MATMUL_TYPES {
                 if n_in % ty.block_elems() as usize != 0 {
                     continue;
