@@ -1,7 +1,7 @@
 // sample.wgsl's workgroup reduction with subgroup operations: each subgroup's best by
-// max/min operations (exact, so the order the hardware combines lanes in does not matter),
-// then every invocation scans the subgroups' bests. Two barriers instead of the tree's
-// nine.
+// integer max/min operations (exact, so the order the hardware combines lanes in does not
+// matter, and no float flushing), then every invocation scans the subgroups' bests. Two
+// barriers a round instead of the tree's ten.
 
 struct GroupIds {
     @builtin(local_invocation_index) lid: u32,
@@ -13,11 +13,22 @@ struct GroupIds {
 var<workgroup> best_v: array<f32, 256>;
 var<workgroup> best_i: array<u32, 256>;
 
+// A value's place in `before`'s order as an unsigned integer: sign-magnitude bits mapped
+// to increasing order, −0 taken as +0 (they are equal); 0 for no candidate, below −inf's.
+fn order_key(c: Cand) -> u32 {
+    var b = bitcast<u32>(c.v);
+    if (b == 0x80000000u) {
+        b = 0u;
+    }
+    let k = select(b | 0x80000000u, ~b, (b >> 31u) == 1u);
+    return select(0u, k, c.i != NONE);
+}
+
 // The subgroup's best candidate: the largest value, the lowest index among its equals
 // (−0 and +0 are equal, as in `before`), then that candidate's own value bits.
 fn subgroup_best(c: Cand) -> Cand {
     let some = c.i != NONE;
-    let key = select(bitcast<f32>(0xff800000u), c.v, some);
+    let key = order_key(c);
     let m = subgroupMax(key);
     let i = subgroupMin(select(NONE, c.i, some && key == m));
     let bits = subgroupMin(select(0xffffffffu, bitcast<u32>(c.v), some && c.i == i));

@@ -1,6 +1,7 @@
 // Reads of raw GGUF weight blocks, and the kernels that use them: matmul
 // `y[t][row0 + r] = W[r] · x[t]` for one part of a weight matrix (rows row0..row0+rows), one
-// invocation per (row, token), and the embedding lookup. `QTYPE` (ggml's type id: 0 F32,
+// invocation per (row, token) here and 8×8 tiles in matmul_tiled.wgsl (which this file is
+// also compiled with), and the embedding lookup. `QTYPE` (ggml's type id: 0 F32,
 // 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 8 Q8_0, 12 Q4_K, 14 Q6_K) is set per pipeline. Quantized
 // weights multiply the 8-bit activation codes that quantize.wgsl makes (the CPU backend's:
 // per 32 values for the 32-value formats, per 256 for the K-quants) with packed integer dot

@@ -79,7 +79,9 @@ fn binding_limit_splits_logits_and_weights() {
     use ferrite::sampler::TopLogits;
     let r = common::reference("smollm2-q4_1.json");
     let Some(path) = common::model(r["model_file"].as_str().unwrap(), true) else { return };
-    let opts = WgpuOptions { max_binding: 1 << 20, f16: false, subgroups: false, tiled: Some(false) };
+    // The paths other adapters take: no f16, no subgroups, and the staged matmul (the
+    // 40-row batch) on parts that start past row 0.
+    let opts = WgpuOptions { max_binding: 1 << 20, f16: false, subgroups: false, tiled: Some(true) };
     let gpu = match WgpuBackend::with_options(true, opts) {
         Ok(g) => g,
         Err(e) if std::env::var("FERRITE_WGPU_REQUIRED").as_deref() != Ok("1") => {

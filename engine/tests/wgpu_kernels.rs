@@ -193,6 +193,8 @@ fn matmul_matches_cpu() {
             (96, 33, 9),
             (1280, 37, 13),
             (512, 8, 8),
+            (416, 17, 11),
+            (97, 21, 9),
         ] {
             for &ty in MATMUL_TYPES {
                 if n_in % ty.block_elems() as usize != 0 {

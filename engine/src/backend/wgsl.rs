@@ -38,20 +38,6 @@ const EXACT: &str = include_str!("../../../shaders/exact.wgsl");
 const EXACT_F64: &str = include_str!("../../../shaders/exact_f64.wgsl");
 const EXACT_F32: &str = include_str!("../../../shaders/exact_f32.wgsl");
 const HALF_BITS: &str = include_str!("../../../shaders/half_bits.wgsl");
-/// half_bits.wgsl's conversion under its own name, for the f16 probe.
-const HALF_BITS_FN: &str = "fn f16_bits_to_f32(h: u32) -> f32 {
-    let e = (h >> 10u) & 0x1fu;
-    let m = h & 0x3ffu;
-    var v: f32;
-    if (e == 0u) {
-        v = f32(m) * 5.9604645e-8;
-    } else if (e == 31u) {
-        v = bitcast<f32>(0x7f800000u | (m << 13u));
-    } else {
-        v = bitcast<f32>(((e + 112u) << 23u) | (m << 13u));
-    }
-    return select(v, -v, (h & 0x8000u) != 0u);
-}";
 const HALF_NATIVE: &str = include_str!("../../../shaders/half_native.wgsl");
 const GROUP_TREE: &str = include_str!("../../../shaders/group_tree.wgsl");
 const GROUP_SUBGROUP: &str = include_str!("../../../shaders/group_subgroup.wgsl");
@@ -340,50 +326,63 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x;
     y[i] = fma(x[3u * i], x[3u * i + 1u], x[3u * i + 2u]);
 }";
-    let got = run_probe(device, queue, "fma probe", src, bytemuck::cast_slice(&abc), N)?;
+    let got = run_probe(device, queue, "fma probe", src, bytemuck::cast_slice(&abc), N, N)?;
     Ok(got.iter().zip(abc.chunks_exact(3)).all(|(&g, x)| g == x[0].mul_add(x[1], x[2]).to_bits()))
 }
 
-/// Whether the adapter's f16 conversions (half_native.wgsl's reads of weight halves, and
-/// the KV cache's f32 → f16 → f32) give every one of the 65,536 f16 bit patterns its exact
-/// value (NaN as some NaN): some hardware flushes f16 subnormals, which would change the
-/// bits of weights and cached keys.
+/// Whether the adapter's f16 conversions give every one of the 65,536 f16 bit patterns its
+/// exact value (NaN as some NaN), each the way the kernels use it: weight halves through
+/// `unpack2x16float` (half_native.wgsl), f32 → f16 stores into a storage `array<f16>` (the
+/// KV store) and f16 → f32 loads from one (attention). Some hardware flushes f16
+/// subnormals, which would change the bits of weights and cached keys. The host judges the
+/// results: a shader compiler may assume there are no NaNs.
 fn f16_is_exact(device: &wgpu::Device, queue: &wgpu::Queue) -> Result<bool, EngineError> {
     const N: usize = 1 << 16;
-    let src = format!(
-        "enable f16;\n{HALF_BITS_FN}
-@group(0) @binding(0) var<storage, read> x: array<u32>;
-@group(0) @binding(1) var<storage, read_write> y: array<u32>;
-var<private> kv: f16;
+    let value = |h: u16| half::f16::from_bits(h).to_f32();
+    let same =
+        |got: f32, h: u16| if value(h).is_nan() { got.is_nan() } else { got.to_bits() == value(h).to_bits() };
+    let head = "@group(0) @binding(0) var<storage, read> x: array<IN>;
+@group(0) @binding(1) var<storage, read_write> y: array<OUT>;
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     let i = id.x + id.y * 64u * 256u;
-    let want = f16_bits_to_f32(x[i]);
-    let read = unpack2x16float(x[i]).x;
-    kv = f16(want);
-    let stored = f32(kv);
-    let nan = (x[i] & 0x7fffu) > 0x7c00u;
-    // NaN by its bits: a compiler that assumes no NaN may fold `v != v` away.
-    let r = select(bitcast<u32>(read) == bitcast<u32>(want), (bitcast<u32>(read) & 0x7fffffffu) > 0x7f800000u, nan);
-    let s = select(bitcast<u32>(stored) == bitcast<u32>(want), (bitcast<u32>(stored) & 0x7fffffffu) > 0x7f800000u, nan);
-    y[i] = select(0u, 1u, r) | select(0u, 2u, s);
-}}"
-    );
-    let bits: Vec<u32> = (0..N as u32).collect();
-    let got = run_probe(device, queue, "f16 probe", &src, &bits, N)?;
-    Ok(got.iter().all(|&g| g == 3))
+";
+    let shader = |input: &str, output: &str, body: &str| {
+        let soft = HALF_BITS.replace("fn f16_to_f32", "fn f16_bits_to_f32").replace("alias kv_t = f32;", "");
+        format!("enable f16;\n{soft}\n{}    {body}\n}}", head.replace("IN", input).replace("OUT", output))
+    };
+    let patterns: Vec<u32> = (0..N as u32).collect();
+    let packed: Vec<u32> = (0..N as u32 / 2).map(|i| (2 * i) | ((2 * i + 1) << 16)).collect();
+    // Weight halves: bits in a word, converted by unpack2x16float.
+    let src = shader("u32", "f32", "y[i] = unpack2x16float(x[i]).x;");
+    let read = run_probe(device, queue, "f16 probe (unpack)", &src, &patterns, N, N)?;
+    // Stores: the exact value (integer conversion) stored as f16, two per word back.
+    let src = shader("u32", "f16", "y[i] = f16(f16_bits_to_f32(x[i]));");
+    let stored = run_probe(device, queue, "f16 probe (store)", &src, &patterns, N, N / 2)?;
+    // Loads: f16 patterns from a storage array converted to f32.
+    let src = shader("f16", "f32", "y[i] = f32(x[i]);");
+    let loaded = run_probe(device, queue, "f16 probe (load)", &src, &packed, N, N)?;
+    let ok = (0..N).all(|i| {
+        let h = i as u16;
+        let st = (stored[i / 2] >> (16 * (i % 2))) as u16;
+        same(f32::from_bits(read[i]), h)
+            && same(half::f16::from_bits(st).to_f32(), h)
+            && same(f32::from_bits(loaded[i]), h)
+    });
+    Ok(ok)
 }
 
 /// Runs the one-binding-in, one-binding-out compute shader `src` (entry `main`, 64
-/// invocations per workgroup, rows of 256 workgroups) over `n` invocations and returns
-/// the `n` words it writes.
+/// invocations per workgroup, rows of 256 workgroups) over `invocations` invocations and
+/// returns the `out_words` words of its output.
 fn run_probe(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     label: &str,
     src: &str,
     input: &[u32],
-    n: usize,
+    invocations: usize,
+    out_words: usize,
 ) -> Result<Vec<u32>, EngineError> {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
@@ -402,7 +401,7 @@ fn run_probe(
         contents: bytemuck::cast_slice(input),
         usage: wgpu::BufferUsages::STORAGE,
     });
-    let bytes = (n * 4) as u64;
+    let bytes = (out_words * 4) as u64;
     let output = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes,
@@ -428,7 +427,7 @@ fn run_probe(
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        let groups = n.div_ceil(64) as u32;
+        let groups = invocations.div_ceil(64) as u32;
         pass.dispatch_workgroups(groups.min(256), groups.div_ceil(256), 1);
     }
     enc.copy_buffer_to_buffer(&output, 0, &staging, 0, bytes);
@@ -493,12 +492,16 @@ impl WgpuBackend {
                     .flags
                     .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32)
                 && f16_is_exact(&device, &queue)?,
-            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            // HLSL has no subgroup id: naga derives it from the lane count, which D3D12 does
+            // not promise to match how waves are formed.
+            subgroups: features.contains(wgpu::Features::SUBGROUP) && info.backend != wgpu::Backend::Dx12,
         };
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
-            .min(opts.max_binding.max(1 << 16));
+            .min(opts.max_binding.max(1 << 16))
+            // Shaders address bindings with u32 byte offsets.
+            .min(u64::from(u32::MAX) & !3);
         let align = limits.min_storage_buffer_offset_alignment as u64;
         let mut modules = HashMap::new();
         for (name, body) in SHADERS {
@@ -937,7 +940,10 @@ impl Backend for WgpuBackend {
         } else {
             (None, None)
         };
-        let tiled = self.tiled && n >= TILED_MIN_TOKENS;
+        // The staged grid is 2-D (row tiles × token tiles): row tiles within one dimension.
+        let tiled = self.tiled
+            && n >= TILED_MIN_TOKENS
+            && parts.iter().all(|pt| (pt.rows as u64).div_ceil(TILE) <= MAX_GROUPS);
         let entry = match (quantizer.is_some(), tiled) {
             (true, false) => "mm_quant",
             (true, true) => "mm_quant_tiled",
@@ -1176,5 +1182,17 @@ impl Backend for WgpuBackend {
             &res,
             Self::linear(rows.len() * width),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Rust side's tile matches matmul_tiled.wgsl's rows and tokens per workgroup.
+    #[test]
+    fn tile_matches_the_shader() {
+        assert!(MATMUL_TILED.contains(&format!("const TR: u32 = {TILE}u;")));
+        assert!(MATMUL_TILED.contains(&format!("const TT: u32 = {TILE}u;")));
     }
 }
