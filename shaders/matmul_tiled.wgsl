@@ -48,25 +48,44 @@ fn xdload(i: u32) -> f32 {
     return xdt[i + dshift];
 }
 
-// Copies the weight words [first[j], last[j]) of each row slot j (of TR) into the stage,
-// WT_ROW words apart; invocation lid takes every 64th word.
-fn stage_weights(lid: u32, rows_first: array<u32, TR>, rows_last: array<u32, TR>) {
-    for (var k = lid; k < TR * WT_ROW; k += 64u) {
-        let slot = k / WT_ROW;
-        let at = rows_first[slot] + k % WT_ROW;
-        if (at < rows_last[slot]) {
-            wt[k] = w[at];
-        }
-    }
+// This invocation's place: its workgroup's first row and token, its own row and token
+// (of this part), and whether that output exists.
+struct Place {
+    r0: u32,
+    t0: u32,
+    r: u32,
+    t: u32,
+    live: bool,
 }
 
-@compute @workgroup_size(64)
-fn mm_quant_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn place(wg: vec3<u32>, lid: u32) -> Place {
     let r0 = wg.x * TR;
     let t0 = wg.y * TT;
     let r = r0 + lid % TR;
     let t = t0 + lid / TR;
-    let live = r < p.rows && t < p.n;
+    return Place(r0, t0, r, t, r < p.rows && t < p.n);
+}
+
+// Stages bytes [lo, hi) of each of the tile's rows (a row: `row_bytes` bytes) as the
+// whole words that hold them, WT_ROW words apart, invocation lid taking every 64th word;
+// then points this invocation's weight loads at its row's copy.
+fn stage_weights(lid: u32, at: Place, row_bytes: u32, lo: u32, hi: u32) {
+    for (var k = lid; k < TR * WT_ROW; k += 64u) {
+        let rr = at.r0 + k / WT_ROW;
+        let word = ((rr * row_bytes + lo) >> 2u) + k % WT_ROW;
+        let end = (rr * row_bytes + hi + 3u) >> 2u;
+        if (rr < p.rows && word < end) {
+            wt[k] = w[word];
+        }
+    }
+    wshift = (at.r - at.r0) * WT_ROW - ((at.r * row_bytes + lo) >> 2u);
+}
+
+@compute @workgroup_size(64)
+fn mm_quant_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let at = place(wg, lid);
+    let r = at.r;
+    let t = at.t;
     let per = QCHUNK / block_elems();
     let nblk = p.n_in / block_elems();
     let bb = block_bytes();
@@ -74,82 +93,64 @@ fn mm_quant_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     var q = quant_start();
     for (var b0 = 0u; b0 < nblk; b0 += per) {
         let b1 = min(b0 + per, nblk);
-        var first: array<u32, TR>;
-        var last: array<u32, TR>;
-        for (var j = 0u; j < TR; j++) {
-            let rr = min(r0 + j, p.rows - 1u);
-            first[j] = ((rr * nblk + b0) * bb) >> 2u;
-            last[j] = select(first[j], ((rr * nblk + b1) * bb + 3u) >> 2u, r0 + j < p.rows);
-        }
-        stage_weights(lid, first, last);
+        stage_weights(lid, at, nblk * bb, b0 * bb, b1 * bb);
         // Codes and scales of 32-value blocks [e0, e1) of each token.
         let e0 = b0 * block_elems() / 32u;
         let e1 = b1 * block_elems() / 32u;
         for (var k = lid; k < TT * XT_TOK; k += 64u) {
-            let tt = t0 + k / XT_TOK;
+            let tt = at.t0 + k / XT_TOK;
             if (tt < p.n && k % XT_TOK < (e1 - e0) * 8u) {
                 xt[k] = xq[tt * (p.n_in / 4u) + e0 * 8u + k % XT_TOK];
             }
         }
         for (var k = lid; k < TT * XD_TOK; k += 64u) {
-            let tt = t0 + k / XD_TOK;
+            let tt = at.t0 + k / XD_TOK;
             if (tt < p.n && k % XD_TOK < (e1 - e0) * 2u) {
                 xdt[k] = xd[2u * (tt * n32 + e0) + k % XD_TOK];
             }
         }
         workgroupBarrier();
-        if (live) {
-            wshift = (lid % TR) * WT_ROW - (((r * nblk + b0) * bb) >> 2u);
-            xshift = (lid / TR) * XT_TOK - (t * (p.n_in / 4u) + e0 * 8u);
-            dshift = (lid / TR) * XD_TOK - 2u * (t * n32 + e0);
+        if (at.live) {
+            xshift = (t - at.t0) * XT_TOK - (t * (p.n_in / 4u) + e0 * 8u);
+            dshift = (t - at.t0) * XD_TOK - 2u * (t * n32 + e0);
             for (var b = b0; b < b1; b++) {
                 quant_block(r, t, b, &q);
             }
         }
         workgroupBarrier();
     }
-    if (live) {
+    if (at.live) {
         y[t * p.n_out + p.row0 + r] = quant_finish(q);
     }
 }
 
 @compute @workgroup_size(64)
 fn mm_float_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r0 = wg.x * TR;
-    let t0 = wg.y * TT;
-    let r = r0 + lid % TR;
-    let t = t0 + lid / TR;
-    let live = r < p.rows && t < p.n;
+    let at = place(wg, lid);
+    let r = at.r;
+    let t = at.t;
     // Bytes per weight value: F16 2, F32 4.
     let eb = select(4u, 2u, QTYPE == 1u);
     var f = float_start(p.row0 + r);
     for (var i0 = 0u; i0 < p.n_in; i0 += FCHUNK) {
         let i1 = min(i0 + FCHUNK, p.n_in);
-        var first: array<u32, TR>;
-        var last: array<u32, TR>;
-        for (var j = 0u; j < TR; j++) {
-            let rr = min(r0 + j, p.rows - 1u);
-            first[j] = ((rr * p.n_in + i0) * eb) >> 2u;
-            last[j] = select(first[j], ((rr * p.n_in + i1) * eb + 3u) >> 2u, r0 + j < p.rows);
-        }
-        stage_weights(lid, first, last);
+        stage_weights(lid, at, p.n_in * eb, i0 * eb, i1 * eb);
         for (var k = lid; k < TT * XT_TOK; k += 64u) {
-            let tt = t0 + k / XT_TOK;
+            let tt = at.t0 + k / XT_TOK;
             if (tt < p.n && k % XT_TOK < i1 - i0) {
                 xt[k] = bitcast<u32>(x[tt * p.n_in + i0 + k % XT_TOK]);
             }
         }
         workgroupBarrier();
-        if (live) {
-            wshift = (lid % TR) * WT_ROW - (((r * p.n_in + i0) * eb) >> 2u);
-            xshift = (lid / TR) * XT_TOK - (t * p.n_in + i0);
+        if (at.live) {
+            xshift = (t - at.t0) * XT_TOK - (t * p.n_in + i0);
             for (var i = i0; i < i1; i++) {
                 float_step(r, t, i, &f);
             }
         }
         workgroupBarrier();
     }
-    if (live) {
+    if (at.live) {
         y[t * p.n_out + p.row0 + r] = float_finish(f);
     }
 }
