@@ -144,8 +144,11 @@ fn float_start(gr: u32) -> FloatAcc {
 
 // Value i of row r (of this part) times activation i of token t, into the sums.
 fn float_step(r: u32, t: u32, i: u32, f: ptr<function, FloatAcc>) {
-    let wa = w_value(r, i);
-    let xa = act(t, i);
+    float_add(w_value(r, i), act(t, i), i, f);
+}
+
+// Weight value wa times activation xa, both at input position i, into the sums.
+fn float_add(wa: f32, xa: f32, i: u32, f: ptr<function, FloatAcc>) {
     if ((*f).plain) {
         (*f).s += wa * xa;
     } else if (i < (*f).lanes) {

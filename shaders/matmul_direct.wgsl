@@ -1,5 +1,5 @@
 // matmul.wgsl's loads for its one-output-per-invocation kernels: straight from the
-// bindings.
+// bindings; and the kernels that only run with them.
 
 fn wload(i: u32) -> u32 {
     return w[i];
@@ -15,4 +15,42 @@ fn xqload(i: u32) -> u32 {
 
 fn xdload(i: u32) -> f32 {
     return xd[i];
+}
+
+// Float weights for batches on adapters without the staged kernels: four tokens of one row
+// per invocation, each weight value read once for the four. Software adapters (llvmpipe)
+// pay per load instruction: a 53-token F32 prompt took 0.75× mm_float's time. Each output's
+// sums are mm_float's, in its order; tokens past the end repeat the last and are not stored.
+@compute @workgroup_size(64)
+fn mm_float_tokens(@builtin(global_invocation_id) id: vec3<u32>) {
+    let r = id.x;
+    let t0 = id.y * 4u;
+    if (r >= p.rows || t0 >= p.n) {
+        return;
+    }
+    let t1 = min(t0 + 1u, p.n - 1u);
+    let t2 = min(t0 + 2u, p.n - 1u);
+    let t3 = min(t0 + 3u, p.n - 1u);
+    var f0 = float_start(p.row0 + r);
+    var f1 = f0;
+    var f2 = f0;
+    var f3 = f0;
+    for (var i = 0u; i < p.n_in; i++) {
+        let wa = w_value(r, i);
+        float_add(wa, act(t0, i), i, &f0);
+        float_add(wa, act(t1, i), i, &f1);
+        float_add(wa, act(t2, i), i, &f2);
+        float_add(wa, act(t3, i), i, &f3);
+    }
+    let at = p.row0 + r;
+    y[t0 * p.n_out + at] = float_finish(f0);
+    if (t0 + 1u < p.n) {
+        y[t1 * p.n_out + at] = float_finish(f1);
+    }
+    if (t0 + 2u < p.n) {
+        y[t2 * p.n_out + at] = float_finish(f2);
+    }
+    if (t0 + 3u < p.n) {
+        y[t3 * p.n_out + at] = float_finish(f3);
+    }
 }

@@ -249,6 +249,7 @@ pub struct WgpuBackend {
 const TYPED_ENTRIES: &[(&str, &str)] = &[
     ("matmul", "mm_float"),
     ("matmul", "mm_quant"),
+    ("matmul", "mm_float_tokens"),
     ("matmul", "embed"),
     ("matmul_tiled", "mm_float_tiled"),
     ("matmul_tiled", "mm_quant_tiled"),
@@ -257,6 +258,9 @@ const TYPED_ENTRIES: &[(&str, &str)] = &[
 /// Tokens from which a matmul may run the staged kernels (matmul_tiled.wgsl), whose
 /// workgroups take 8 tokens; fewer run one output per invocation.
 pub const TILED_MIN_TOKENS: usize = 8;
+/// Tokens per invocation of `mm_float_tokens` (matmul_direct.wgsl), which float-weight
+/// batches of that many or more take where the staged kernels are not used.
+const FLOAT_TOKENS: usize = 4;
 /// Rows and tokens of a staged workgroup's tile (matmul_tiled.wgsl's TR and TT).
 const TILE: u64 = 8;
 
@@ -944,9 +948,11 @@ impl Backend for WgpuBackend {
         let tiled = self.tiled
             && n >= TILED_MIN_TOKENS
             && parts.iter().all(|pt| (pt.rows as u64).div_ceil(TILE) <= MAX_GROUPS);
+        let four_tokens = !tiled && quantizer.is_none() && n >= FLOAT_TOKENS;
         let entry = match (quantizer.is_some(), tiled) {
             (true, false) => "mm_quant",
             (true, true) => "mm_quant_tiled",
+            (false, false) if four_tokens => "mm_float_tokens",
             (false, false) => "mm_float",
             (false, true) => "mm_float_tiled",
         };
@@ -963,6 +969,8 @@ impl Backend for WgpuBackend {
             }
             let groups = if tiled {
                 ((part.rows as u64).div_ceil(TILE), (n as u64).div_ceil(TILE))
+            } else if four_tokens {
+                ((part.rows as u64).div_ceil(WG), (n as u64).div_ceil(FLOAT_TOKENS as u64))
             } else {
                 ((part.rows as u64).div_ceil(WG), n as u64)
             };
