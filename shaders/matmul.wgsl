@@ -330,31 +330,62 @@ fn quant_block(r: u32, t: u32, b: u32, q: ptr<function, QuantAcc>) {
         }
         return;
     }
+    quant_block32(w_block32(r, b), t, b, q);
+}
+
+// One 32-value block's weight fields (Q4_0, Q4_1, Q5_0, Q8_0): its scale d, Q4_1's m, Q5_0's
+// high bits and its code words (8 for Q8_0, else 4 of packed nibbles), read once so that
+// mm_quant_tokens can use them for several tokens.
+struct WBlock32 {
+    d: f32,
+    m: f32,
+    qh: u32,
+    qs: array<u32, 8>,
+}
+
+fn w_block32(r: u32, b: u32) -> WBlock32 {
+    let o = (r * (p.n_in / 32u) + b) * block_bytes();
+    var w = WBlock32(w_half(o), 0.0, 0u, array<u32, 8>(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u));
+    if (QTYPE == 8u) {
+        for (var k = 0u; k < 8u; k++) {
+            w.qs[k] = w_word(o + 2u + 4u * k);
+        }
+        return w;
+    }
+    let qs = select(select(2u, 4u, QTYPE == 3u), 6u, QTYPE == 6u);
+    for (var k = 0u; k < 4u; k++) {
+        w.qs[k] = w_word(o + qs + 4u * k);
+    }
+    if (QTYPE == 3u) {
+        w.m = w_half(o + 2u);
+    }
+    if (QTYPE == 6u) {
+        w.qh = w_word(o + 2u);
+    }
+    return w;
+}
+
+// Weight block w against block b of token t's activation codes, into q. Q4_1, Q5_0, Q8_0:
+// llama.cpp's x86 `vec_dot` order (the CPU's `dot::lanes8`): lane k (products 4k..4k+4 of
+// each block) accumulates fma(d_w·d_a, lane, acc_k); then `hsum_float_8`'s tree, plus Q4_1's
+// fused Σ m·s. Q4_0: one sum per block.
+fn quant_block32(w: WBlock32, t: u32, b: u32, q: ptr<function, QuantAcc>) {
     let nblk = p.n_in / 32u;
-    // Q4_1, Q5_0, Q8_0: llama.cpp's x86 `vec_dot` order (the CPU's `dot::lanes8`): lane k
-    // (products 4k..4k+4 of each block) accumulates fma(d_w·d_a, lane, acc_k); then
-    // `hsum_float_8`'s tree, plus Q4_1's fused Σ m·s. Q4_0: one sum per block.
-    let o = (r * nblk + b) * block_bytes();
     var lane: array<i32, 8>;
     if (QTYPE == 8u) {
         for (var k = 0u; k < 8u; k++) {
-            lane[k] = dot4I8Packed(w_word(o + 2u + 4u * k), a_word(t, b, k));
+            lane[k] = dot4I8Packed(w.qs[k], a_word(t, b, k));
         }
     } else {
-        let qs = select(select(2u, 4u, QTYPE == 3u), 6u, QTYPE == 6u);
-        var qh = 0u;
-        if (QTYPE == 6u) {
-            qh = w_word(o + 2u);
-        }
         for (var k = 0u; k < 4u; k++) {
-            var qw = w_word(o + qs + 4u * k);
+            let qw = w.qs[k];
             let lo = a_word(t, b, k);
             let hi = a_word(t, b, k + 4u);
             var ql = qw & 0x0f0f0f0fu;
             var qhi = (qw >> 4u) & 0x0f0f0f0fu;
             if (QTYPE == 6u) {
-                ql |= spread_bits((qh >> (4u * k)) & 0xfu);
-                qhi |= spread_bits((qh >> (16u + 4u * k)) & 0xfu);
+                ql |= spread_bits((w.qh >> (4u * k)) & 0xfu);
+                qhi |= spread_bits((w.qh >> (16u + 4u * k)) & 0xfu);
             }
             lane[k] = dot4I8Packed(ql, lo);
             lane[k + 4u] = dot4I8Packed(qhi, hi);
@@ -367,19 +398,19 @@ fn quant_block(r: u32, t: u32, b: u32, q: ptr<function, QuantAcc>) {
     }
     let a = 2u * (t * nblk + b);
     if (QTYPE != 2u) {
-        let dd = w_half(o) * xdload(a);
+        let dd = w.d * xdload(a);
         for (var k = 0u; k < 8u; k++) {
             (*q).lacc[k] = fma_exact(dd, f32(lane[k]), (*q).lacc[k]);
         }
         if (QTYPE == 3u) {
-            (*q).summs = fma_exact(w_half(o + 2u), xdload(a + 1u), (*q).summs);
+            (*q).summs = fma_exact(w.m, xdload(a + 1u), (*q).summs);
         }
     } else {
         var isum = 0;
         for (var k = 0u; k < 8u; k++) {
             isum += lane[k];
         }
-        (*q).acc = fma_exact(f32(isum), w_half(o) * xdload(a), (*q).acc);
+        (*q).acc = fma_exact(f32(isum), w.d * xdload(a), (*q).acc);
     }
 }
 

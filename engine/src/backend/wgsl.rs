@@ -250,6 +250,7 @@ const TYPED_ENTRIES: &[(&str, &str)] = &[
     ("matmul", "mm_float"),
     ("matmul", "mm_quant"),
     ("matmul", "mm_float_tokens"),
+    ("matmul", "mm_quant_tokens"),
     ("matmul", "embed"),
     ("matmul_tiled", "mm_float_tiled"),
     ("matmul_tiled", "mm_quant_tiled"),
@@ -258,9 +259,10 @@ const TYPED_ENTRIES: &[(&str, &str)] = &[
 /// Tokens from which a matmul may run the staged kernels (matmul_tiled.wgsl), whose
 /// workgroups take 8 tokens; fewer run one output per invocation.
 pub const TILED_MIN_TOKENS: usize = 8;
-/// Tokens per invocation of `mm_float_tokens` (matmul_direct.wgsl), which float-weight
-/// batches of that many or more take where the staged kernels are not used.
-const FLOAT_TOKENS: usize = 4;
+/// Tokens per invocation of `mm_float_tokens` and `mm_quant_tokens` (matmul_direct.wgsl),
+/// which batches of that many or more take where the staged kernels are not used (float
+/// weights and the 32-value block types).
+const BLOCK_TOKENS: usize = 4;
 /// Rows and tokens of a staged workgroup's tile (matmul_tiled.wgsl's TR and TT).
 const TILE: u64 = 8;
 
@@ -519,6 +521,7 @@ impl WgpuBackend {
             WEIGHT_TYPES
                 .iter()
                 .filter(move |(_, q)| e == "embed" || q.is_some() == e.starts_with("mm_quant"))
+                .filter(move |(t, _)| e != "mm_quant_tokens" || t.block_elems() == 32)
                 .map(move |(t, _)| (f, e, t.ggml_id()))
         });
         let mut pipes = HashMap::new();
@@ -948,8 +951,9 @@ impl Backend for WgpuBackend {
         let tiled = self.tiled
             && n >= TILED_MIN_TOKENS
             && parts.iter().all(|pt| (pt.rows as u64).div_ceil(TILE) <= MAX_GROUPS);
-        let four_tokens = !tiled && quantizer.is_none() && n >= FLOAT_TOKENS;
+        let four_tokens = !tiled && n >= BLOCK_TOKENS && (quantizer.is_none() || ty.block_elems() == 32);
         let entry = match (quantizer.is_some(), tiled) {
+            (true, false) if four_tokens => "mm_quant_tokens",
             (true, false) => "mm_quant",
             (true, true) => "mm_quant_tiled",
             (false, false) if four_tokens => "mm_float_tokens",
@@ -970,7 +974,7 @@ impl Backend for WgpuBackend {
             let groups = if tiled {
                 ((part.rows as u64).div_ceil(TILE), (n as u64).div_ceil(TILE))
             } else if four_tokens {
-                ((part.rows as u64).div_ceil(WG), (n as u64).div_ceil(FLOAT_TOKENS as u64))
+                ((part.rows as u64).div_ceil(WG), (n as u64).div_ceil(BLOCK_TOKENS as u64))
             } else {
                 ((part.rows as u64).div_ceil(WG), n as u64)
             };
