@@ -153,6 +153,12 @@ fn weight_kind(ty: QuantType) -> Option<Option<&'static str>> {
     WEIGHT_TYPES.iter().find(|(t, _)| *t == ty).map(|&(_, q)| q)
 }
 
+/// Whether weights of type `ty` have a four-token kernel (`mm_float_tokens` for the float
+/// types, `mm_quant_tokens` for the 32-value block types).
+fn has_tokens_kernel(ty: QuantType) -> bool {
+    weight_kind(ty) == Some(None) || ty.block_elems() == 32
+}
+
 /// An activation buffer: `len` f32 on the device.
 #[derive(Debug)]
 pub struct WgpuBuf {
@@ -260,7 +266,7 @@ const TYPED_ENTRIES: &[(&str, &str)] = &[
 /// workgroups take 8 tokens; fewer run one output per invocation.
 pub const TILED_MIN_TOKENS: usize = 8;
 /// Tokens per invocation of `mm_float_tokens` and `mm_quant_tokens` (matmul_direct.wgsl),
-/// which batches of that many or more take where the staged kernels are not used (float
+/// which batches of that many or more take on backends without the staged kernels (float
 /// weights and the 32-value block types).
 const BLOCK_TOKENS: usize = 4;
 /// Rows and tokens of a staged workgroup's tile (matmul_tiled.wgsl's TR and TT).
@@ -521,7 +527,7 @@ impl WgpuBackend {
             WEIGHT_TYPES
                 .iter()
                 .filter(move |(_, q)| e == "embed" || q.is_some() == e.starts_with("mm_quant"))
-                .filter(move |(t, _)| e != "mm_quant_tokens" || t.block_elems() == 32)
+                .filter(move |(t, _)| !e.ends_with("_tokens") || has_tokens_kernel(*t))
                 .map(move |(t, _)| (f, e, t.ggml_id()))
         });
         let mut pipes = HashMap::new();
@@ -951,7 +957,9 @@ impl Backend for WgpuBackend {
         let tiled = self.tiled
             && n >= TILED_MIN_TOKENS
             && parts.iter().all(|pt| (pt.rows as u64).div_ceil(TILE) <= MAX_GROUPS);
-        let four_tokens = !tiled && n >= BLOCK_TOKENS && (quantizer.is_none() || ty.block_elems() == 32);
+        // Only where the staged kernels are off (software adapters by default): the gain is
+        // llvmpipe's per-load cost, unmeasured on GPUs, whose small batches keep mm_*.
+        let four_tokens = !self.tiled && n >= BLOCK_TOKENS && has_tokens_kernel(*ty);
         let entry = match (quantizer.is_some(), tiled) {
             (true, false) if four_tokens => "mm_quant_tokens",
             (true, false) => "mm_quant",
