@@ -81,7 +81,13 @@ fn binding_limit_splits_logits_and_weights() {
     let Some(path) = common::model(r["model_file"].as_str().unwrap(), true) else { return };
     // The paths other adapters take: no f16, no subgroups, and the staged matmul (the
     // 40-row batch) on parts that start past row 0.
-    let opts = WgpuOptions { max_binding: 1 << 20, f16: false, subgroups: false, tiled: Some(true) };
+    let opts = WgpuOptions {
+        max_binding: 1 << 20,
+        f16: false,
+        subgroups: false,
+        tiled: Some(true),
+        ..Default::default()
+    };
     let gpu = match WgpuBackend::with_options(true, opts) {
         Ok(g) => g,
         Err(e) if std::env::var("FERRITE_WGPU_REQUIRED").as_deref() != Ok("1") => {
@@ -129,4 +135,15 @@ fn binding_limit_splits_logits_and_weights() {
         }
         assert!((t.lse - host.lse).abs() < 1e-3, "lse {} vs {}", t.lse, host.lse);
     }
+    // One forward pass holds as many rows as the widest activation buffer (SmolLM2's
+    // feed-forward rows) fits in a binding; a wider batch is an error, the cache untouched.
+    assert_eq!(g.max_batch_tokens(), (1 << 20) / 4 / cfg.n_ff);
+    let mut wide = Batch::default();
+    for i in 0..=g.max_batch_tokens() {
+        wide.push(prompt[i % prompt.len()], 2, i % 2 == 0);
+    }
+    let free = g.tables.n_free();
+    let err = g.forward(&wide).unwrap_err().to_string();
+    assert!(err.contains("exceeds the 170 that one forward pass"), "{err}");
+    assert_eq!(g.tables.n_free(), free);
 }

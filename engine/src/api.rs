@@ -422,6 +422,11 @@ impl Engine {
         self.model.tables.n_blocks() * crate::kv_cache::BLOCK_SIZE
     }
 
+    /// The most tokens one forward pass takes ([`Model::max_batch_tokens`]).
+    pub fn max_batch_tokens(&self) -> usize {
+        self.model.max_batch_tokens()
+    }
+
     /// Worker threads.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
@@ -459,8 +464,8 @@ impl Engine {
         self.cached.clear();
     }
 
-    /// Runs `tokens` after what sequence 0 already holds, in batches of `PREFILL_CHUNK`,
-    /// and writes into `out` (replaced) the logits of the rows `i` (index into `tokens`) for
+    /// Runs `tokens` after what sequence 0 already holds, in batches of `PREFILL_CHUNK` (fewer
+    /// where the backend's buffers hold fewer), and writes into `out` (replaced) the logits of the rows `i` (index into `tokens`) for
     /// which `want(i)` holds, in order. Every path that feeds the model goes through here —
     /// prompts, decode steps, scoring, measurements — so the cached-prefix bookkeeping lives
     /// in one place; on an error the cache is reset. A single-chunk call writes straight into
@@ -483,10 +488,11 @@ impl Engine {
     ) -> Result<(), EngineError> {
         out.clear();
         let mut batch = std::mem::take(&mut self.batch);
-        for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+        let step = PREFILL_CHUNK.min(self.model.max_batch_tokens());
+        for (c, chunk) in tokens.chunks(step).enumerate() {
             batch.clear();
             for (j, &t) in chunk.iter().enumerate() {
-                batch.push(t, SEQ, want(c * PREFILL_CHUNK + j));
+                batch.push(t, SEQ, want(c * step + j));
             }
             let model = &mut self.model;
             let dst = out.reborrow();

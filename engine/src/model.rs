@@ -189,6 +189,25 @@ trait Device: Send + std::fmt::Debug {
     ) -> Result<(), EngineError>;
     fn name(&self) -> &'static str;
     fn prepare_stats(&self) -> crate::backend::PrepareStats;
+    /// The most f32 one of the backend's buffers holds ([`Backend::max_buf_len`]).
+    fn max_buf_len(&self) -> usize;
+}
+
+/// The widest activation row of a model (f32 per batch row): the scratch buffer that
+/// bounds how many rows one forward pass holds on a backend with a buffer limit.
+fn widest_row(c: &ModelConfig) -> usize {
+    [
+        c.n_embd,
+        c.n_head * c.head_dim,
+        c.n_head * c.head_dim_v,
+        c.n_head_kv * c.head_dim,
+        c.n_head_kv * c.head_dim_v,
+        c.n_ff,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1)
+    .max(1)
 }
 
 /// [`Device`] for a backend.
@@ -228,6 +247,17 @@ impl Model {
         cfg: ModelConfig,
         kv_tokens: usize,
     ) -> Result<Self, EngineError> {
+        // One row of each buffer, logits included, must fit a binding (a GPU's limit).
+        let row = widest_row(&cfg).max(cfg.n_vocab);
+        if row > backend.max_buf_len() {
+            return Err(EngineError::BackendUnavailable {
+                name: backend.name().into(),
+                why: format!(
+                    "one activation row of this model ({row} values) exceeds the largest buffer it binds ({} values)",
+                    backend.max_buf_len()
+                ),
+            });
+        }
         let weights = Weights::load(&backend, file, &cfg)?;
         let n_blocks = kv_tokens.div_ceil(BLOCK_SIZE).max(1);
         let kv = backend.alloc_kv(
@@ -250,6 +280,12 @@ impl Model {
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.device.name()
+    }
+
+    /// The most tokens one forward pass takes: a GPU binds each activation buffer whole,
+    /// so its largest binding bounds the batch (usize::MAX on the CPU).
+    pub fn max_batch_tokens(&self) -> usize {
+        (self.device.max_buf_len() / widest_row(&self.cfg)).max(1)
     }
 
     /// What preparing the weights cost (repacking on the CPU, uploads on a GPU).
@@ -289,6 +325,14 @@ impl Model {
     pub fn forward_append(&mut self, batch: &Batch, out: LogitsOut<'_>) -> Result<(), EngineError> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if batch.len() > self.max_batch_tokens() {
+            return Err(EngineError::Invalid(format!(
+                "a batch of {} tokens exceeds the {} that one forward pass of this model holds on the {} backend",
+                batch.len(),
+                self.max_batch_tokens(),
+                self.device.name()
+            )));
         }
         for &t in &batch.tokens {
             if t as usize >= self.cfg.n_vocab {
@@ -391,6 +435,10 @@ impl<B: Backend> Device for OnBackend<B> {
 
     fn prepare_stats(&self) -> crate::backend::PrepareStats {
         self.backend.prepare_stats()
+    }
+
+    fn max_buf_len(&self) -> usize {
+        self.backend.max_buf_len()
     }
 
     fn forward(

@@ -156,7 +156,9 @@ impl Scheduler {
         engine.reset_cache();
         let opts = SchedulerOptions {
             max_running: opts.max_running.max(1),
-            step_tokens: opts.step_tokens.max(1),
+            // `ferrite serve` refuses a larger --batch-tokens with a message; this bounds
+            // embedders too.
+            step_tokens: opts.step_tokens.clamp(1, engine.max_batch_tokens()),
             ..opts
         };
         let mut s = Scheduler {

@@ -245,6 +245,14 @@ fn load(args: &ServeArgs, state: &Shared) -> Result<(), String> {
     if let Some(n) = engine.backend_note() {
         eprintln!("ferrite: {n}");
     }
+    if args.batch_tokens > engine.max_batch_tokens() {
+        return Err(format!(
+            "--batch-tokens {} exceeds the {} tokens one forward pass of this model holds on the {} backend",
+            args.batch_tokens,
+            engine.max_batch_tokens(),
+            engine.backend_name()
+        ));
+    }
     let per_token = engine.config().kv_bytes_per_token();
     if let KvCapacity::Bytes(b) = kv {
         if b / per_token.max(1) < engine.ctx() {
