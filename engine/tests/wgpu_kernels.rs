@@ -14,8 +14,10 @@ use half::f16;
 use std::sync::{Arc, OnceLock};
 
 /// The shared wgpu backends: the adapter with f16, subgroups (where it offers them) and the
-/// staged matmul, and the same adapter without any of them (the paths other adapters
-/// take). None (with a message) when there is no adapter.
+/// staged matmul; the same adapter without any of them (the paths other adapters take);
+/// and, where it offers f64, once more without it: the float-pair sums and `exp` of
+/// adapters without f64 (Metal), held to the tolerances of hardware. None (with a message)
+/// when there is no adapter.
 fn gpus() -> &'static [WgpuBackend] {
     static GPUS: OnceLock<Vec<WgpuBackend>> = OnceLock::new();
     GPUS.get_or_init(|| {
@@ -36,6 +38,10 @@ fn gpus() -> &'static [WgpuBackend] {
                 WgpuBackend::with_options(true, opts)
                     .expect("the same adapter without f16, subgroups and staging"),
             );
+            if all[0].caps().f64 {
+                let opts = WgpuOptions { f64: false, tiled: Some(false), ..Default::default() };
+                all.push(WgpuBackend::with_options(true, opts).expect("the same adapter without f64"));
+            }
         }
         for b in &all {
             eprintln!("adapter: {}", b.adapter());

@@ -90,6 +90,9 @@ pub struct WgpuOptions {
     pub f16: bool,
     /// Use subgroup operations where the adapter offers them.
     pub subgroups: bool,
+    /// Use f64 where the adapter offers it (exact RMSNorm sums, glibc's `expf`); off, the
+    /// float-pair path of adapters without it (Metal) runs.
+    pub f64: bool,
     /// Run batches of [`TILED_MIN_TOKENS`] or more through the staged matmul
     /// (matmul_tiled.wgsl); `None`: on hardware adapters only. On llvmpipe, which runs
     /// workgroups on CPU cores and pays for every barrier, it takes 1.8× the direct kernel's
@@ -99,7 +102,7 @@ pub struct WgpuOptions {
 
 impl Default for WgpuOptions {
     fn default() -> Self {
-        WgpuOptions { max_binding: u64::MAX, f16: true, subgroups: true, tiled: None }
+        WgpuOptions { max_binding: u64::MAX, f16: true, subgroups: true, f64: true, tiled: None }
     }
 }
 
@@ -479,7 +482,10 @@ impl WgpuBackend {
         }
         let limits = adapter.limits();
         let offered = adapter.features();
-        let mut wanted = wgpu::Features::SHADER_F64;
+        let mut wanted = wgpu::Features::empty();
+        if opts.f64 {
+            wanted |= wgpu::Features::SHADER_F64;
+        }
         if opts.f16 {
             wanted |= wgpu::Features::SHADER_F16;
         }
@@ -515,6 +521,10 @@ impl WgpuBackend {
             // Shaders address bindings with u32 byte offsets.
             .min(u64::from(u32::MAX) & !3);
         let align = limits.min_storage_buffer_offset_alignment as u64;
+        // A driver that rejects a kernel is an unavailable backend (`auto` then falls back),
+        // not wgpu's default handler's panic.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut modules = HashMap::new();
         for (name, body) in SHADERS {
             let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -546,6 +556,11 @@ impl WgpuBackend {
             });
             let layout = pipeline.get_bind_group_layout(0);
             pipes.insert((entry, ty), Pipe { pipeline, layout });
+        }
+        for (what, guard) in [("out of memory", oom), ("kernels rejected", scope)] {
+            if let Some(e) = pollster::block_on(guard.pop()) {
+                return Err(unavailable(format!("{}: {what}: {e}", info.name)));
+            }
         }
         let arena_buf = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("arena"),
@@ -804,9 +819,15 @@ impl Backend for WgpuBackend {
                 super::Tensor::Matrix { view, ty, n_in, n_out } => (view, ty, n_in, n_out),
             };
         let row_bytes = view.data.len() / n_out;
+        if row_bytes as u64 > self.max_binding {
+            return Err(unavailable(format!(
+                "one row of {name} ({row_bytes} bytes) exceeds the adapter's largest binding ({} bytes)",
+                self.max_binding
+            )));
+        }
         // Rows per part: within the binding limit, and a whole number of u32 words apart
         // is not needed (kernels address bytes), but each part starts at row 0 of its buffer.
-        let per_part = ((self.max_binding as usize / row_bytes.max(1)).max(1)).min(n_out);
+        let per_part = (self.max_binding as usize / row_bytes.max(1)).clamp(1, n_out);
         let mut parts = Vec::new();
         let mut row0 = 0;
         while row0 < n_out {
@@ -839,6 +860,11 @@ impl Backend for WgpuBackend {
         head_dim: usize,
         head_dim_v: usize,
     ) -> Result<WgpuKv, EngineError> {
+        if head_dim > 256 || head_dim_v > 256 {
+            return Err(unavailable(format!(
+                "heads of {head_dim}/{head_dim_v} values: the attention kernel holds at most 256 per head"
+            )));
+        }
         let (kw, vw) = (n_head_kv * head_dim, n_head_kv * head_dim_v);
         // kv_t: f16 or f32; bindings are whole words.
         let elem = if self.caps.f16 { 2 } else { 4 };
