@@ -19,6 +19,11 @@ OUT = ROOT / "kernels" / "ptx"
 # nothing newer, and every GPU from the RTX 20 series and T4 on (A100, RTX 30/40, H100 ...)
 # JIT-compiles compute_75 PTX for itself.
 ARCH = "compute_75"
+# PTX ISA the files declare: 8.0, CUDA 12.0's, so that every CUDA 12 driver (R525 on; the
+# generation cudarc's cuda-12090 bindings target) JIT-compiles them. NVRTC 12.9 writes its own
+# ISA (8.8: R575 on) although the kernels use nothing newer; ptxas, which refuses an
+# instruction that the declared ISA lacks, checks that in CI (scripts/check-ptx.sh).
+PTX_ISA = b"8.0"
 OPTIONS = [f"--gpu-architecture={ARCH}", "--std=c++17", f"--include-path={SRC}"]
 
 
@@ -56,7 +61,21 @@ def compile_one(nvrtc, path):
     ptx = ctypes.create_string_buffer(size.value)
     nvrtc.nvrtcGetPTX(prog, ptx)
     nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-    return ptx.value
+    return declare_isa(path.name, ptx.value)
+
+
+def declare_isa(name, ptx):
+    """`ptx` with its `.version` line set to PTX_ISA (never raised)."""
+    lines = ptx.split(b"\n")
+    at = [i for i, l in enumerate(lines) if l.startswith(b".version ")]
+    if len(at) != 1:
+        sys.exit(f"build-ptx: {name}: expected one .version line, found {len(at)}")
+    made = lines[at[0]].split()[1]
+    key = lambda v: tuple(int(x) for x in v.split(b"."))
+    if key(made) < key(PTX_ISA):
+        sys.exit(f"build-ptx: {name}: NVRTC wrote ISA {made.decode()}, older than {PTX_ISA.decode()}")
+    lines[at[0]] = b".version " + PTX_ISA
+    return b"\n".join(lines)
 
 
 def main():
@@ -75,7 +94,7 @@ def main():
                 stale.append(dst.name)
         else:
             dst.write_bytes(ptx)
-        print(f"{cu.name} -> {dst.relative_to(ROOT)} ({len(ptx)} bytes, NVRTC {major.value}.{minor.value}, {ARCH})")
+        print(f"{cu.name} -> {dst.relative_to(ROOT)} ({len(ptx)} bytes, NVRTC {major.value}.{minor.value}, {ARCH}, ISA {PTX_ISA.decode()})")
     extra = sorted(p.name for p in OUT.glob("*.ptx") if not (SRC / (p.stem + ".cu")).exists())
     if check and (stale or extra):
         sys.exit(f"build-ptx: committed PTX is stale: {stale + extra}; run scripts/build-ptx.py and commit")

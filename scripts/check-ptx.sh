@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 if [ -z "${PTXAS:-}" ]; then eval "$(scripts/cuda-tools.sh)"; fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 status=0
+if [ "${1:-}" = "--markdown" ]; then
+  echo "| arch | file | kernel | registers | smem bytes | spill bytes |"
+  echo "|---|---|---|---:|---:|---:|"
+fi
 for arch in sm_80 sm_90; do
   for ptx in kernels/ptx/*.ptx; do
     if ! "$PTXAS" -v --gpu-name "$arch" -o "$tmp/out.cubin" "$ptx" > "$tmp/log" 2>&1; then
@@ -15,11 +19,18 @@ for arch in sm_80 sm_90; do
     fi
     # ptxas -v: "Compiling entry function 'NAME' for 'sm_XX'", then "N bytes stack frame,
     # N bytes spill stores, N bytes spill loads" and "Used N registers, ... N bytes smem".
-    python3 - "$arch" "$(basename "$ptx")" "$tmp/log" <<'PY' || status=1
-import re, sys
-arch, file, log = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+    python3 - "$arch" "$ptx" "$tmp/log" <<'PY' || status=1
+import os, re, sys
+arch, path, log = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+file = os.path.basename(path)
 bad = 0
-for block in re.split(r"ptxas info\s*: Compiling entry function ", log)[1:]:
+blocks = re.split(r"ptxas info\s*: Compiling entry function ", log)[1:]
+# Every kernel must be reported: a changed log format must not pass as "no spills".
+entries = len(re.findall(r"^\.visible \.entry ", open(path).read(), re.M))
+if len(blocks) != entries:
+    print(f"check-ptx: {file} has {entries} kernels but ptxas -v reported {len(blocks)} on {arch}", file=sys.stderr)
+    bad = 1
+for block in blocks:
     name = re.match(r"'([^']+)'", block).group(1)
     regs = re.search(r"Used (\d+) registers", block)
     smem = re.search(r"(\d+) bytes smem", block)
