@@ -99,6 +99,34 @@ fn bad_files_give_one_clear_line() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--backend cuda` where there is no NVIDIA driver (CI) fails with one clear line, and
+/// `--backend auto` runs on what there is; neither panics. On a machine with CUDA the first
+/// runs there and must succeed.
+#[test]
+fn backends_fail_clearly_or_fall_back() {
+    let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let run = |backend: &str| {
+        let out = ferrite()
+            .arg("run")
+            .arg(&path)
+            .args(["-p", "The capital of France is", "-n", "4", "--temp", "0", "--backend", backend])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "--backend {backend}: {err}");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let (ok, stdout, err) = run("cuda");
+    if !ok {
+        assert!(err.contains("backend cuda is not available"), "--backend cuda: {err}");
+        assert!(stdout.is_empty(), "--backend cuda printed {stdout:?}");
+    }
+    let (ok, stdout, err) = run("auto");
+    assert!(ok, "--backend auto: {err}");
+    // The greedy continuation, as on the CPU backend.
+    assert!(stdout.starts_with(" Paris."), "--backend auto printed {stdout:?}");
+}
+
 #[test]
 fn bench_json_uses_llama_bench_fields() {
     let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
