@@ -14,7 +14,8 @@
 //! same 8-bit codes, integer block sums are exact, every sum runs in the CPU kernel's order
 //! (q·k in the order of the attention kernel the host CPU runs), fused multiply-adds are
 //! the device's `fma` where it rounds once and an integer emulation where it does not
-//! (llvmpipe), RMSNorm sums in f64 where the adapter has it, exp is the CPU's polynomial,
+//! (llvmpipe), RMSNorm sums in f64 where the adapter has it, exp is the CPU's (ggml's
+//! polynomial in SiLU and tiled attention, glibc's `expf` in f64 elsewhere in attention),
 //! the KV cache holds f16-rounded values (as f16 where the adapter's f16 conversions
 //! prove exact, [`Caps::f16`]), sampling's reductions are exact (subgroup max/min where
 //! the adapter has subgroups), rope uses the CPU's cos/sin, attention walks the
