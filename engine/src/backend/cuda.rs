@@ -212,7 +212,7 @@ impl CudaBackend {
         for &(name, text) in PTX {
             let m = ctx.load_module(Ptx::from_src(text)).map_err(|e| {
                 unavailable(format!(
-                    "{device}: loading kernels/{name}.ptx failed ({e}); is the driver older than CUDA 12.9?"
+                    "{device}: loading kernels/{name}.ptx failed ({e}); is the driver older than CUDA 12.0 (R525)?"
                 ))
             })?;
             modules.push(m);

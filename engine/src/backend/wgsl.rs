@@ -501,6 +501,14 @@ impl WgpuBackend {
             ..Default::default()
         }))
         .map_err(|e| unavailable(format!("{}: {e}", info.name)))?;
+        // A driver that rejects a kernel (the probes' included) is an unavailable backend
+        // (`auto` then falls back), not wgpu's default handler's panic: a failed shader
+        // translation or pipeline is an internal error, a limit a validation error.
+        let scopes = [
+            ("kernels rejected", device.push_error_scope(wgpu::ErrorFilter::Validation)),
+            ("out of memory", device.push_error_scope(wgpu::ErrorFilter::OutOfMemory)),
+            ("kernels failed to compile", device.push_error_scope(wgpu::ErrorFilter::Internal)),
+        ];
         let tiled = opts.tiled.unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
         let caps = Caps {
             fused_fma: fma_is_fused(&device, &queue)?,
@@ -522,10 +530,6 @@ impl WgpuBackend {
             // Shaders address bindings with u32 byte offsets.
             .min(u64::from(u32::MAX) & !3);
         let align = limits.min_storage_buffer_offset_alignment as u64;
-        // A driver that rejects a kernel is an unavailable backend (`auto` then falls back),
-        // not wgpu's default handler's panic.
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut modules = HashMap::new();
         for (name, body) in SHADERS {
             let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -558,7 +562,8 @@ impl WgpuBackend {
             let layout = pipeline.get_bind_group_layout(0);
             pipes.insert((entry, ty), Pipe { pipeline, layout });
         }
-        for (what, guard) in [("out of memory", oom), ("kernels rejected", scope)] {
+        // Innermost first.
+        for (what, guard) in scopes.into_iter().rev() {
             if let Some(e) = pollster::block_on(guard.pop()) {
                 return Err(unavailable(format!("{}: {what}: {e}", info.name)));
             }
