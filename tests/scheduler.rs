@@ -142,4 +142,17 @@ fn batched_preempted_and_prefix_shared_sequences_match_single_runs() {
     assert!(s.cancel(1) && s.cancel(2));
     assert_eq!(s.stats().kv_blocks_used, 0);
     assert!(!s.is_busy());
+
+    // A burst that arrives while idle: the free running slots count as room too.
+    let mut s = Scheduler::new(
+        engine(4 * 96),
+        SchedulerOptions { max_running: 2, max_waiting: 1, ..Default::default() },
+    );
+    for id in 1..=3 {
+        s.add(id, request(&ps[0])).unwrap();
+    }
+    assert!(matches!(s.add(4, request(&ps[1])), Err(ferrite::EngineError::Overloaded { .. })));
+    for id in 1..=3 {
+        assert!(s.cancel(id));
+    }
 }

@@ -102,11 +102,18 @@ fn openai_client_load_test_and_sigterm() {
     let model = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
     let main = start(&model, &["--api-key", "test-key", "--parallel", "8", "--ctx", "1024"]);
     let limits = start(&model, &["--ctx", "256", "--parallel", "1", "--queue", "1", "--max-body-mb", "1"]);
+    let queue = start(&model, &["--ctx", "2048", "--parallel", "1", "--queue", "1"]);
 
     run_py(
         &["tests/server/test_openai.py"],
-        &[("FERRITE_URL", &main.url), ("FERRITE_KEY", "test-key"), ("FERRITE_LIMITS_URL", &limits.url)],
+        &[
+            ("FERRITE_URL", &main.url),
+            ("FERRITE_KEY", "test-key"),
+            ("FERRITE_LIMITS_URL", &limits.url),
+            ("FERRITE_QUEUE_URL", &queue.url),
+        ],
     );
+    drop(queue);
     run_py(
         &[
             "tests/server/load.py",

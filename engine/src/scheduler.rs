@@ -155,9 +155,10 @@ impl Scheduler {
     pub fn new(mut engine: Engine, opts: SchedulerOptions) -> Self {
         engine.reset_cache();
         let opts = SchedulerOptions {
-            max_running: opts.max_running.max(1),
-            // `ferrite serve` refuses a larger --batch-tokens with a message; this bounds
-            // embedders too.
+            // A step holds a decode row per running sequence plus prompt chunks up to
+            // `step_tokens`: both within one forward pass (`ferrite serve` refuses larger
+            // --parallel or --batch-tokens with a message; this bounds embedders too).
+            max_running: opts.max_running.clamp(1, engine.max_batch_tokens()),
             step_tokens: opts.step_tokens.clamp(1, engine.max_batch_tokens()),
             ..opts
         };
@@ -210,7 +211,10 @@ impl Scheduler {
         if req.max_tokens == 0 {
             return Err(EngineError::Invalid("max_tokens must be at least 1".into()));
         }
-        if self.waiting.len() >= self.opts.max_waiting {
+        // Room to wait, plus the running slots that are free (a burst that arrives while
+        // idle is admitted at the next step, not refused).
+        let free = self.opts.max_running.saturating_sub(self.running.len());
+        if self.waiting.len() >= self.opts.max_waiting + free {
             return Err(EngineError::Overloaded { waiting: self.waiting.len() });
         }
         let mut sampler = Sampler::new(req.sampler);

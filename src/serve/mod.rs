@@ -78,6 +78,8 @@ struct Ready {
 
 struct AppState {
     ready: OnceLock<Ready>,
+    /// Set on SIGTERM/SIGINT: /health answers 503 while running requests finish.
+    stopping: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     api_key: Option<String>,
     model_id: String,
@@ -123,12 +125,16 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Signal handlers first: a SIGTERM during loading is a clean stop too.
+    let stop_signal = shutdown_signal().map_err(|e| format!("signal handlers: {e}"))?;
+    tokio::pin!(stop_signal);
     let model_id = args.alias.clone().unwrap_or_else(|| {
         let name = args.model.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         name.strip_suffix(".gguf").unwrap_or(&name).to_string()
     });
     let state: Shared = Arc::new(AppState {
         ready: OnceLock::new(),
+        stopping: false.into(),
         metrics: Arc::new(Metrics::new(&model_id)),
         api_key: args.api_key.clone(),
         model_id: model_id.clone(),
@@ -162,6 +168,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError { status: 404, ..ApiError::invalid("no such route") } })
+        .method_not_allowed_fallback(|| async {
+            ApiError { status: 405, ..ApiError::invalid("this route does not take that method") }
+        })
         .layer(DefaultBodyLimit::max(args.max_body_mb << 20))
         .with_state(state.clone());
 
@@ -185,10 +194,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                     Err(_) => return Err("the loading thread died".into()),
                 }
             }
-            () = shutdown_signal() => break,
+            () = &mut stop_signal => break,
         }
     }
     eprintln!("ferrite: shutting down: no new connections; {} s for running requests", args.shutdown_grace);
+    state.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(args.shutdown_grace);
     let mut server = server;
@@ -202,25 +212,26 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Installs the SIGTERM and SIGINT handlers now (not at the first poll) and returns the
+/// future that resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
+}
+
+/// Ctrl-C where there are no Unix signals.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn load(args: &ServeArgs, state: &Shared) -> Result<(), String> {
@@ -245,13 +256,14 @@ fn load(args: &ServeArgs, state: &Shared) -> Result<(), String> {
     if let Some(n) = engine.backend_note() {
         eprintln!("ferrite: {n}");
     }
-    if args.batch_tokens > engine.max_batch_tokens() {
-        return Err(format!(
-            "--batch-tokens {} exceeds the {} tokens one forward pass of this model holds on the {} backend",
-            args.batch_tokens,
-            engine.max_batch_tokens(),
-            engine.backend_name()
-        ));
+    for (flag, n) in [("--batch-tokens", args.batch_tokens), ("--parallel", args.parallel)] {
+        if n > engine.max_batch_tokens() {
+            return Err(format!(
+                "{flag} {n} exceeds the {} tokens one forward pass of this model holds on the {} backend",
+                engine.max_batch_tokens(),
+                engine.backend_name()
+            ));
+        }
     }
     let per_token = engine.config().kv_bytes_per_token();
     if let KvCapacity::Bytes(b) = kv {
@@ -316,11 +328,15 @@ async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
 }
 
 async fn health(State(s): State<Shared>) -> Response {
+    let unavailable = |status: &str| {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": status}))).into_response()
+    };
     match s.ready.get() {
+        _ if s.stopping.load(std::sync::atomic::Ordering::SeqCst) => unavailable("stopping"),
+        Some(r) if !r.worker.alive() => unavailable("engine stopped"),
         Some(_) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
         None => {
-            let mut r =
-                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "loading"}))).into_response();
+            let mut r = unavailable("loading");
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
@@ -459,6 +475,10 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
             }
             .into_response();
         }
+        if !asm.done() {
+            metrics.success.with_label_values(&["error"]).inc();
+            return ApiError::from_engine(stopped()).into_response();
+        }
         count_finished(&metrics, &asm);
         return axum::Json(asm.response(&id, created, &plan.model, plan.prompt_tokens)).into_response();
     }
@@ -471,7 +491,16 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
     tokio::spawn(async move {
         let mut first = vec![true; asm.choices.len()];
         let send = |v: Value| SseEvent::default().data(v.to_string());
-        while let Some((i, ev)) = events.recv().await {
+        loop {
+            // A client that leaves is noticed at once (queued or in a long prompt too), not
+            // at the next chunk: returning drops `events`, and the engine cancels.
+            let (i, ev) = tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                () = tx.closed() => return,
+            };
             if matches!(ev, ferrite::SeqEvent::Token(_)) {
                 clock.token(&metrics);
             }
@@ -493,6 +522,11 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
                 break;
             }
         }
+        if !asm.done() {
+            let _ = tx.send(Ok(send(ApiError::from_engine(stopped()).body()))).await;
+            metrics.success.with_label_values(&["error"]).inc();
+            return;
+        }
         metrics.e2e.observe(started.elapsed().as_secs_f64());
         count_finished(&metrics, &asm);
         if plan.include_usage {
@@ -505,6 +539,14 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// The error of a request whose events ended before it finished: the engine thread stopped.
+fn stopped() -> ferrite::EngineError {
+    ferrite::EngineError::BackendUnavailable {
+        name: "engine".into(),
+        why: "the engine thread stopped before the request finished; see the server's log".into(),
+    }
 }
 
 fn count_finished(m: &Metrics, asm: &Assembler) {

@@ -60,6 +60,13 @@ impl ApiError {
                 param: None,
                 message: e.to_string(),
             },
+            EngineError::BackendUnavailable { .. } => ApiError {
+                status: 503,
+                kind: "server_error",
+                code: Some("engine_unavailable"),
+                param: None,
+                message: e.to_string(),
+            },
             EngineError::Invalid(_) | EngineError::BadToken { .. } | EngineError::Template(_) => {
                 Self::invalid(e.to_string())
             }
@@ -275,7 +282,7 @@ fn plan(
     c: &Ctx,
     kind: Kind,
     common: &Common,
-    max_tokens: Option<i64>,
+    max_tokens: Option<(i64, &'static str)>,
     prompts: Vec<(String, Vec<u32>)>,
     logprobs: Option<usize>,
 ) -> Result<Plan, ApiError> {
@@ -284,13 +291,20 @@ fn plan(
     if !(1..=16).contains(&n) {
         return Err(ApiError::param("n", "n must be between 1 and 16"));
     }
-    if let Some(m) = max_tokens {
+    if let Some((m, param)) = max_tokens {
         if m <= 0 {
-            return Err(ApiError::param("max_tokens", "max_tokens must be at least 1"));
+            return Err(ApiError::param(param, format!("{param} must be at least 1")));
         }
     }
     let stop = stop_strings(&common.stop)?;
     let json = json_mode(&common.response_format)?;
+    if json && !stop.is_empty() {
+        // A stop string could end the object before it closes: the output must parse.
+        return Err(ApiError::param(
+            "stop",
+            "stop cannot be combined with response_format json_object (generation ends when the object closes)",
+        ));
+    }
     let mut base = sampler(common)?;
     base.n_logprobs = logprobs.unwrap_or(0);
     let mut seqs = Vec::new();
@@ -302,11 +316,11 @@ fn plan(
         }
         let room = c.ctx.saturating_sub(tokens.len());
         let max = match max_tokens {
-            Some(m) if tokens.len() + m as usize > c.ctx => {
+            Some((m, param)) if tokens.len() + m as usize > c.ctx => {
                 return Err(ApiError {
                     code: Some("context_length_exceeded"),
                     ..ApiError::param(
-                        "max_tokens",
+                        param,
                         format!(
                         "This model's maximum context length is {} tokens. However, you requested {} tokens \
                              ({} in the prompt, {m} for the completion).",
@@ -317,7 +331,7 @@ fn plan(
                     )
                 })
             }
-            Some(m) => m as usize,
+            Some((m, _)) => m as usize,
             None => room,
         };
         if room == 0 {
@@ -421,7 +435,9 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
     }
     let text = p.apply_chat_template(&req).map_err(ApiError::from_engine)?;
     let tokens = p.tokenize(&text);
-    let max = body.common.max_tokens.or(body.max_completion_tokens);
+    // As OpenAI's API: max_completion_tokens replaces the deprecated max_tokens.
+    let max = (body.max_completion_tokens.map(|m| (m, "max_completion_tokens")))
+        .or(body.common.max_tokens.map(|m| (m, "max_tokens")));
     plan(c, Kind::Chat, &body.common, max, vec![(text, tokens)], logprobs)
 }
 
@@ -470,7 +486,14 @@ pub fn plan_completion(c: &Ctx, p: &Prompter, body: CompletionBody) -> Result<Pl
         return Err(ApiError::param("prompt", format!("token ids must be below {n_vocab}")));
     }
     let common = &body.common;
-    plan(c, Kind::Completion, common, common.max_tokens.or(Some(16)), prompts, logprobs)
+    plan(
+        c,
+        Kind::Completion,
+        common,
+        Some((common.max_tokens.unwrap_or(16), "max_tokens")),
+        prompts,
+        logprobs,
+    )
 }
 
 /// One choice being assembled.

@@ -6,7 +6,7 @@
 use super::metrics::Metrics;
 use ferrite::{BatchRequest, EngineError, RequestId, Scheduler, SeqEvent};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
@@ -25,6 +25,9 @@ pub enum Job {
 #[derive(Clone)]
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+    /// Cleared when the engine thread ends (a panic in a forward pass): /health then says
+    /// so and new requests get 503.
+    alive: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -40,9 +43,20 @@ impl Worker {
     pub fn spawn(mut sched: Scheduler, metrics: Arc<Metrics>) -> Worker {
         let (tx, rx) = mpsc::channel::<Job>();
         metrics.observe(&sched.stats());
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
         std::thread::Builder::new()
             .name("ferrite-engine".into())
             .spawn(move || {
+                // Whatever ends this thread, a panic included, marks the worker dead; its
+                // listeners drop, so every open request ends with an error.
+                struct Dead(Arc<AtomicBool>);
+                impl Drop for Dead {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _dead = Dead(flag);
                 let mut listeners: HashMap<RequestId, (EventTx, usize)> = HashMap::new();
                 loop {
                     // Sleep on the queue when idle; otherwise take what arrived since the last step.
@@ -78,7 +92,12 @@ impl Worker {
                 }
             })
             .expect("spawn the engine thread");
-        Worker { jobs: tx }
+        Worker { jobs: tx, alive }
+    }
+
+    /// Whether the engine thread still runs.
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Queues the choices of one request; their events arrive on the returned channel.
@@ -88,7 +107,10 @@ impl Worker {
     ) -> Result<tmpsc::UnboundedReceiver<(usize, SeqEvent)>, EngineError> {
         let (events, rx) = tmpsc::unbounded_channel();
         let (ack, done) = oneshot::channel();
-        let gone = || EngineError::Invalid("the engine thread has stopped".into());
+        let gone = || EngineError::BackendUnavailable {
+            name: "engine".into(),
+            why: "the engine thread has stopped; see the server's log".into(),
+        };
         self.jobs.send(Job::Submit { seqs, events, ack }).map_err(|_| gone())?;
         done.await.map_err(|_| gone())??;
         Ok(rx)

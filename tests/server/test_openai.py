@@ -4,6 +4,7 @@ client cannot send). Run by tests/server.rs against real servers on loopback:
   FERRITE_URL       the main server (parallel 8, API key FERRITE_KEY)
   FERRITE_KEY       its API key
   FERRITE_LIMITS_URL  a server with tight limits: --ctx 256 --parallel 1 --queue 1 --max-body-mb 1
+  FERRITE_QUEUE_URL   one running slot and a long context: --ctx 2048 --parallel 1 --queue 1
 """
 
 import json
@@ -18,6 +19,7 @@ import openai
 URL = os.environ["FERRITE_URL"]
 KEY = os.environ["FERRITE_KEY"]
 LIMITS = os.environ["FERRITE_LIMITS_URL"]
+QUEUE = os.environ["FERRITE_QUEUE_URL"]
 
 client = openai.OpenAI(base_url=URL + "/v1", api_key=KEY, max_retries=0, timeout=120)
 limits = openai.OpenAI(base_url=LIMITS + "/v1", api_key="none", max_retries=0, timeout=120)
@@ -78,6 +80,9 @@ class Api(unittest.TestCase):
         r3 = client.chat.completions.create(model=MODEL, messages=Q, max_completion_tokens=3, temperature=0)
         self.assertEqual(r3.usage.completion_tokens, 3)
         self.assertEqual(r3.choices[0].finish_reason, "length")
+        # ... and wins over the deprecated max_tokens when both are given.
+        r4 = client.chat.completions.create(model=MODEL, messages=Q, max_tokens=20, max_completion_tokens=2, temperature=0)
+        self.assertEqual(r4.usage.completion_tokens, 2)
 
     def test_completions(self):
         r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
@@ -215,8 +220,17 @@ class Api(unittest.TestCase):
             self.assertEqual(r.status_code, 401)
             self.assertEqual(r.json()["error"]["code"], "invalid_api_key")
         self.assertEqual(httpx.get(URL + "/v1/models").status_code, 401)
-        # Unknown route.
-        self.assertEqual(httpx.get(URL + "/v2/nothing").status_code, 404)
+        # Unknown route; a known route with the wrong method: OpenAI-style errors too.
+        r = httpx.get(URL + "/v2/nothing")
+        self.assertEqual(r.status_code, 404)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        r = httpx.get(URL + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"})
+        self.assertEqual(r.status_code, 405)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        # A stop string could cut a JSON object short: the combination is refused.
+        with self.assertRaises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=MODEL, messages=Q, response_format={"type": "json_object"}, stop=["}"])
+        self.assertEqual(e.exception.body["param"], "stop")
 
     def test_limits_server_errors(self):
         # A prompt longer than the context (256).
@@ -271,6 +285,32 @@ class Api(unittest.TestCase):
         # The connection is closed: the sequence is cancelled and its blocks freed at once.
         m = wait_idle(timeout=5)
         self.assertEqual(m["vllm:kv_cache_usage_perc"], 0)
+
+    def test_disconnect_while_queued_cancels_at_once(self):
+        # One running slot: B waits behind A. Closing B's connection takes it off the queue at
+        # once, while A still runs (before, it waited until A finished and failed on its first
+        # token).
+        wait_idle(QUEUE)
+        long = {"prompt": "Once upon a time", "max_tokens": 1500, "stream": True, "ignore_eos": True}
+        with httpx.stream("POST", QUEUE + "/v1/completions", json=long, timeout=120) as a:
+            lines = a.iter_lines()  # kept: a dropped line iterator closes the response
+            for line in lines:
+                if line.startswith("data: "):
+                    break
+            short = {"prompt": "Hello", "max_tokens": 8, "stream": True}
+            with httpx.stream("POST", QUEUE + "/v1/completions", json=short, timeout=60) as b:
+                self.assertEqual(b.status_code, 200)
+                # The gauges follow the engine's next step.
+                deadline = time.time() + 5
+                while metrics(QUEUE)["vllm:num_requests_waiting"] != 1:
+                    self.assertLess(time.time(), deadline, "B never waited")
+                    time.sleep(0.02)
+            deadline = time.time() + 5
+            while metrics(QUEUE)["vllm:num_requests_waiting"] != 0:
+                self.assertLess(time.time(), deadline, "the closed request still waits")
+                time.sleep(0.05)
+            self.assertEqual(metrics(QUEUE)["vllm:num_requests_running"], 1, "A still runs")
+        wait_idle(QUEUE)
 
     def test_metrics_names(self):
         text = httpx.get(URL + "/metrics").text
