@@ -107,6 +107,8 @@ pub struct Common {
     stream_options: Option<StreamOptions>,
     response_format: Option<Value>,
     ignore_eos: Option<bool>,
+    /// Refused unless empty: not applied yet, and never silently ignored.
+    logit_bias: Option<Value>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -295,6 +297,13 @@ fn plan(
         if m <= 0 {
             return Err(ApiError::param(param, format!("{param} must be at least 1")));
         }
+    }
+    if common.logit_bias.as_ref().is_some_and(|b| !(b.is_null() || b.as_object().is_some_and(Map::is_empty)))
+    {
+        return Err(ApiError::param("logit_bias", "logit_bias is not supported"));
+    }
+    if common.stream_options.is_some() && common.stream != Some(true) {
+        return Err(ApiError::param("stream_options", "stream_options is only allowed when stream is true"));
     }
     let stop = stop_strings(&common.stop)?;
     let json = json_mode(&common.response_format)?;

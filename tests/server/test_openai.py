@@ -211,6 +211,7 @@ class Api(unittest.TestCase):
         # Empty messages, bad max_tokens, out-of-range values.
         for kw in [dict(messages=[]), dict(messages=Q, max_tokens=0), dict(messages=Q, max_tokens=-1),
                    dict(messages=Q, temperature=3), dict(messages=Q, n=0), dict(messages=Q, top_logprobs=50, logprobs=True),
+                   dict(messages=Q, logit_bias={"15": 5}), dict(messages=Q, stream_options={"include_usage": True}),
                    dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])]:
             with self.assertRaises(openai.BadRequestError, msg=str(kw)):
                 client.chat.completions.create(model=MODEL, **kw)
