@@ -157,20 +157,25 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         });
     }
 
+    // A known route with the wrong method: 405 in OpenAI's error shape. Set per router before
+    // `route_layer`, so that on /v1 routes the key is still checked first.
+    let not_allowed =
+        || async { ApiError { status: 405, ..ApiError::invalid("this route does not take that method") } };
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize))
+        .method_not_allowed_fallback(not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
-    let app = Router::new()
-        .merge(v1)
+    let open = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .method_not_allowed_fallback(not_allowed);
+    let app = Router::new()
+        .merge(v1)
+        .merge(open)
         .fallback(|| async { ApiError { status: 404, ..ApiError::invalid("no such route") } })
-        .method_not_allowed_fallback(|| async {
-            ApiError { status: 405, ..ApiError::invalid("this route does not take that method") }
-        })
         .layer(DefaultBodyLimit::max(args.max_body_mb << 20))
         .with_state(state.clone());
 
@@ -523,6 +528,7 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
             }
         }
         if !asm.done() {
+            metrics.e2e.observe(started.elapsed().as_secs_f64());
             let _ = tx.send(Ok(send(ApiError::from_engine(stopped()).body()))).await;
             metrics.success.with_label_values(&["error"]).inc();
             return;

@@ -228,6 +228,8 @@ class Api(unittest.TestCase):
         r = httpx.get(URL + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"})
         self.assertEqual(r.status_code, 405)
         self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        self.assertEqual(httpx.get(URL + "/v1/chat/completions").status_code, 401, "the key comes first")
+        self.assertEqual(httpx.post(URL + "/health").status_code, 405)
         # A stop string could cut a JSON object short: the combination is refused.
         with self.assertRaises(openai.BadRequestError) as e:
             client.chat.completions.create(model=MODEL, messages=Q, response_format={"type": "json_object"}, stop=["}"])
