@@ -408,16 +408,26 @@ impl VecDot for BlockF32 {
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[f32]) -> f32 {
-        dot_f32(w.iter().map(|b| f32::from_le_bytes(b.0)), a)
+        dot_f32(w, a, |b| f32::from_le_bytes(b.0))
     }
 }
 
-/// f32 dot in 8 independent lanes, so that it vectorizes without `-ffast-math`.
+/// f32 dot in 8 independent lanes (value `i` into lane `i % 8`, in order), so that it
+/// vectorizes without `-ffast-math`: whole groups of 8 values as one 8-wide step, so the
+/// compiler sees the lanes (an `i % 8` index over an iterator kept the 2-byte types scalar).
 #[inline(always)]
-fn dot_f32(w: impl Iterator<Item = f32>, a: &[f32]) -> f32 {
+fn dot_f32<T>(w: &[T], a: &[f32], value: impl Fn(&T) -> f32) -> f32 {
+    let n = w.len().min(a.len());
+    let (w8, w_tail) = w[..n].as_chunks::<8>();
+    let (a8, a_tail) = a[..n].as_chunks::<8>();
     let mut acc = [0f32; 8];
-    for (i, (w, a)) in w.zip(a).enumerate() {
-        acc[i % 8] += w * a;
+    for (w, a) in w8.iter().zip(a8) {
+        for l in 0..8 {
+            acc[l] += value(&w[l]) * a[l];
+        }
+    }
+    for (l, (w, a)) in w_tail.iter().zip(a_tail).enumerate() {
+        acc[l] += value(w) * a;
     }
     acc.iter().sum()
 }
@@ -436,8 +446,27 @@ impl VecDot for BlockF16 {
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[f32]) -> f32 {
-        dot_f32(w.iter().map(|b| f16::from_le_bytes(b.0).to_f32()), a)
+        dot_f32(w, a, |b| f16_to_f32(u16::from_le_bytes(b.0)))
     }
+}
+
+/// An f16 (its bits) as f32, exactly as `half` and F16C convert it, NaNs quieted as they
+/// quiet them, in plain integer and float operations that the row kernels vectorize.
+/// (`half::f16::to_f32` checks for F16C at run time on every value, which kept the F16 row
+/// kernel scalar.)
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    // Normals and subnormals: the exponent and mantissa moved to f32's places are the value
+    // × 2^-112 (an f32 subnormal for an f16 subnormal); the product is exact.
+    let finite = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
+    // Infinity and NaN (quiet bit set, as `half` and F16C do): selects, not branches, so
+    // the lanes stay vectorized.
+    let special = 0x7f80_0000 | (em & 0x3ff) << 13 | u32::from(em > 0x7c00) << 22;
+    let bits = if em >= 0x7c00 { special } else { finite };
+    f32::from_bits(bits | sign)
 }
 
 impl VecDot for BlockBF16 {
@@ -454,7 +483,7 @@ impl VecDot for BlockBF16 {
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[f32]) -> f32 {
-        dot_f32(w.iter().map(|b| bf16::from_le_bytes(b.0).to_f32()), a)
+        dot_f32(w, a, |b| bf16::from_le_bytes(b.0).to_f32())
     }
 }
 
@@ -462,6 +491,15 @@ impl VecDot for BlockBF16 {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// Every one of the 65,536 f16 values converts to `half`'s f32, bit for bit.
+    #[test]
+    fn f16_to_f32_matches_half_on_every_value() {
+        for h in 0..=u16::MAX {
+            let (want, got) = (f16::from_bits(h).to_f32().to_bits(), f16_to_f32(h).to_bits());
+            assert_eq!(got, want, "f16 bits {h:#06x}: {got:#010x} vs {want:#010x}");
+        }
+    }
 
     /// The SIMD block quantizer gives the scalar reference's codes, scale and sum exactly,
     /// on random blocks of every magnitude (massive activations included) and on ties.
