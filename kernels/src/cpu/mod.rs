@@ -90,23 +90,25 @@ fn rows_generic<W: VecDot>(
     a_per_row: usize,
     n: usize,
     out: &mut [f32],
+    dot: impl Fn(&[W], &[W::Act]) -> f32,
 ) {
     for (r, o) in out.chunks_exact_mut(n).enumerate() {
         let wr = &w[r * w_per_row..(r + 1) * w_per_row];
         for (t, o) in o.iter_mut().enumerate() {
-            *o = W::dot(wr, &acts[t * a_per_row..(t + 1) * a_per_row]);
+            *o = dot(wr, &acts[t * a_per_row..(t + 1) * a_per_row]);
         }
     }
 }
 
 fn rows_plain<W: VecDot>(w: &[W], wpr: usize, acts: &[W::Act], apr: usize, n: usize, out: &mut [f32]) {
-    rows_generic(w, wpr, acts, apr, n, out)
+    rows_generic(w, wpr, acts, apr, n, out, W::dot)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn rows_avx2_impl<W: VecDot>(w: &[W], wpr: usize, acts: &[W::Act], apr: usize, n: usize, out: &mut [f32]) {
-    rows_generic(w, wpr, acts, apr, n, out)
+    // SAFETY: this function runs only where avx2, fma and f16c were detected (`rows_avx2`).
+    rows_generic(w, wpr, acts, apr, n, out, |w, a| unsafe { W::dot_avx2(w, a) })
 }
 
 #[cfg(target_arch = "x86_64")]
