@@ -136,23 +136,30 @@ impl BlockTables {
     /// Reserves slots for `n` more tokens of `seq` (creating it if new) and returns the slot
     /// index of each (block × BLOCK_SIZE + offset). All or nothing: on `KvFull` nothing changes.
     pub fn append(&mut self, seq: SeqId, n: usize) -> Result<Vec<u32>, KvFull> {
+        let mut slots = Vec::with_capacity(n);
+        self.append_into(seq, n, &mut slots)?;
+        Ok(slots)
+    }
+
+    /// [`BlockTables::append`], the slots pushed onto `slots` (a decode step reuses one
+    /// buffer and allocates nothing).
+    pub fn append_into(&mut self, seq: SeqId, n: usize, slots: &mut Vec<u32>) -> Result<(), KvFull> {
         let (len, have) = self.tables.get(&seq).map_or((0, 0), |t| (t.len, t.blocks.len()));
         let new_len = len + n;
         let need = new_len.div_ceil(BLOCK_SIZE).saturating_sub(have);
         if need > self.n_free() {
             return Err(KvFull { needed: need, free: self.n_free(), total: self.n_blocks });
         }
-        let mut fresh = Vec::with_capacity(need);
         for _ in 0..need {
-            fresh.push(self.take_block().expect("checked above"));
+            let b = self.take_block().expect("checked above");
+            self.tables.entry(seq).or_default().blocks.push(b);
         }
         let t = self.tables.entry(seq).or_default();
-        t.blocks.extend(fresh);
-        let slots = (len..new_len)
-            .map(|p| t.blocks[p / BLOCK_SIZE] * BLOCK_SIZE as u32 + (p % BLOCK_SIZE) as u32)
-            .collect();
+        slots.extend(
+            (len..new_len).map(|p| t.blocks[p / BLOCK_SIZE] * BLOCK_SIZE as u32 + (p % BLOCK_SIZE) as u32),
+        );
         t.len = new_len;
-        Ok(slots)
+        Ok(())
     }
 
     /// Forgets tokens of `seq` from position `len` on (e.g. to re-run a shorter prompt);

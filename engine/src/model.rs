@@ -234,8 +234,25 @@ pub struct Model {
     pub tables: BlockTables,
     device: Box<dyn Device>,
     attn: AttnBatch,
+    /// `plan_attention`'s buffers, reused across steps.
+    plan: PlanScratch,
     /// Rows of the current batch that want logits (reused across steps).
     logit_rows: Vec<u32>,
+}
+
+/// Buffers of [`Model::plan_attention`], kept so that a decode step allocates nothing.
+#[derive(Debug, Default)]
+struct PlanScratch {
+    /// The batch's sequences in first-seen order, and their rows.
+    seqs: Vec<SeqId>,
+    counts: Vec<usize>,
+    /// Next position, and next slot index into `slots`, per sequence.
+    next: Vec<usize>,
+    start: Vec<usize>,
+    /// New slots of every sequence, one after the other.
+    slots: Vec<u32>,
+    /// Block-table vectors of earlier steps, reused.
+    spare: Vec<Vec<u32>>,
 }
 
 impl Model {
@@ -273,6 +290,7 @@ impl Model {
             tables: BlockTables::new(n_blocks),
             device: Box::new(OnBackend { backend, weights, kv, scratch: None, ropes }),
             attn: AttnBatch::default(),
+            plan: PlanScratch::default(),
             logit_rows: Vec::new(),
         })
     }
@@ -348,25 +366,26 @@ impl Model {
     /// Assigns KV slots to the batch's rows and gathers the block tables attention needs.
     /// All or nothing: if the cache is full, no sequence changes.
     fn plan_attention(&mut self, batch: &Batch) -> Result<(), EngineError> {
-        let a = &mut self.attn;
+        let (a, p) = (&mut self.attn, &mut self.plan);
         a.positions.clear();
         a.table_of_row.clear();
-        a.tables.clear();
         a.slots.clear();
-        let mut seqs: Vec<SeqId> = Vec::new();
-        let mut counts: Vec<usize> = Vec::new();
+        p.spare.append(&mut a.tables);
+        p.seqs.clear();
+        p.counts.clear();
         for &s in &batch.seq_ids {
-            match seqs.iter().position(|&x| x == s) {
-                Some(i) => counts[i] += 1,
+            match p.seqs.iter().position(|&x| x == s) {
+                Some(i) => p.counts[i] += 1,
                 None => {
-                    seqs.push(s);
-                    counts.push(1);
+                    p.seqs.push(s);
+                    p.counts.push(1);
                 }
             }
         }
-        let need: usize = seqs
+        let need: usize = p
+            .seqs
             .iter()
-            .zip(&counts)
+            .zip(&p.counts)
             .map(|(&s, &c)| {
                 let len = self.tables.seq_len(s);
                 (len + c).div_ceil(BLOCK_SIZE) - len.div_ceil(BLOCK_SIZE)
@@ -380,20 +399,27 @@ impl Model {
             }
             .into());
         }
-        let mut next_pos: Vec<usize> = seqs.iter().map(|&s| self.tables.seq_len(s)).collect();
-        let mut slots_of: Vec<std::vec::IntoIter<u32>> = Vec::with_capacity(seqs.len());
-        for (&s, &c) in seqs.iter().zip(&counts) {
-            slots_of.push(self.tables.append(s, c).expect("room checked above").into_iter());
+        p.next.clear();
+        p.next.extend(p.seqs.iter().map(|&s| self.tables.seq_len(s)));
+        p.slots.clear();
+        p.start.clear();
+        for (&s, &c) in p.seqs.iter().zip(&p.counts) {
+            p.start.push(p.slots.len());
+            self.tables.append_into(s, c, &mut p.slots).expect("room checked above");
         }
-        for &s in &seqs {
-            a.tables.push(self.tables.table(s).to_vec());
+        for &s in &p.seqs {
+            let mut t = p.spare.pop().unwrap_or_default();
+            t.clear();
+            t.extend_from_slice(self.tables.table(s));
+            a.tables.push(t);
         }
         for &s in &batch.seq_ids {
-            let i = seqs.iter().position(|&x| x == s).expect("collected above");
-            a.positions.push(next_pos[i] as u32);
-            next_pos[i] += 1;
+            let i = p.seqs.iter().position(|&x| x == s).expect("collected above");
+            a.positions.push(p.next[i] as u32);
+            p.next[i] += 1;
             a.table_of_row.push(i as u32);
-            a.slots.push(slots_of[i].next().expect("one slot per row"));
+            a.slots.push(p.slots[p.start[i]]);
+            p.start[i] += 1;
         }
         Ok(())
     }

@@ -331,7 +331,8 @@ impl TopLogits {
         let max = softmax::max(row);
         let lse = softmax::log_sum_exp(row, max);
         let k = k.min(row.len());
-        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        // k = 0 (the log-sum-exp alone, every greedy step) allocates nothing.
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(if k > 0 { k + 1 } else { 0 });
         if k > 0 {
             for (i, &l) in row.iter().enumerate() {
                 // Scanning in id order, an equal logit never displaces an earlier id.

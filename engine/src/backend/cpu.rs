@@ -275,13 +275,14 @@ impl Backend for CpuBackend {
 
     fn rope(&self, x: &mut Vec<f32>, positions: &[u32], n_heads: usize, head_dim: usize, p: &RopeParams) {
         let width = n_heads * head_dim;
-        x[..positions.len() * width].par_chunks_mut(width).zip(positions.par_iter()).for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(cos, sin), (row, &pos)| {
-                rope_cache(pos, p, cos, sin);
-                for head in row.chunks_exact_mut(head_dim) {
-                    rope_head(head, cos, sin, p);
-                }
+        x[..positions.len() * width].par_chunks_mut(width).zip(positions.par_iter()).for_each(
+            |(row, &pos)| {
+                ROPE_SCRATCH.with_borrow_mut(|(cos, sin)| {
+                    rope_cache(pos, p, cos, sin);
+                    for head in row.chunks_exact_mut(head_dim) {
+                        rope_head(head, cos, sin, p);
+                    }
+                })
             },
         );
     }
@@ -319,17 +320,14 @@ impl Backend for CpuBackend {
         }
         let heads = heads_per_job(n, p.n_head, group, rayon::current_num_threads());
         let jobs_per_row = p.n_head / heads;
-        out[..n * ow].par_chunks_mut(heads * p.head_dim_v).enumerate().for_each_init(
-            HeadScratch::default,
-            |sc, (job, o)| {
-                let (row, h0) = (job / jobs_per_row, job % jobs_per_row * heads);
-                let g = h0 / group;
-                let qh = &q[row * qw + h0 * p.head_dim..row * qw + (h0 + heads) * p.head_dim];
-                let table = &batch.tables[batch.table_of_row[row] as usize];
-                let keys = p.keys(batch.positions[row] as usize);
-                attend(qh, heads, &kv.head(layer, g), table, keys, p, sc, o);
-            },
-        );
+        out[..n * ow].par_chunks_mut(heads * p.head_dim_v).enumerate().for_each(|(job, o)| {
+            let (row, h0) = (job / jobs_per_row, job % jobs_per_row * heads);
+            let g = h0 / group;
+            let qh = &q[row * qw + h0 * p.head_dim..row * qw + (h0 + heads) * p.head_dim];
+            let table = &batch.tables[batch.table_of_row[row] as usize];
+            let keys = p.keys(batch.positions[row] as usize);
+            HEAD_SCRATCH.with_borrow_mut(|sc| attend(qh, heads, &kv.head(layer, g), table, keys, p, sc, o));
+        });
     }
 
     fn gated_act(&self, gate: &mut Vec<f32>, up: &Vec<f32>, len: usize, act: Activation) {
@@ -449,6 +447,14 @@ struct HeadScratch {
     q: Vec<f32>,
     acc: Vec<f32>,
     acc2: Vec<f32>,
+}
+
+thread_local! {
+    /// Each worker's attention buffers, kept between calls so that a decode step allocates
+    /// nothing (they only grow).
+    static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::default();
+    /// Each worker's rope cos/sin tables, likewise.
+    static ROPE_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::default();
 }
 
 /// Query heads per attention job: a divisor of the GQA group (heads sharing a KV head
