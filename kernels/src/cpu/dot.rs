@@ -462,36 +462,8 @@ impl VecDot for BlockF16 {
     #[inline(always)]
     unsafe fn dot_avx2(w: &[Self], a: &[f32]) -> f32 {
         // SAFETY: the caller guarantees avx2, fma and f16c.
-        unsafe { dot_f16_f16c(w, a) }
+        unsafe { dot_halves_avx2::<_, true>(w, a, |b| f16_to_f32(u16::from_le_bytes(b.0))) }
     }
-}
-
-/// [`BlockF16::dot`] with F16C conversions: 8 halves at a time into the same 8 lanes, a
-/// multiply then an add (not fused, as the portable code), the tail and the lane sum as
-/// there; equal bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_f16_f16c(w: &[BlockF16], a: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = w.len().min(a.len());
-    let mut acc = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: i + 8 <= n, so 8 halves (16 bytes; `BlockF16` is `repr(C)` [u8; 2]) of `w`
-        // and 8 f32 of `a` from i are in bounds; both loads are unaligned.
-        let (h, x) = unsafe {
-            (_mm_loadu_si128(w.as_ptr().add(i).cast::<__m128i>()), _mm256_loadu_ps(a.as_ptr().add(i)))
-        };
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtph_ps(h), x));
-        i += 8;
-    }
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` holds 8 writable f32; the store is unaligned.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for (l, j) in (i..n).enumerate() {
-        lanes[l] += f16_to_f32(u16::from_le_bytes(w[j].0)) * a[j];
-    }
-    lanes.iter().sum()
 }
 
 /// An f16 (its bits) as f32, exactly as `half` and F16C convert it, NaNs quieted as they
@@ -533,26 +505,33 @@ impl VecDot for BlockBF16 {
     #[inline(always)]
     unsafe fn dot_avx2(w: &[Self], a: &[f32]) -> f32 {
         // SAFETY: the caller guarantees avx2, fma and f16c.
-        unsafe { dot_bf16_avx2(w, a) }
+        unsafe { dot_halves_avx2::<_, false>(w, a, |b| bf16::from_le_bytes(b.0).to_f32()) }
     }
 }
 
-/// [`BlockBF16::dot`] with AVX2 widening (a bf16 is the high half of its f32): the same
-/// lanes, multiply then add, tail and lane sum as there; equal bits.
+/// [`BlockF16::dot`] and [`BlockBF16::dot`] in the AVX2 kernel: 8 two-byte values at a time
+/// into the same 8 lanes (F16C converts f16; a bf16 is the high half of its f32), a multiply
+/// then an add (not fused, as the portable code), the tail (`value`) and the lane sum as
+/// there: equal bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_bf16_avx2(w: &[BlockBF16], a: &[f32]) -> f32 {
+fn dot_halves_avx2<T, const F16: bool>(w: &[T], a: &[f32], value: impl Fn(&T) -> f32) -> f32 {
     use std::arch::x86_64::*;
+    const { assert!(std::mem::size_of::<T>() == 2) };
     let n = w.len().min(a.len());
     let mut acc = _mm256_setzero_ps();
     let mut i = 0;
     while i + 8 <= n {
-        // SAFETY: i + 8 <= n, so 8 bf16 (16 bytes; `BlockBF16` is `repr(C)` [u8; 2]) of `w`
-        // and 8 f32 of `a` from i are in bounds; both loads are unaligned.
+        // SAFETY: i + 8 <= n, so 8 two-byte values (16 bytes, asserted above) of `w` and 8 f32
+        // of `a` from i are in bounds; both loads are unaligned.
         let (h, x) = unsafe {
             (_mm_loadu_si128(w.as_ptr().add(i).cast::<__m128i>()), _mm256_loadu_ps(a.as_ptr().add(i)))
         };
-        let wf = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
+        let wf = if F16 {
+            _mm256_cvtph_ps(h)
+        } else {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        };
         acc = _mm256_add_ps(acc, _mm256_mul_ps(wf, x));
         i += 8;
     }
@@ -560,7 +539,7 @@ fn dot_bf16_avx2(w: &[BlockBF16], a: &[f32]) -> f32 {
     // SAFETY: `lanes` holds 8 writable f32; the store is unaligned.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
     for (l, j) in (i..n).enumerate() {
-        lanes[l] += half::bf16::from_le_bytes(w[j].0).to_f32() * a[j];
+        lanes[l] += value(&w[j]) * a[j];
     }
     lanes.iter().sum()
 }
@@ -570,11 +549,12 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The F16C dot gives the portable dot's bits on random rows of every length 1..=100
-    /// (whole groups of 8 and tails), random signs and magnitudes.
+    /// The AVX2 dots of the two-byte float types (F16C for f16, widening for bf16) give the
+    /// portable dot's bits on random rows of every length 1..=100 (whole groups of 8 and
+    /// tails), random signs and magnitudes.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn f16_dot_f16c_matches_portable() {
+    fn half_dots_avx2_match_portable() {
         if !(is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c"))
@@ -582,45 +562,21 @@ mod tests {
             eprintln!("skipped: no avx2/fma/f16c");
             return;
         }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
-        for len in 1..=100 {
-            for _ in 0..20 {
-                let w: Vec<BlockF16> = (0..len)
-                    .map(|_| BlockF16(f16::from_f32(rng.random_range(-4.0f32..4.0)).to_le_bytes()))
-                    .collect();
-                let a: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-                let want = BlockF16::dot(&w, &a);
-                // SAFETY: avx2, fma and f16c were detected above.
-                let got = unsafe { BlockF16::dot_avx2(&w, &a) };
-                assert_eq!(got.to_bits(), want.to_bits(), "length {len}: {got} vs {want}");
+        fn check<W: VecDot<Act = f32>>(seed: u64, make: impl Fn(f32) -> W) {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            for len in 1..=100 {
+                for _ in 0..20 {
+                    let w: Vec<W> = (0..len).map(|_| make(rng.random_range(-4.0f32..4.0))).collect();
+                    let a: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                    let want = W::dot(&w, &a);
+                    // SAFETY: avx2, fma and f16c were detected by the caller.
+                    let got = unsafe { W::dot_avx2(&w, &a) };
+                    assert_eq!(got.to_bits(), want.to_bits(), "{:?} length {len}: {got} vs {want}", W::TYPE);
+                }
             }
         }
-    }
-
-    /// The AVX2 bf16 dot gives the portable dot's bits (as the f16 test above).
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn bf16_dot_avx2_matches_portable() {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            eprintln!("skipped: no avx2/fma/f16c");
-            return;
-        }
-        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
-        for len in 1..=100 {
-            for _ in 0..20 {
-                let w: Vec<BlockBF16> = (0..len)
-                    .map(|_| BlockBF16(bf16::from_f32(rng.random_range(-4.0f32..4.0)).to_le_bytes()))
-                    .collect();
-                let a: Vec<f32> = (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-                let want = BlockBF16::dot(&w, &a);
-                // SAFETY: avx2, fma and f16c were detected above.
-                let got = unsafe { BlockBF16::dot_avx2(&w, &a) };
-                assert_eq!(got.to_bits(), want.to_bits(), "length {len}: {got} vs {want}");
-            }
-        }
+        check(16, |v| BlockF16(f16::from_f32(v).to_le_bytes()));
+        check(17, |v| BlockBF16(bf16::from_f32(v).to_le_bytes()));
     }
 
     /// Every one of the 65,536 f16 values converts to `half`'s f32, bit for bit.
