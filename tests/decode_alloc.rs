@@ -1,6 +1,6 @@
 //! A decode step on the CPU backend allocates nothing once warm (the CPU-speed issue's "no
-//! allocation inside the decode loop"), on any thread: a counting global allocator (this
-//! test binary's only) around steady-state steps. Buffers that grow with the sequence grow
+//! allocation inside the decode loop"): a counting global allocator (this test binary's
+//! only, so every thread counts) around steady-state steps. Buffers that grow with the sequence grow
 //! when its block table gains a block (every `BLOCK_SIZE` tokens); the counted steps stay
 //! inside one block.
 
@@ -58,8 +58,11 @@ fn cpu_decode_step_allocates_nothing() {
     }
     m.forward_into(&batch, &mut logits).unwrap();
     // As the engine runs it: inside its thread pool (a call from outside would go through
-    // rayon's injector queue, which allocates a block every 63 jobs).
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    // rayon's injector queue, which allocates a block every 63 jobs). One worker, so that
+    // the warm-up surely reaches every per-thread buffer (rope tables, attention scratch):
+    // those are allocated once per worker, the first time that worker runs such a job,
+    // which with more workers can happen at any later step.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let mut step = |m: &mut Model, t: u32| {
         batch.clear();
         batch.push(t, 1, true);
