@@ -482,7 +482,7 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
         }
         if !asm.done() {
             metrics.success.with_label_values(&["error"]).inc();
-            return ApiError::from_engine(stopped()).into_response();
+            return ApiError::from_engine(worker::stopped()).into_response();
         }
         count_finished(&metrics, &asm);
         return axum::Json(asm.response(&id, created, &plan.model, plan.prompt_tokens)).into_response();
@@ -529,7 +529,7 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
         }
         if !asm.done() {
             metrics.e2e.observe(started.elapsed().as_secs_f64());
-            let _ = tx.send(Ok(send(ApiError::from_engine(stopped()).body()))).await;
+            let _ = tx.send(Ok(send(ApiError::from_engine(worker::stopped()).body()))).await;
             metrics.success.with_label_values(&["error"]).inc();
             return;
         }
@@ -545,14 +545,6 @@ async fn respond(s: &Shared, ready: &Ready, plan: Plan, started: Instant, prefix
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
-}
-
-/// The error of a request whose events ended before it finished: the engine thread stopped.
-fn stopped() -> ferrite::EngineError {
-    ferrite::EngineError::BackendUnavailable {
-        name: "engine".into(),
-        why: "the engine thread stopped before the request finished; see the server's log".into(),
-    }
 }
 
 fn count_finished(m: &Metrics, asm: &Assembler) {

@@ -107,12 +107,8 @@ impl Worker {
     ) -> Result<tmpsc::UnboundedReceiver<(usize, SeqEvent)>, EngineError> {
         let (events, rx) = tmpsc::unbounded_channel();
         let (ack, done) = oneshot::channel();
-        let gone = || EngineError::BackendUnavailable {
-            name: "engine".into(),
-            why: "the engine thread has stopped; see the server's log".into(),
-        };
-        self.jobs.send(Job::Submit { seqs, events, ack }).map_err(|_| gone())?;
-        done.await.map_err(|_| gone())??;
+        self.jobs.send(Job::Submit { seqs, events, ack }).map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())??;
         Ok(rx)
     }
 
@@ -154,5 +150,13 @@ fn handle(sched: &mut Scheduler, listeners: &mut HashMap<RequestId, (EventTx, us
                 let _ = tx.send((choice, SeqEvent::Failed("the server is shutting down".into())));
             }
         }
+    }
+}
+
+/// The error of a request the engine thread cannot take or finish: it has stopped.
+pub fn stopped() -> EngineError {
+    EngineError::BackendUnavailable {
+        name: "engine".into(),
+        why: "the engine thread has stopped; see the server's log".into(),
     }
 }
