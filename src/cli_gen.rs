@@ -1,4 +1,4 @@
-//! `ferrite run`, `ferrite chat` and `ferrite perplexity`: thin wrappers over the engine API.
+//! `ferrite run` and `ferrite chat`: thin wrappers over the engine API.
 
 use clap::Args;
 use ferrite::loader::chat::ChatRequest;
@@ -225,36 +225,5 @@ pub fn chat(m: &ModelArgs, s: &SampleArgs, system: Option<String>) -> Result<(),
         println!();
         messages.push(serde_json::json!({"role": "assistant", "content": reply}));
     }
-    Ok(())
-}
-
-pub fn perplexity(
-    m: &ModelArgs,
-    file: &PathBuf,
-    n_ctx: usize,
-    max_chunks: Option<usize>,
-) -> Result<(), String> {
-    let mut engine = m.load()?;
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let t0 = std::time::Instant::now();
-    let mut tokens = engine.tokenizer().encode(&text, true, false);
-    if let Some(c) = max_chunks {
-        tokens.truncate(tokens.len().min(c * n_ctx));
-    }
-    eprintln!(
-        "perplexity: {} tokens, {} chunks of {n_ctx}, {} threads, backend {}",
-        tokens.len(),
-        tokens.len() / n_ctx,
-        engine.threads(),
-        engine.backend_name()
-    );
-    let r = engine
-        .perplexity(&tokens, n_ctx, |i, _n, ppl| {
-            eprint!("[{i}]{ppl:.4},");
-            let _ = std::io::stderr().flush();
-        })
-        .map_err(|e| e.to_string())?;
-    eprintln!("\n{} tokens scored in {:.1} s", r.scored, t0.elapsed().as_secs_f64());
-    println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.stderr);
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod cli_bench;
 mod cli_gen;
 mod cli_info;
+mod cli_ppl;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -97,6 +98,10 @@ enum Command {
         /// Score at most this many chunks.
         #[arg(long)]
         chunks: Option<usize>,
+        /// Keep each scored chunk in this file, and go on from the chunks it holds (a run
+        /// that was stopped resumes; the final figure is the uninterrupted run's).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
 }
 
@@ -122,10 +127,10 @@ fn main() -> ExitCode {
             cli_bench::run(&models, &p, &n, &d, &t, reps, backend, &output)
         })(),
         Command::Serve(args) => serve::run(args),
-        Command::Perplexity { mut model, file, chunks } => {
+        Command::Perplexity { mut model, file, chunks, checkpoint } => {
             // As in llama-perplexity, -c is the chunk length (and so the context).
             let chunk = *model.ctx.get_or_insert(512);
-            cli_gen::perplexity(&model, &file, chunk, chunks)
+            cli_ppl::perplexity(&model, &file, chunk, chunks, checkpoint.as_deref())
         }
     };
     match result {

@@ -172,3 +172,51 @@ fn bench_json_uses_llama_bench_fields() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown output format xml"));
 }
+
+/// `perplexity --checkpoint`: a run stopped part-way (here: the file cut back to one chunk
+/// and half a line, as a kill mid-write leaves it) goes on from the chunks the file holds and
+/// prints the uninterrupted run's figure; a checkpoint of another run is refused.
+#[test]
+fn perplexity_checkpoint_resumes_to_the_same_figure() {
+    let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/text/GPL-3");
+    let dir = std::env::temp_dir().join(format!("ferrite-ppl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = dir.join("ck.jsonl");
+    let _ = std::fs::remove_file(&ck);
+    let ppl = |c: &str, checkpoint: bool| {
+        let mut cmd = ferrite();
+        cmd.arg("perplexity").arg(&path).args(["-c", c, "--chunks", "3", "-t", "2", "-f", text]);
+        if checkpoint {
+            cmd.arg("--checkpoint").arg(&ck);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, plain, err) = ppl("128", false);
+    assert!(ok && plain.starts_with("Final estimate: PPL = "), "{err}");
+    let (ok, first, err) = ppl("128", true);
+    assert!(ok, "{err}");
+    assert_eq!(first, plain, "a checkpoint does not change the figure");
+    let lines: Vec<String> = std::fs::read_to_string(&ck).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 4, "a header and one line per chunk");
+    // Stopped during chunk 2's write: header, chunk 1, half of chunk 2's line.
+    let cut = format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..lines[2].len() / 2]);
+    std::fs::write(&ck, cut).unwrap();
+    let (ok, resumed, err) = ppl("128", true);
+    assert!(ok, "{err}");
+    assert!(err.contains("1 chunks scored before"), "{err}");
+    assert_eq!(resumed, plain, "the resumed run's figure is the uninterrupted run's");
+    let after = std::fs::read_to_string(&ck).unwrap();
+    assert_eq!(after.lines().collect::<Vec<_>>(), lines, "the cut line was replaced, not kept");
+    // Another chunk length is another run: refused, the file left alone.
+    let (ok, out, err) = ppl("64", true);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("belongs to another run") && !err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read_to_string(&ck).unwrap(), after);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

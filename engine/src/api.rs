@@ -587,6 +587,21 @@ impl Engine {
         n_ctx: usize,
         mut progress: impl FnMut(usize, usize, f64),
     ) -> Result<Perplexity, EngineError> {
+        self.perplexity_resume(tokens, n_ctx, &[], |i, n, ppl, _| progress(i, n, ppl))
+    }
+
+    /// [`Engine::perplexity`] continuing an interrupted run: `done` holds the log-probabilities
+    /// of the chunks already scored, as `on_chunk` handed them out (one per scored token, in
+    /// order). Those chunks are not evaluated again, and the sums run in the same order, so
+    /// the result is bit for bit an uninterrupted run's. `on_chunk` gets each newly scored
+    /// chunk: its number (from 1), the chunk count, the running PPL and its log-probabilities.
+    pub fn perplexity_resume(
+        &mut self,
+        tokens: &[u32],
+        n_ctx: usize,
+        done: &[Vec<f32>],
+        mut on_chunk: impl FnMut(usize, usize, f64, &[f32]),
+    ) -> Result<Perplexity, EngineError> {
         if n_ctx < 4 || n_ctx > self.ctx {
             return Err(EngineError::Invalid(format!(
                 "perplexity context {n_ctx} must be in 4..={}",
@@ -601,27 +616,54 @@ impl Engine {
             )));
         }
         let first = n_ctx / 2;
+        let per_chunk_scored = n_ctx - 1 - first;
+        if done.len() > n_chunks {
+            return Err(EngineError::Invalid(format!(
+                "{} chunks already scored, but the text has {n_chunks}",
+                done.len()
+            )));
+        }
+        if let Some(c) = done.iter().position(|d| d.len() != per_chunk_scored) {
+            return Err(EngineError::Invalid(format!(
+                "scored chunk {} has {} log-probabilities, a chunk of {n_ctx} scores {per_chunk_scored}",
+                c + 1,
+                done[c].len()
+            )));
+        }
         let bos = self.tokenizer().add_bos().then(|| self.tokenizer().bos()).flatten();
         let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
         let mut per_chunk = Vec::with_capacity(n_chunks);
+        let mut scored = Vec::with_capacity(per_chunk_scored);
         for c in 0..n_chunks {
-            let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
-            let targets = chunk.clone();
-            if let Some(b) = bos {
-                chunk[0] = b;
-            }
-            let rows = self.eval(&chunk, |i| i >= first && i < n_ctx - 1)?;
-            for (j, row) in rows.iter().enumerate() {
-                let target = targets[first + j + 1] as usize;
-                let (_, lse) = crate::sampler::top_logprobs(row, 0);
-                let lp = (row[target] - lse) as f64;
+            let lps = match done.get(c) {
+                Some(d) => d,
+                None => {
+                    let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+                    let targets = chunk.clone();
+                    if let Some(b) = bos {
+                        chunk[0] = b;
+                    }
+                    let rows = self.eval(&chunk, |i| i >= first && i < n_ctx - 1)?;
+                    scored.clear();
+                    for (j, row) in rows.iter().enumerate() {
+                        let target = targets[first + j + 1] as usize;
+                        let (_, lse) = crate::sampler::top_logprobs(row, 0);
+                        scored.push(row[target] - lse);
+                    }
+                    &scored
+                }
+            };
+            for &lp in lps {
+                let lp = lp as f64;
                 nll -= lp;
                 nll2 += lp * lp;
                 count += 1;
             }
             let ppl = (nll / count as f64).exp();
             per_chunk.push(ppl);
-            progress(c + 1, n_chunks, ppl);
+            if c >= done.len() {
+                on_chunk(c + 1, n_chunks, ppl, lps);
+            }
         }
         let mean = nll / count as f64;
         let var = nll2 / count as f64 - mean * mean;
