@@ -119,27 +119,20 @@ fn w_value(r: u32, i: u32) -> f32 {
 }
 
 // F32 and F16 weights: f32 activations (rounded to f16 for f16 weights, as ggml does), in
-// the CPU's order. One token: a dot in 8 lanes (multiply, then add), the lanes summed in
-// turn. A batch: the CPU's tiled GEMM, 32-row tiles taken 4 rows at a time with fused
-// multiply-adds in 8 lanes, lanes summed in turn plus the tail past a multiple of 8; a
-// tile's last rows past a multiple of 4 summed plainly. `float_*` hold that order one value
-// at a time, so that mm_float and the staged mm_float_tiled run the same code.
+// the CPU's order (`dot::dot16_by`, llama.cpp's tinyBLAS), for one token and for batches:
+// 16 lanes, lane i % 16 one fused chain over the inputs below the last whole 16, the lanes
+// summed by `_mm512_reduce_add_ps`'s tree, then the tail fused in, in order. `float_*` hold
+// that order one value at a time, so that mm_float, mm_float_tokens and the staged
+// mm_float_tiled run the same code.
 struct FloatAcc {
-    plain: bool,
-    fused: bool,
-    lanes: u32,
+    full: u32,
     s: f32,
-    tail: f32,
-    acc: array<f32, 8>,
+    acc: array<f32, 16>,
 }
 
-// The running sums of output row gr (global) of one token.
+// The running sums of one output (global row gr; every row sums alike).
 fn float_start(gr: u32) -> FloatAcc {
-    let tile0 = gr / 32u * 32u;
-    let gemm = p.n > 1u;
-    let fused = gemm && gr - tile0 < min(32u, p.n_out - tile0) / 4u * 4u;
-    let lanes = select(p.n_in, p.n_in / 8u * 8u, fused);
-    return FloatAcc(gemm && !fused, fused, lanes, 0.0, 0.0, array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0));
+    return FloatAcc(p.n_in / 16u * 16u, 0.0, array<f32, 16>());
 }
 
 // Value i of row r (of this part) times activation i of token t, into the sums.
@@ -147,30 +140,32 @@ fn float_step(r: u32, t: u32, i: u32, f: ptr<function, FloatAcc>) {
     float_add(w_value(r, i), act(t, i), i, f);
 }
 
-// Weight value wa times activation xa, both at input position i, into the sums.
+// Weight value wa times activation xa, both at input position i (in order), into the sums.
 fn float_add(wa: f32, xa: f32, i: u32, f: ptr<function, FloatAcc>) {
-    if ((*f).plain) {
-        (*f).s += wa * xa;
-    } else if (i < (*f).lanes) {
-        if ((*f).fused) {
-            (*f).acc[i % 8u] = fma_exact(wa, xa, (*f).acc[i % 8u]);
-        } else {
-            (*f).acc[i % 8u] += wa * xa;
-        }
+    if (i < (*f).full) {
+        (*f).acc[i % 16u] = fma_exact(wa, xa, (*f).acc[i % 16u]);
     } else {
-        (*f).tail += wa * xa;
+        if (i == (*f).full) {
+            (*f).s = float_tree((*f).acc);
+        }
+        (*f).s = fma_exact(wa, xa, (*f).s);
     }
 }
 
+// `_mm512_reduce_add_ps`: halves, quarters, then (u0 + u2) + (u1 + u3).
+fn float_tree(x: array<f32, 16>) -> f32 {
+    var u: array<f32, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        u[j] = (x[j] + x[j + 8u]) + (x[j + 4u] + x[j + 12u]);
+    }
+    return (u[0] + u[2]) + (u[1] + u[3]);
+}
+
 fn float_finish(f: FloatAcc) -> f32 {
-    if (f.plain) {
-        return f.s;
+    if (f.full == p.n_in) {
+        return float_tree(f.acc);
     }
-    var s = 0.0;
-    for (var j = 0u; j < 8u; j++) {
-        s += f.acc[j];
-    }
-    return s + f.tail;
+    return f.s;
 }
 
 @compute @workgroup_size(64)

@@ -3,6 +3,7 @@
 //! block). Written as plain loops that LLVM vectorizes; `matmul` compiles them a second
 //! time with AVX2 enabled and picks that copy at run time.
 
+use super::attn::tree_ggml;
 use crate::quant::*;
 use half::{bf16, f16};
 
@@ -418,28 +419,44 @@ impl VecDot for BlockF32 {
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[f32]) -> f32 {
-        dot_f32(w, a, |b| f32::from_le_bytes(b.0))
+        dot16_by(w, a, |b| f32::from_le_bytes(b.0))
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dot_avx2(w: &[Self], a: &[f32]) -> f32 {
+        // SAFETY: the caller guarantees avx2, fma and f16c.
+        unsafe { dot_f32_avx2(w, a) }
     }
 }
 
-/// f32 dot in 8 independent lanes (value `i` into lane `i % 8`, in order), so that it
-/// vectorizes without `-ffast-math`: whole groups of 8 values as one 8-wide step, so the
-/// compiler sees the lanes (an `i % 8` index over an iterator kept the 2-byte types scalar).
+/// Float dot in the order of llama.cpp's tinyBLAS (its AVX-512 build runs F32 and F16
+/// matmuls of every batch size through it): 16 lanes, lane `l` one fma chain over values
+/// `i ≡ l (mod 16)` from zero, the lanes summed by `_mm512_reduce_add_ps`'s tree
+/// ([`tree_ggml`]); values past the last whole 16 (tinyBLAS has none) fused in after, in
+/// order. Written over whole groups of 16 so that it vectorizes; the batched GEMM
+/// (`gemm`) and the AVX2 row kernel give its bits.
 #[inline(always)]
-fn dot_f32<T>(w: &[T], a: &[f32], value: impl Fn(&T) -> f32) -> f32 {
+pub fn dot16_by<T>(w: &[T], a: &[f32], value: impl Fn(&T) -> f32) -> f32 {
     let n = w.len().min(a.len());
-    let (w8, w_tail) = w[..n].as_chunks::<8>();
-    let (a8, a_tail) = a[..n].as_chunks::<8>();
-    let mut acc = [0f32; 8];
-    for (w, a) in w8.iter().zip(a8) {
-        for l in 0..8 {
-            acc[l] += value(&w[l]) * a[l];
+    let (w16, w_tail) = w[..n].as_chunks::<16>();
+    let (a16, a_tail) = a[..n].as_chunks::<16>();
+    let mut acc = [0f32; 16];
+    for (w, a) in w16.iter().zip(a16) {
+        for l in 0..16 {
+            acc[l] = value(&w[l]).mul_add(a[l], acc[l]);
         }
     }
-    for (l, (w, a)) in w_tail.iter().zip(a_tail).enumerate() {
-        acc[l] += value(w) * a;
+    let mut sum = tree_ggml(&acc);
+    for (w, a) in w_tail.iter().zip(a_tail) {
+        sum = value(w).mul_add(*a, sum);
     }
-    acc.iter().sum()
+    sum
+}
+
+/// [`dot16_by`] of two f32 rows.
+#[inline(always)]
+pub fn dot16(w: &[f32], a: &[f32]) -> f32 {
+    dot16_by(w, a, |v| *v)
 }
 
 impl VecDot for BlockF16 {
@@ -456,7 +473,7 @@ impl VecDot for BlockF16 {
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[f32]) -> f32 {
-        dot_f32(w, a, |b| f16_to_f32(u16::from_le_bytes(b.0)))
+        dot16_by(w, a, |b| f16_to_f32(u16::from_le_bytes(b.0)))
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -464,25 +481,6 @@ impl VecDot for BlockF16 {
         // SAFETY: the caller guarantees avx2, fma and f16c.
         unsafe { dot_halves_avx2::<_, true>(w, a, |b| f16_to_f32(u16::from_le_bytes(b.0))) }
     }
-}
-
-/// An f16 (its bits) as f32, exactly as `half` and F16C convert it, NaNs quieted as they
-/// quiet them, in plain integer and float operations that the row kernels vectorize.
-/// (`half::f16::to_f32` checks for F16C at run time on every value, which kept the F16 row
-/// kernel scalar.)
-#[inline(always)]
-pub fn f16_to_f32(h: u16) -> f32 {
-    let h = u32::from(h);
-    let sign = (h & 0x8000) << 16;
-    let em = h & 0x7fff;
-    // Normals and subnormals: the exponent and mantissa moved to f32's places are the value
-    // × 2^-112 (an f32 subnormal for an f16 subnormal); the product is exact.
-    let finite = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
-    // Infinity and NaN (quiet bit set, as `half` and F16C do): selects, not branches, so
-    // the lanes stay vectorized.
-    let special = 0x7f80_0000 | (em & 0x3ff) << 13 | u32::from(em > 0x7c00) << 22;
-    let bits = if em >= 0x7c00 { special } else { finite };
-    f32::from_bits(bits | sign)
 }
 
 impl VecDot for BlockBF16 {
@@ -499,7 +497,7 @@ impl VecDot for BlockBF16 {
     }
     #[inline(always)]
     fn dot(w: &[Self], a: &[f32]) -> f32 {
-        dot_f32(w, a, |b| bf16::from_le_bytes(b.0).to_f32())
+        dot16_by(w, a, |b| bf16::from_le_bytes(b.0).to_f32())
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -509,39 +507,84 @@ impl VecDot for BlockBF16 {
     }
 }
 
-/// [`BlockF16::dot`] and [`BlockBF16::dot`] in the AVX2 kernel: 8 two-byte values at a time
-/// into the same 8 lanes (F16C converts f16; a bf16 is the high half of its f32), a multiply
-/// then an add (not fused, as the portable code), the tail (`value`) and the lane sum as
-/// there: equal bits.
+/// [`BlockF16::dot`] and [`BlockBF16::dot`] in the AVX2 kernel: 16 two-byte values at a
+/// time into two registers of 8 lanes (F16C converts f16; a bf16 is the high half of its
+/// f32), fused multiply-adds, then [`dot16_by`]'s tree and tail: equal bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_halves_avx2<T, const F16: bool>(w: &[T], a: &[f32], value: impl Fn(&T) -> f32) -> f32 {
     use std::arch::x86_64::*;
     const { assert!(std::mem::size_of::<T>() == 2) };
     let n = w.len().min(a.len());
-    let mut acc = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: i + 8 <= n, so 8 two-byte values (16 bytes, asserted above) of `w` and 8 f32
-        // of `a` from i are in bounds; both loads are unaligned.
-        let (h, x) = unsafe {
-            (_mm_loadu_si128(w.as_ptr().add(i).cast::<__m128i>()), _mm256_loadu_ps(a.as_ptr().add(i)))
-        };
-        let wf = if F16 {
+    let widen = |h: __m128i| {
+        if F16 {
             _mm256_cvtph_ps(h)
         } else {
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    };
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n, so 16 two-byte values (32 bytes, asserted above) of `w` and 16
+        // f32 of `a` from i are in bounds; all loads are unaligned.
+        let (h0, h1, x0, x1) = unsafe {
+            let p = w.as_ptr().add(i).cast::<__m128i>();
+            (
+                _mm_loadu_si128(p),
+                _mm_loadu_si128(p.add(1)),
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+            )
         };
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(wf, x));
-        i += 8;
+        lo = _mm256_fmadd_ps(widen(h0), x0, lo);
+        hi = _mm256_fmadd_ps(widen(h1), x1, hi);
+        i += 16;
     }
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` holds 8 writable f32; the store is unaligned.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for (l, j) in (i..n).enumerate() {
-        lanes[l] += value(&w[j]) * a[j];
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 writable f32; the stores are unaligned.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
     }
-    lanes.iter().sum()
+    let mut sum = tree_ggml(&lanes);
+    for j in i..n {
+        sum = value(&w[j]).mul_add(a[j], sum);
+    }
+    sum
+}
+
+/// [`BlockF32::dot`] in the AVX2 kernel: 16 values at a time in two registers of 8 lanes,
+/// fused multiply-adds, then [`dot16_by`]'s tree and tail: equal bits. (The portable loop
+/// compiled for AVX2 used 2-lane loads.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_f32_avx2(w: &[BlockF32], a: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = w.len().min(a.len());
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n: 16 values (4 bytes each) of `w` and 16 f32 of `a` from i are in
+        // bounds; all loads are unaligned (a `BlockF32` is 4 bytes of alignment 1).
+        unsafe {
+            let p = w.as_ptr().add(i).cast::<f32>();
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(a.as_ptr().add(i)), lo);
+            hi = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(a.as_ptr().add(i + 8)), hi);
+        }
+        i += 16;
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 writable f32; the stores are unaligned.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    let mut sum = tree_ggml(&lanes);
+    for j in i..n {
+        sum = f32::from_le_bytes(w[j].0).mul_add(a[j], sum);
+    }
+    sum
 }
 
 #[cfg(test)]
@@ -549,12 +592,12 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// The AVX2 dots of the two-byte float types (F16C for f16, widening for bf16) give the
-    /// portable dot's bits on random rows of every length 1..=100 (whole groups of 8 and
+    /// The AVX2 dots of the float types (F16C for f16, widening for bf16, plain f32) give the
+    /// portable dot's bits on random rows of every length 1..=100 (whole groups of 16 and
     /// tails), random signs and magnitudes.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn half_dots_avx2_match_portable() {
+    fn float_dots_avx2_match_portable() {
         if !(is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c"))
@@ -577,6 +620,7 @@ mod tests {
         }
         check(16, |v| BlockF16(f16::from_f32(v).to_le_bytes()));
         check(17, |v| BlockBF16(bf16::from_f32(v).to_le_bytes()));
+        check(18, |v| BlockF32(v.to_le_bytes()));
     }
 
     /// Every one of the 65,536 f16 values converts to `half`'s f32, bit for bit.

@@ -9,6 +9,7 @@
 pub mod attn;
 pub mod attn_tile;
 pub mod dot;
+mod gemm;
 pub mod math;
 pub mod packed;
 pub mod softmax;
@@ -202,116 +203,8 @@ fn typed<W: VecDot>(
             .for_each(|(o, a)| W::act_values(a, o));
         let row_bytes = w_per_row * std::mem::size_of::<W>();
         let w_bytes: &[u8] = bytemuck::cast_slice(w);
-        gemm_f32(W::TYPE, w_bytes, row_bytes, n_in, n_out, &tmp[..n * n_in], n, out);
+        gemm::gemm_f32(W::TYPE, w_bytes, row_bytes, n_in, n_out, &tmp[..n * n_in], n, out);
     }
-}
-
-/// Weight rows per GEMM task (dequantized together, then streamed against every token).
-const GEMM_ROWS: usize = 32;
-/// Tokens per GEMM pass over a weight tile (keeps the activations of a pass in L2).
-const GEMM_TOKENS: usize = 64;
-
-/// `out[t][o] = Σ_i x[t][i] · W[o][i]` with W dequantized tile by tile; parallel over
-/// weight tiles. `out` is written through a transposed per-task buffer.
-#[allow(clippy::too_many_arguments)]
-fn gemm_f32(
-    ty: QuantType,
-    w: &[u8],
-    row_bytes: usize,
-    n_in: usize,
-    n_out: usize,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    let kernel = select_gemm();
-    let tiles: Vec<Vec<f32>> = (0..n_out.div_ceil(GEMM_ROWS))
-        .into_par_iter()
-        .map(|tile| {
-            let r0 = tile * GEMM_ROWS;
-            let rows = GEMM_ROWS.min(n_out - r0);
-            let mut wf = vec![0f32; rows * n_in];
-            ty.dequantize_row(&w[r0 * row_bytes..(r0 + rows) * row_bytes], &mut wf).expect("whole blocks");
-            // res[t * rows + r]
-            let mut res = vec![0f32; n * rows];
-            for t0 in (0..n).step_by(GEMM_TOKENS) {
-                let t1 = (t0 + GEMM_TOKENS).min(n);
-                kernel(&wf, rows, n_in, &x[t0 * n_in..t1 * n_in], &mut res[t0 * rows..t1 * rows]);
-            }
-            res
-        })
-        .collect();
-    for (tile, res) in tiles.iter().enumerate() {
-        let r0 = tile * GEMM_ROWS;
-        let rows = res.len() / n;
-        for t in 0..n {
-            out[t * n_out + r0..t * n_out + r0 + rows].copy_from_slice(&res[t * rows..(t + 1) * rows]);
-        }
-    }
-}
-
-/// GEMM micro-kernel: for each token row of `x`, dot with every weight row of `w`.
-type GemmFn = fn(&[f32], usize, usize, &[f32], &mut [f32]);
-
-#[inline(always)]
-fn gemm_generic(w: &[f32], rows: usize, n_in: usize, x: &[f32], res: &mut [f32]) {
-    let lanes = n_in / 8 * 8;
-    for (xt, rt) in x.chunks_exact(n_in).zip(res.chunks_exact_mut(rows)) {
-        let mut r = 0;
-        // Four weight rows per pass: each activation load feeds four FMAs.
-        while r + 4 <= rows {
-            let (w0, w1, w2, w3) = (
-                &w[r * n_in..(r + 1) * n_in],
-                &w[(r + 1) * n_in..(r + 2) * n_in],
-                &w[(r + 2) * n_in..(r + 3) * n_in],
-                &w[(r + 3) * n_in..(r + 4) * n_in],
-            );
-            let mut acc = [[0f32; 8]; 4];
-            for i in (0..lanes).step_by(8) {
-                for l in 0..8 {
-                    let a = xt[i + l];
-                    acc[0][l] = w0[i + l].mul_add(a, acc[0][l]);
-                    acc[1][l] = w1[i + l].mul_add(a, acc[1][l]);
-                    acc[2][l] = w2[i + l].mul_add(a, acc[2][l]);
-                    acc[3][l] = w3[i + l].mul_add(a, acc[3][l]);
-                }
-            }
-            for k in 0..4 {
-                let wk = &w[(r + k) * n_in..(r + k + 1) * n_in];
-                let tail: f32 = (lanes..n_in).map(|i| wk[i] * xt[i]).sum();
-                rt[r + k] = acc[k].iter().sum::<f32>() + tail;
-            }
-            r += 4;
-        }
-        for (rr, o) in rt.iter_mut().enumerate().skip(r) {
-            let wr = &w[rr * n_in..(rr + 1) * n_in];
-            *o = wr.iter().zip(xt).map(|(a, b)| a * b).sum();
-        }
-    }
-}
-
-fn gemm_plain(w: &[f32], rows: usize, n_in: usize, x: &[f32], res: &mut [f32]) {
-    gemm_generic(w, rows, n_in, x, res)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn gemm_avx2_impl(w: &[f32], rows: usize, n_in: usize, x: &[f32], res: &mut [f32]) {
-    gemm_generic(w, rows, n_in, x, res)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn gemm_avx2(w: &[f32], rows: usize, n_in: usize, x: &[f32], res: &mut [f32]) {
-    // SAFETY: `select_gemm` returns this function only when `use_avx2()` detected avx2, fma and f16c.
-    unsafe { gemm_avx2_impl(w, rows, n_in, x, res) }
-}
-
-fn select_gemm() -> GemmFn {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        return gemm_avx2;
-    }
-    gemm_plain
 }
 
 /// Fallback for formats without a dot product: dequantize each weight row, f32 dot.

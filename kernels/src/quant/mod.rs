@@ -40,7 +40,8 @@ mod q8;
 mod ternary;
 
 pub use float::{
-    bf16_to_f32_row, f16_to_f32_row, f32_to_bf16_row, f32_to_f16_row, BlockBF16, BlockF16, BlockF32,
+    bf16_to_f32_row, f16_to_f32, f16_to_f32_row, f32_to_bf16_row, f32_to_f16_row, BlockBF16, BlockF16,
+    BlockF32,
 };
 pub use iq4::{BlockIQ4NL, BlockIQ4XS, KVALUES_IQ4NL};
 pub use q2_k::BlockQ2K;
