@@ -24,6 +24,11 @@ struct Row {
     /// Seconds spent repacking weights at load, and the kernel variant.
     repack_s: f64,
     variant: Option<&'static str>,
+    /// The GPU's name (empty on the CPU) and the layers it runs.
+    gpu: String,
+    gpu_layers: usize,
+    /// When the test ran (RFC 3339, UTC).
+    time: String,
 }
 
 impl Row {
@@ -52,6 +57,10 @@ impl Row {
         let nsf: Vec<f64> = ns.iter().map(|&x| x as f64).collect();
         let floor = self.floor_ts();
         json!({
+            "build_commit": env!("FERRITE_BUILD_COMMIT"),
+            "build_number": env!("FERRITE_BUILD_NUMBER").parse::<u64>().unwrap_or(0),
+            "cpu_info": ferrite::bench::cpu_info(),
+            "gpu_info": self.gpu,
             "model_filename": self.model.display().to_string(),
             "model_type": self.arch,
             "model_size": self.size,
@@ -62,10 +71,14 @@ impl Row {
             "n_threads": self.threads,
             "type_k": "f16",
             "type_v": "f16",
+            "n_gpu_layers": self.gpu_layers,
+            "flash_attn": true,
             "use_mmap": true,
+            "embeddings": false,
             "n_prompt": self.sample.n_prompt,
             "n_gen": self.sample.n_gen,
             "n_depth": self.sample.n_depth,
+            "test_time": self.time,
             "avg_ns": ferrite::bench::mean(&nsf) as u64,
             "stddev_ns": ferrite::bench::stddev(&nsf) as u64,
             "avg_ts": self.sample.avg_ts(),
@@ -81,6 +94,11 @@ impl Row {
             "kernel_variant": self.variant,
         })
     }
+}
+
+/// The current time as llama-bench's `test_time` writes it: RFC 3339, UTC, whole seconds.
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// Parses "512" or "0,512,4096".
@@ -140,13 +158,17 @@ pub fn run(
                 let mut samples = Vec::new();
                 for &p in n_prompt.iter().filter(|&&p| p > 0) {
                     eprintln!("{}: pp{p} @ d{d}, {t} thread(s)…", model.display());
-                    samples.push(engine.bench_pp(p, d, reps).map_err(|e| e.to_string())?);
+                    let time = now();
+                    samples.push((engine.bench_pp(p, d, reps).map_err(|e| e.to_string())?, time));
                 }
                 for &g in n_gen.iter().filter(|&&g| g > 0) {
                     eprintln!("{}: tg{g} @ d{d}, {t} thread(s)…", model.display());
-                    samples.push(engine.bench_tg(g, d, reps).map_err(|e| e.to_string())?);
+                    let time = now();
+                    samples.push((engine.bench_tg(g, d, reps).map_err(|e| e.to_string())?, time));
                 }
-                for sample in samples {
+                let gpu = engine.device_name();
+                let gpu_layers = if gpu.is_empty() { 0 } else { engine.config().n_layers };
+                for (sample, time) in samples {
                     rows.push(Row {
                         model: model.clone(),
                         arch: engine.config().arch_name.clone(),
@@ -161,6 +183,9 @@ pub fn run(
                         peak_rss: peak_rss_bytes(),
                         repack_s: prep.seconds,
                         variant: prep.variant,
+                        gpu: gpu.clone(),
+                        gpu_layers,
+                        time,
                     });
                 }
             }

@@ -155,6 +155,16 @@ fn bench_json_uses_llama_bench_fields() {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }
         assert_eq!(r["n_threads"], 1);
+        // llama-bench's provenance fields: the commit (7 hex digits here, a git checkout),
+        // the CPU, no GPU, an RFC 3339 UTC time.
+        let commit = r["build_commit"].as_str().unwrap();
+        assert!(commit.len() == 7 && commit.chars().all(|c| c.is_ascii_hexdigit()), "{commit}");
+        assert!(r["build_number"].as_u64().unwrap() > 0);
+        assert!(!r["cpu_info"].as_str().unwrap().is_empty());
+        assert_eq!(r["gpu_info"], "");
+        assert_eq!(r["n_gpu_layers"], 0);
+        let time = r["test_time"].as_str().unwrap();
+        assert!(time.len() == 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
         assert_eq!(
             r["samples_ts"].as_array().unwrap().len(),
             2,

@@ -447,6 +447,11 @@ impl Engine {
         self.model.backend_name()
     }
 
+    /// The GPU's name (and driver or compute capability) the engine runs on; empty on the CPU.
+    pub fn device_name(&self) -> String {
+        self.model.device_name()
+    }
+
     /// Why `--backend auto` runs on the CPU (no hardware GPU adapter, or one without kernels
     /// for every tensor of the model); `None` when it picked a GPU or a backend was named.
     pub fn backend_note(&self) -> Option<&str> {

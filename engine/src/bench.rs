@@ -41,6 +41,20 @@ impl BenchSample {
     }
 }
 
+/// The CPU's model name as the OS reports it (`/proc/cpuinfo` on Linux), else the
+/// architecture: llama-bench's `cpu_info`.
+pub fn cpu_info() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
 /// Mean of a slice (0 for an empty one).
 pub fn mean(x: &[f64]) -> f64 {
     if x.is_empty() {

@@ -188,6 +188,7 @@ trait Device: Send + std::fmt::Debug {
         out: LogitsOut<'_>,
     ) -> Result<(), EngineError>;
     fn name(&self) -> &'static str;
+    fn device_name(&self) -> String;
     fn prepare_stats(&self) -> crate::backend::PrepareStats;
     /// The most f32 one of the backend's buffers holds ([`Backend::max_buf_len`]).
     fn max_buf_len(&self) -> usize;
@@ -298,6 +299,11 @@ impl Model {
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.device.name()
+    }
+
+    /// The device's own name (empty on the CPU).
+    pub fn device_name(&self) -> String {
+        self.device.device_name()
     }
 
     /// The most tokens one forward pass takes: a GPU binds each activation buffer whole,
@@ -457,6 +463,10 @@ impl<B: Backend> OnBackend<B> {
 impl<B: Backend> Device for OnBackend<B> {
     fn name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    fn device_name(&self) -> String {
+        self.backend.device_name()
     }
 
     fn prepare_stats(&self) -> crate::backend::PrepareStats {

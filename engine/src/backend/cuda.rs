@@ -344,6 +344,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn device_name(&self) -> String {
+        self.device()
+    }
+
     fn weight(&self, file: &Arc<GgufFile>, name: &str, _usage: WeightUse) -> Result<CudaWeight, EngineError> {
         let t0 = std::time::Instant::now();
         let (view, ty, n_in, n_out) =

@@ -186,6 +186,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Short name (`cpu`, `wgpu`, `cuda`).
     fn name(&self) -> &'static str;
 
+    /// The device's own name (a GPU's, with its driver or capability); empty on the CPU.
+    fn device_name(&self) -> String {
+        String::new()
+    }
+
     /// Uploads (or, on the CPU, borrows or repacks) a weight tensor from the file, for the
     /// ops that `usage` names.
     fn weight(&self, file: &Arc<GgufFile>, name: &str, usage: WeightUse)

@@ -814,6 +814,10 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
 
+    fn device_name(&self) -> String {
+        self.adapter()
+    }
+
     fn weight(&self, file: &Arc<GgufFile>, name: &str, _usage: WeightUse) -> Result<WgpuWeight, EngineError> {
         let t0 = std::time::Instant::now();
         let (view, ty, n_in, n_out) =
