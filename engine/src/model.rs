@@ -499,9 +499,7 @@ impl<B: Backend> Device for OnBackend<B> {
         for (il, l) in w.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm_to(&s.x, &l.attn_norm, n, c.n_embd, c.rms_eps, &mut s.h);
-            b.matmul(&l.wq, &s.h, n, &mut s.q);
-            b.matmul(&l.wk, &s.h, n, &mut s.k);
-            b.matmul(&l.wv, &s.h, n, &mut s.v);
+            b.matmul_shared([&l.wq, &l.wk, &l.wv], &s.h, n, [&mut s.q, &mut s.k, &mut s.v]);
             if let Some(bias) = &l.bq {
                 b.add_bias(&mut s.q, bias, n);
             }
@@ -555,8 +553,7 @@ impl<B: Backend> Device for OnBackend<B> {
 
             // Feed-forward block.
             b.rms_norm_to(&s.x, &l.ffn_norm, nr, c.n_embd, c.rms_eps, &mut s.h);
-            b.matmul(&l.w_gate, &s.h, nr, &mut s.gate);
-            b.matmul(&l.w_up, &s.h, nr, &mut s.up);
+            b.matmul_shared([&l.w_gate, &l.w_up], &s.h, nr, [&mut s.gate, &mut s.up]);
             b.gated_act(&mut s.gate, &s.up, nr * c.n_ff, c.activation);
             b.matmul(&l.w_down, &s.gate, nr, &mut s.h);
             if let Some(pn) = &l.post_ffn_norm {

@@ -163,3 +163,50 @@ fn unsupported_formats_and_shapes_are_refused() {
     assert!(PackedMatrix::pack_for(isa, QuantType::Q4_0, &w[1..], 64, 8).is_none());
     assert!(PackedMatrix::pack_for(isa, QuantType::Q4_0, &w, 64, 0).is_none());
 }
+
+/// Several matrices over one input (Q/K/V, gate/up) in one pass give each matrix's own
+/// `matmul` bits: odd row counts, one token and batches, every instruction set and format.
+#[test]
+fn matmul_many_equals_separate_matmuls() {
+    let mut rng = StdRng::seed_from_u64(23);
+    for isa in Isa::available() {
+        for ty in [
+            QuantType::Q4_0,
+            QuantType::Q4_1,
+            QuantType::Q5_0,
+            QuantType::Q8_0,
+            QuantType::Q4_K,
+            QuantType::Q6_K,
+        ] {
+            let n_in = ty.block_elems() * rng.random_range(1..=3);
+            for n in [1, 3, 9] {
+                let rows = [rng.random_range(1..=40), rng.random_range(1..=40), rng.random_range(1..=40)];
+                let mats: Vec<PackedMatrix> = rows
+                    .iter()
+                    .map(|&r| {
+                        let w = rand_weights(&mut rng, ty, n_in, r, true);
+                        PackedMatrix::pack_for(isa, ty, &w, n_in, r).expect("packable")
+                    })
+                    .collect();
+                let x = rand_f32(&mut rng, n * n_in);
+                let mut scratch = PackScratch::default();
+                let want: Vec<Vec<f32>> = mats
+                    .iter()
+                    .map(|m| {
+                        let mut o = vec![0f32; n * m.n_out()];
+                        m.matmul(&x, n, &mut o, &mut scratch);
+                        o
+                    })
+                    .collect();
+                let mut got: Vec<Vec<f32>> = rows.iter().map(|&r| vec![f32::NAN; n * r]).collect();
+                let [a, b, c] = &mut got[..] else { unreachable!() };
+                PackedMatrix::matmul_many([&mats[0], &mats[1], &mats[2]], &x, n, [a, b, c], &mut scratch);
+                for (g, w) in got.iter().zip(&want) {
+                    let (g, w): (Vec<u32>, Vec<u32>) =
+                        (g.iter().map(|v| v.to_bits()).collect(), w.iter().map(|v| v.to_bits()).collect());
+                    assert_eq!(g, w, "{isa:?} {ty:?} n_in {n_in}, {n} tokens, rows {rows:?}");
+                }
+            }
+        }
+    }
+}

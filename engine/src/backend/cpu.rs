@@ -237,6 +237,39 @@ impl Backend for CpuBackend {
         );
     }
 
+    fn matmul_shared<const M: usize>(
+        &self,
+        ws: [&CpuWeight; M],
+        x: &Vec<f32>,
+        n: usize,
+        outs: [&mut Vec<f32>; M],
+    ) {
+        let mats = ws.map(|w| match w {
+            CpuWeight::Matrix { packed: Some(p), .. } => Some(p),
+            _ => None,
+        });
+        let first = mats[0];
+        let together = first.is_some_and(|f| mats.iter().all(|m| m.is_some_and(|m| m.shares_input_with(f))));
+        if !together {
+            for (w, out) in ws.into_iter().zip(outs) {
+                self.matmul(w, x, n, out);
+            }
+            return;
+        }
+        let mats = mats.map(|m| m.expect("every matrix packed: checked above"));
+        let n_in = mats[0].n_in();
+        let mut i = 0;
+        let outs = outs.map(|o| {
+            let len = n * mats[i].n_out();
+            i += 1;
+            ensure_len(o, len);
+            &mut o[..len]
+        });
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, pack_scratch) = &mut *guard;
+        PackedMatrix::matmul_many(mats, &x[..n * n_in], n, outs, pack_scratch);
+    }
+
     fn add_bias(&self, x: &mut Vec<f32>, bias: &CpuWeight, n: usize) {
         let b = bias.vector();
         for row in x[..n * b.len()].chunks_exact_mut(b.len()) {

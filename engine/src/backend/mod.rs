@@ -254,6 +254,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `out = x · Wᵀ` for `n` rows: x is `n × in`, W is `out × in`, out is `n × out`.
     fn matmul(&self, w: &Self::Weight, x: &Self::Buf, n: usize, out: &mut Self::Buf);
 
+    /// `outs[i] = x · ws[i]ᵀ`: matrices that read the same input (attention's Q, K and V, the
+    /// feed-forward's gate and up), which a backend may run together (the CPU quantizes the
+    /// input once and runs them in one parallel pass). Each output equals its own `matmul`'s.
+    fn matmul_shared<const M: usize>(
+        &self,
+        ws: [&Self::Weight; M],
+        x: &Self::Buf,
+        n: usize,
+        outs: [&mut Self::Buf; M],
+    ) {
+        for (w, out) in ws.into_iter().zip(outs) {
+            self.matmul(w, x, n, out);
+        }
+    }
+
     /// Adds a bias vector to each of `n` rows.
     fn add_bias(&self, x: &mut Self::Buf, bias: &Self::Weight, n: usize);
 

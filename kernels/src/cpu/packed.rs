@@ -320,33 +320,68 @@ impl PackedMatrix {
     /// `out[t][o] = Σ_i x[t][i] · W[o][i]` for `n` rows of `x` (`n × n_in`); `out` is
     /// `n × n_out`. Panics if the slices do not match the shape.
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut PackScratch) {
-        assert_eq!(x.len(), n * self.n_in, "activation shape");
-        assert_eq!(out.len(), n * self.n_out, "output shape");
-        let l = LAYOUTS[self.fmt];
-        let acts = scratch.quantize(self.fmt, x, n, self.n_in);
-        let nblk = self.n_in / l.blk;
+        Self::matmul_many([self], x, n, [out], scratch)
+    }
+
+    /// Whether [`PackedMatrix::matmul_many`] takes `self` and `other` together: the same
+    /// activation format, kernel and input width.
+    pub fn shares_input_with(&self, other: &PackedMatrix) -> bool {
+        self.fmt == other.fmt && self.isa == other.isa && self.n_in == other.n_in
+    }
+
+    /// [`PackedMatrix::matmul`] of `M` matrices over one input (attention's Q, K and V, the
+    /// feed-forward's gate and up): the activations quantized once, and every matrix's row
+    /// tasks in one parallel pass (one join instead of `M`). Each output is bit for bit its
+    /// own `matmul`'s: the same codes, the same per-row kernel. Panics unless the matrices
+    /// [share their input](PackedMatrix::shares_input_with) and the slices match the shapes.
+    pub fn matmul_many<const M: usize>(
+        mats: [&PackedMatrix; M],
+        x: &[f32],
+        n: usize,
+        outs: [&mut [f32]; M],
+        scratch: &mut PackScratch,
+    ) {
+        let first = mats[0];
+        assert!(mats.iter().all(|m| m.shares_input_with(first)), "matrices sharing an input");
+        assert_eq!(x.len(), n * first.n_in, "activation shape");
+        for (m, o) in mats.iter().zip(&outs) {
+            assert_eq!(o.len(), n * m.n_out, "output shape");
+        }
+        let l = LAYOUTS[first.fmt];
+        let acts = scratch.quantize(first.fmt, x, n, first.n_in);
+        let nblk = first.n_in / l.blk;
         let group_bytes = nblk * l.block_bytes();
-        let groups = self.n_out.div_ceil(GROUP);
-        // Enough tasks to balance the pool, few enough that each streams a long run of rows.
-        let tasks = (rayon::current_num_threads() * 4).min(groups);
-        let per_task = groups.div_ceil(tasks);
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        let n_out = self.n_out;
-        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        // Per matrix: groups, groups per task (enough tasks to balance the pool, few enough
+        // that each streams a long run of rows) and tasks.
+        let threads = rayon::current_num_threads();
+        let split: [(usize, usize, usize); M] = std::array::from_fn(|i| {
+            let groups = mats[i].n_out.div_ceil(GROUP);
+            let per_task = groups.div_ceil((threads * 4).min(groups));
+            (groups, per_task, groups.div_ceil(per_task))
+        });
+        let outs: [OutPtr; M] = outs.map(|o| OutPtr(o.as_mut_ptr()));
+        let total: usize = split.iter().map(|s| s.2).sum();
+        (0..total).into_par_iter().for_each(|mut task| {
+            let mut i = 0;
+            while task >= split[i].2 {
+                task -= split[i].2;
+                i += 1;
+            }
+            let (groups, per_task, _) = split[i];
             let g0 = task * per_task;
             let g1 = (g0 + per_task).min(groups);
             let job = Job {
-                fmt: self.fmt,
-                w: &self.data[g0 * group_bytes..g1 * group_bytes],
+                fmt: first.fmt,
+                w: &mats[i].data[g0 * group_bytes..g1 * group_bytes],
                 group_bytes,
                 nblk,
                 acts: &acts,
                 n,
                 row0: g0 * GROUP,
-                n_out,
-                out: out_ptr,
+                n_out: mats[i].n_out,
+                out: outs[i],
             };
-            run_job(self.isa, &job);
+            run_job(first.isa, &job);
         });
     }
 }
