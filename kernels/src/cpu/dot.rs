@@ -547,17 +547,7 @@ fn dot_halves_avx2<T, const F16: bool>(w: &[T], a: &[f32], value: impl Fn(&T) ->
         hi = _mm256_fmadd_ps(widen(h1), x1, hi);
         i += 16;
     }
-    let mut lanes = [0f32; 16];
-    // SAFETY: `lanes` holds 16 writable f32; the stores are unaligned.
-    unsafe {
-        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
-        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
-    }
-    let mut sum = tree_ggml(&lanes);
-    for j in i..n {
-        sum = value(&w[j]).mul_add(a[j], sum);
-    }
-    sum
+    sum16_avx2(lo, hi, &w[i..n], &a[i..n], value)
 }
 
 /// [`BlockF32::dot`] in the AVX2 kernel: 16 values at a time in two registers of 8 lanes,
@@ -580,6 +570,23 @@ fn dot_f32_avx2(w: &[BlockF32], a: &[f32]) -> f32 {
         }
         i += 16;
     }
+    sum16_avx2(lo, hi, &w[i..n], &a[i..n], |b| f32::from_le_bytes(b.0))
+}
+
+/// The end of every AVX2 float dot in [`dot16_by`]'s order: the 16 lanes (`lo` = lanes 0..8,
+/// `hi` = 8..16) summed by the tree, then the tail `w`·`a` (values past the last whole 16)
+/// fused in, in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) fn sum16_avx2<T>(
+    lo: std::arch::x86_64::__m256,
+    hi: std::arch::x86_64::__m256,
+    w: &[T],
+    a: &[f32],
+    value: impl Fn(&T) -> f32,
+) -> f32 {
+    use std::arch::x86_64::_mm256_storeu_ps;
     let mut lanes = [0f32; 16];
     // SAFETY: `lanes` holds 16 writable f32; the stores are unaligned.
     unsafe {
@@ -587,8 +594,8 @@ fn dot_f32_avx2(w: &[BlockF32], a: &[f32]) -> f32 {
         _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
     }
     let mut sum = tree_ggml(&lanes);
-    for j in i..n {
-        sum = f32::from_le_bytes(w[j].0).mul_add(a[j], sum);
+    for (w, a) in w.iter().zip(a) {
+        sum = value(w).mul_add(*a, sum);
     }
     sum
 }

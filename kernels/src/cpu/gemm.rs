@@ -6,7 +6,6 @@
 //! build), [`dot16`]: the reference, whose bits the AVX2 kernel gives. The row kernels of
 //! F32/F16/BF16 weights (one token) sum in the same order.
 
-use super::attn::tree_ggml;
 use super::dot::dot16;
 use crate::quant::QuantType;
 use rayon::prelude::*;
@@ -77,7 +76,7 @@ pub(super) fn gemm_f32(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::tree_ggml;
+    use crate::cpu::dot::sum16_avx2;
     use std::arch::x86_64::*;
 
     /// [`super::tile_plain`] with AVX2+FMA: blocks of 2 rows × 3 tokens, each output's 16
@@ -171,17 +170,8 @@ mod avx2 {
         let mut out = [[0f32; R]; T];
         for t in 0..T {
             for r in 0..R {
-                let mut lanes = [0f32; 16];
-                // SAFETY: `lanes` holds 16 writable f32; unaligned stores.
-                unsafe {
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), lo[t][r]);
-                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi[t][r]);
-                }
-                let mut sum = tree_ggml(&lanes);
-                for k in full..n_in {
-                    sum = w[r * n_in + k].mul_add(x[t * n_in + k], sum);
-                }
-                out[t][r] = sum;
+                let (wt, xt) = (&w[r * n_in + full..(r + 1) * n_in], &x[t * n_in + full..(t + 1) * n_in]);
+                out[t][r] = sum16_avx2(lo[t][r], hi[t][r], wt, xt, |v| *v);
             }
         }
         out
