@@ -143,13 +143,24 @@ fn float_step(r: u32, t: u32, i: u32, f: ptr<function, FloatAcc>) {
 // Weight value wa times activation xa, both at input position i (in order), into the sums.
 fn float_add(wa: f32, xa: f32, i: u32, f: ptr<function, FloatAcc>) {
     if (i < (*f).full) {
-        (*f).acc[i % 16u] = fma_exact(wa, xa, (*f).acc[i % 16u]);
+        (*f).acc[i % 16u] = float_fma(wa, xa, (*f).acc[i % 16u]);
     } else {
         if (i == (*f).full) {
             (*f).s = float_tree((*f).acc);
         }
-        (*f).s = fma_exact(wa, xa, (*f).s);
+        (*f).s = float_fma(wa, xa, (*f).s);
     }
+}
+
+// wa·xa + acc rounded once. F16 weights times f16-rounded activations: the product of two
+// 11-bit significands fits f32's 24 bits (and f16's exponents f32's range), so it is exact
+// and a multiply then an add rounds once, fused or not; no emulated fma needed (on
+// llvmpipe `fma_soft` is about 3× a multiply and an add).
+fn float_fma(wa: f32, xa: f32, acc: f32) -> f32 {
+    if (QTYPE == 1u) {
+        return wa * xa + acc;
+    }
+    return fma_exact(wa, xa, acc);
 }
 
 // `_mm512_reduce_add_ps`: halves, quarters, then (u0 + u2) + (u1 + u3).
