@@ -161,3 +161,36 @@ fn openai_client_load_test_and_sigterm() {
     // New connections are refused once it is gone.
     assert_eq!(http(&main.addr, "GET", "/health", "").0, 0);
 }
+
+/// Tool calling end to end with a model trained for it: Qwen2.5-Coder-0.5B, offered a weather
+/// tool, calls it (greedy), and the conversation with the call and the tool's answer renders
+/// and generates. Ignored in CI (the model is not fetched there): `scripts/fetch-models.sh
+/// qwen05`, then `cargo test --release --test server -- --ignored qwen05`.
+#[test]
+#[ignore]
+fn qwen05_calls_an_offered_tool() {
+    let Some(model) = common::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", false) else { return };
+    let s = start(&model, &["--api-key", "test-key"]);
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let mut messages =
+        serde_json::json!([{"role": "user", "content": "What is the weather like in Paris today?"}]);
+    let body = serde_json::json!({"messages": messages, "tools": tools, "temperature": 0, "max_tokens": 64});
+    let (status, text) = http(&s.addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200, "{text}");
+    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{text}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: serde_json::Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, serde_json::json!({"city": "Paris"}));
+    let msgs = messages.as_array_mut().unwrap();
+    msgs.push(choice["message"].clone());
+    msgs.push(serde_json::json!({"role": "tool", "tool_call_id": call["id"], "content": "{\"temp_c\": 18}"}));
+    let body = serde_json::json!({"messages": messages, "tools": tools, "temperature": 0, "max_tokens": 32});
+    let (status, text) = http(&s.addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(status, 200, "{text}");
+}

@@ -261,6 +261,11 @@ pub struct Prompter {
 }
 
 impl Prompter {
+    /// A prompter from a tokenizer and a chat template (no weights needed).
+    pub fn new(tokenizer: Tokenizer, template: ChatTemplate) -> Self {
+        Prompter { tokenizer: Arc::new(tokenizer), template: Arc::new(template) }
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
@@ -269,6 +274,11 @@ impl Prompter {
     /// Renders a chat with the model's template.
     pub fn apply_chat_template(&self, req: &ChatRequest) -> Result<String, EngineError> {
         self.template.render(req).map_err(|e| EngineError::Template(e.to_string()))
+    }
+
+    /// How the model's template asks for tool calls.
+    pub fn tool_format(&self) -> crate::tool_calls::ToolFormat {
+        crate::tool_calls::ToolFormat::detect(self.template.source())
     }
 
     /// Tokenizes a prompt as llama.cpp does: the model's BOS rule, special tokens parsed.

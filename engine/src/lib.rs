@@ -14,6 +14,7 @@ pub mod reasoning;
 pub mod sampler;
 pub mod scheduler;
 pub mod text;
+pub mod tool_calls;
 
 pub use api::{
     BackendKind, DoneEvent, Engine, Event, FinishReason, GenerateRequest, Generation, KvCapacity,

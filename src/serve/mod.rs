@@ -555,7 +555,7 @@ fn count_finished(m: &Metrics, asm: &Assembler) {
     }
 }
 
-fn rand_id() -> u64 {
+pub(crate) fn rand_id() -> u64 {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -4,6 +4,7 @@
 
 use ferrite::loader::chat::ChatRequest;
 use ferrite::reasoning::{ReasoningFormat, ReasoningSplitter};
+use ferrite::tool_calls::{ToolCallParser, ToolFormat};
 use ferrite::{BatchRequest, EngineError, FinishReason, Prompter, SamplerParams, SeqEvent, TokenEvent};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -121,6 +122,8 @@ pub struct ChatBody {
     logprobs: Option<bool>,
     top_logprobs: Option<i64>,
     tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     chat_template_kwargs: Option<Map<String, Value>>,
 }
 
@@ -169,6 +172,10 @@ pub struct Plan {
     pub prompts: Vec<String>,
     /// The model's name as the request gave it.
     pub model: String,
+    /// Tool calls are parsed out of the content (the request offered tools).
+    pub tools: Option<ToolFormat>,
+    /// The offered tools' names.
+    pub tool_names: Vec<String>,
 }
 
 /// What the server knows when it plans a request.
@@ -373,6 +380,8 @@ fn plan(
         logprobs,
         prompts: texts,
         model,
+        tools: None,
+        tool_names: Vec::new(),
     })
 }
 
@@ -424,8 +433,12 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
             }
         };
         m.insert("content".into(), content);
+        if let Some(calls) = m.get_mut("tool_calls") {
+            template_tool_calls(i, calls)?;
+        }
         messages.push(Value::Object(m));
     }
+    let tools = tool_plan(&body.tools, &body.tool_choice, body.parallel_tool_calls)?;
     let logprobs = match (body.logprobs.unwrap_or(false), body.top_logprobs) {
         (_, Some(k)) if !(0..=20).contains(&k) => {
             return Err(ApiError::param("top_logprobs", "top_logprobs must be between 0 and 20"))
@@ -436,18 +449,108 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
         }
         (false, _) => None,
     };
+    let names = if tools { tool_names(&body.tools) } else { Vec::new() };
     let mut req = ChatRequest::new(messages);
     req.add_generation_prompt = true;
-    req.tools = body.tools;
+    if tools {
+        req.tools = body.tools;
+    }
     if let Some(kw) = body.chat_template_kwargs {
         req.extra = kw;
     }
-    let text = p.apply_chat_template(&req).map_err(ApiError::from_engine)?;
+    let text = match p.apply_chat_template(&req) {
+        Ok(t) => t,
+        // An assistant turn of only tool calls has null content; templates written without
+        // tools in mind concatenate it and fail. Those get "" (as llama.cpp gives them).
+        Err(e) => {
+            let nulls = req.messages.iter().any(|m| m.get("content").is_some_and(Value::is_null));
+            if !nulls {
+                return Err(ApiError::from_engine(e));
+            }
+            for m in &mut req.messages {
+                if let Some(c @ Value::Null) = m.get_mut("content") {
+                    *c = Value::String(String::new());
+                }
+            }
+            p.apply_chat_template(&req).map_err(ApiError::from_engine)?
+        }
+    };
     let tokens = p.tokenize(&text);
     // As OpenAI's API: max_completion_tokens replaces the deprecated max_tokens.
     let max = (body.max_completion_tokens.map(|m| (m, "max_completion_tokens")))
         .or(body.common.max_tokens.map(|m| (m, "max_tokens")));
-    plan(c, Kind::Chat, &body.common, max, vec![(text, tokens)], logprobs)
+    let mut plan = plan(c, Kind::Chat, &body.common, max, vec![(text, tokens)], logprobs)?;
+    plan.tools = tools.then(|| p.tool_format());
+    plan.tool_names = names;
+    Ok(plan)
+}
+
+/// The names of checked `tools`.
+fn tool_names(tools: &Option<Value>) -> Vec<String> {
+    let list = tools.as_ref().and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    list.iter().filter_map(|t| Some(t.get("function")?.get("name")?.as_str()?.to_string())).collect()
+}
+
+/// Checks `tools`, `tool_choice` and `parallel_tool_calls`; true when the model is offered
+/// the tools (and its calls are parsed out of the answer).
+fn tool_plan(
+    tools: &Option<Value>,
+    choice: &Option<Value>,
+    parallel: Option<bool>,
+) -> Result<bool, ApiError> {
+    let list = match tools {
+        None | Some(Value::Null) => &Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::param("tools", "tools must be an array")),
+    };
+    for (i, t) in list.iter().enumerate() {
+        let name = t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+        if t.get("type").and_then(Value::as_str) != Some("function") || name.is_none_or(str::is_empty) {
+            return Err(ApiError::param(
+                "tools",
+                format!("tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"),
+            ));
+        }
+    }
+    if parallel == Some(false) {
+        return Err(ApiError::param(
+            "parallel_tool_calls",
+            "parallel_tool_calls: false is not supported (the model's calls are not constrained)",
+        ));
+    }
+    match choice {
+        None | Some(Value::Null) => Ok(!list.is_empty()),
+        Some(Value::String(s)) if s == "auto" => Ok(!list.is_empty()),
+        Some(Value::String(s)) if s == "none" => Ok(false),
+        Some(Value::String(s)) if s == "required" => Err(ApiError::param(
+            "tool_choice",
+            "tool_choice \"required\" is not supported yet (calls are not constrained); use \"auto\"",
+        )),
+        Some(Value::Object(_)) => Err(ApiError::param(
+            "tool_choice",
+            "a named tool_choice is not supported yet (calls are not constrained); use \"auto\"",
+        )),
+        Some(_) => {
+            Err(ApiError::param("tool_choice", "tool_choice must be \"none\", \"auto\" or \"required\""))
+        }
+    }
+}
+
+/// An assistant message's `tool_calls` as chat templates read them: each call's
+/// `function.arguments`, a JSON string in the API, becomes the object it encodes (templates
+/// write `arguments | tojson` or iterate `arguments | items`).
+fn template_tool_calls(i: usize, calls: &mut Value) -> Result<(), ApiError> {
+    let bad = || ApiError::param("messages", format!("messages[{i}].tool_calls must be an array of calls"));
+    let Value::Array(calls) = calls else { return Err(bad()) };
+    for call in calls {
+        let Some(f) = call.get_mut("function").and_then(Value::as_object_mut) else { return Err(bad()) };
+        if let Some(Value::String(a)) = f.get("arguments") {
+            if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(a) {
+                f.insert("arguments".into(), v);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Plans a completions request: a string, a list of strings, a token list or lists of them.
@@ -511,6 +614,10 @@ pub struct Choice {
     content: String,
     reasoning: String,
     splitter: ReasoningSplitter,
+    /// Present when the request offered tools.
+    tools: Option<ToolCallParser>,
+    /// Parsed calls, as the response's `message.tool_calls` lists them.
+    tool_calls: Vec<Value>,
     tokens: usize,
     cached: usize,
     logprobs: Vec<Value>,
@@ -531,6 +638,8 @@ pub struct Delta {
     pub reasoning: String,
     /// Answer text.
     pub content: String,
+    /// Tool calls completed by this event (streaming `delta.tool_calls` entries).
+    pub tool_calls: Vec<Value>,
     /// This token's logprob entry (chat format) or (completions format) its pieces.
     pub logprobs: Option<Value>,
     /// The finish reason, on the last event.
@@ -559,7 +668,15 @@ impl Assembler {
         let reasoning = if plan.kind == Kind::Chat { reasoning } else { ReasoningFormat::None };
         Assembler {
             plan_kind: plan.kind,
-            choices: plan.prompts.iter().map(|p| Choice::new(ReasoningSplitter::new(reasoning, p))).collect(),
+            choices: plan
+                .prompts
+                .iter()
+                .map(|p| {
+                    let mut c = Choice::new(ReasoningSplitter::new(reasoning, p));
+                    c.tools = plan.tools.map(|f| ToolCallParser::new(f, plan.tool_names.clone()));
+                    c
+                })
+                .collect(),
             logprobs: plan.logprobs,
             prompter,
         }
@@ -616,15 +733,14 @@ impl Assembler {
                     FinishReason::Length => "length",
                 };
                 c.finish = Some(reason);
-                d.finish = Some(reason);
                 let mut s = c.splitter.push(&done.text);
                 let f = c.splitter.finish();
                 s.reasoning += &f.reasoning;
                 s.content += &f.content;
                 c.reasoning += &s.reasoning;
-                c.content += &s.content;
                 d.reasoning = s.reasoning;
-                d.content = s.content;
+                c.answer(&s.content, true, &mut d);
+                d.finish = c.api_finish();
                 self.choices[i] = c;
                 return d;
             }
@@ -638,9 +754,8 @@ impl Assembler {
         };
         let s = c.splitter.push(&text);
         c.reasoning += &s.reasoning;
-        c.content += &s.content;
         d.reasoning = s.reasoning;
-        d.content = s.content;
+        c.answer(&s.content, false, &mut d);
         self.choices[i] = c;
         d
     }
@@ -679,8 +794,15 @@ impl Assembler {
                     if !c.reasoning.is_empty() {
                         msg["reasoning_content"] = json!(c.reasoning);
                     }
+                    if !c.tool_calls.is_empty() {
+                        // As OpenAI: no content beside the calls is null, not "".
+                        if c.content.is_empty() {
+                            msg["content"] = Value::Null;
+                        }
+                        msg["tool_calls"] = json!(c.tool_calls);
+                    }
                     let lp = self.logprobs.map(|_| json!({"content": c.logprobs}));
-                    json!({"index": i, "message": msg, "logprobs": lp, "finish_reason": c.finish})
+                    json!({"index": i, "message": msg, "logprobs": lp, "finish_reason": c.api_finish()})
                 }
                 Kind::Completion => {
                     let lp = self.logprobs.map(|_| {
@@ -717,6 +839,9 @@ impl Assembler {
                 if !d.content.is_empty() || (first && d.reasoning.is_empty()) {
                     delta.insert("content".into(), json!(d.content));
                 }
+                if !d.tool_calls.is_empty() {
+                    delta.insert("tool_calls".into(), json!(d.tool_calls));
+                }
                 if delta.is_empty() && d.finish.is_none() && d.logprobs.is_none() {
                     return None;
                 }
@@ -741,6 +866,8 @@ impl Choice {
             content: String::new(),
             reasoning: String::new(),
             splitter,
+            tools: None,
+            tool_calls: Vec::new(),
             tokens: 0,
             cached: 0,
             logprobs: Vec::new(),
@@ -756,5 +883,201 @@ impl Choice {
     /// `stop` or `length` once finished normally.
     pub fn finish_reason(&self) -> Option<&'static str> {
         self.finish.filter(|&f| f != "error")
+    }
+
+    /// The finish reason the API reports: `tool_calls` for an answer that stopped after
+    /// calling tools.
+    fn api_finish(&self) -> Option<&'static str> {
+        match self.finish {
+            Some("stop") if !self.tool_calls.is_empty() => Some("tool_calls"),
+            f => f,
+        }
+    }
+
+    /// Answer text (after the reasoning split) into the content, through the tool-call
+    /// parser when tools were offered; `last` ends the answer.
+    fn answer(&mut self, text: &str, last: bool, d: &mut Delta) {
+        let Some(parser) = self.tools.as_mut() else {
+            self.content += text;
+            d.content = text.to_string();
+            return;
+        };
+        let mut s = parser.push(text);
+        if last {
+            let f = parser.finish();
+            s.content += &f.content;
+            s.calls.extend(f.calls);
+        }
+        self.content += &s.content;
+        d.content = s.content;
+        for call in s.calls {
+            let v = json!({
+                "id": format!("call_{:016x}{:08x}", super::rand_id(), super::rand_id() as u32),
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            });
+            let mut delta = v.clone();
+            delta["index"] = json!(self.tool_calls.len());
+            d.tool_calls.push(delta);
+            self.tool_calls.push(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite::loader::chat::ChatTemplate;
+    use ferrite::loader::tokenizer::Tokenizer;
+    use ferrite::loader::GgufFile;
+    use ferrite::text::TextStream;
+    use ferrite::{DoneEvent, Timings};
+    use std::path::PathBuf;
+
+    /// SmolLM2's tokenizer with a template from shared/fixtures (None without the model).
+    fn prompter(template: &str) -> Option<Prompter> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !model.exists() {
+            eprintln!("skipped: {} is missing (scripts/fetch-models.sh)", model.display());
+            return None;
+        }
+        let file = GgufFile::open(&model).unwrap();
+        let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+        let src =
+            std::fs::read_to_string(root.join("../shared/fixtures/chat-templates").join(template)).unwrap();
+        Some(Prompter::new(tok, ChatTemplate::new(&src, "", "<|im_end|>").unwrap()))
+    }
+
+    fn ctx() -> Ctx {
+        Ctx {
+            model_id: "m".into(),
+            file_name: "m.gguf".into(),
+            ctx: 4096,
+            reasoning: ReasoningFormat::Deepseek,
+        }
+    }
+
+    fn weather_request(extra: Value) -> ChatBody {
+        let mut body = json!({
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Streams `answer` as the engine would (token pieces, then the end); returns the
+    /// assembler and the streamed chunks.
+    fn generate(p: &Prompter, plan: &Plan, answer: &str) -> (Assembler, Vec<Value>) {
+        let mut asm = Assembler::new(plan, p.clone(), ReasoningFormat::Deepseek);
+        let mut text = TextStream::new(Vec::new());
+        let head = json!({"id": "x"});
+        let mut chunks = Vec::new();
+        let ids = p.tokenizer().encode(answer, false, true);
+        for (k, &id) in ids.iter().enumerate() {
+            let (piece, _) = text.push(p.tokenizer(), id);
+            let ev = TokenEvent { id, text: piece, logprob: -0.5, top_logprobs: Vec::new() };
+            let d = asm.push(0, SeqEvent::Token(ev));
+            chunks.extend(asm.chunk(0, &d, k == 0, &head));
+        }
+        let done =
+            DoneEvent { finish_reason: FinishReason::Stop, text: text.finish(), timings: Timings::default() };
+        let d = asm.push(0, SeqEvent::Done(done));
+        chunks.extend(asm.chunk(0, &d, false, &head));
+        (asm, chunks)
+    }
+
+    #[test]
+    fn tool_calls_are_parsed_out_of_the_answer() {
+        let Some(p) = prompter("Qwen-Qwen2.5-7B-Instruct.jinja") else { return };
+        let plan = plan_chat(&ctx(), &p, weather_request(json!({}))).unwrap();
+        assert_eq!(plan.tools, Some(ToolFormat::Hermes));
+        assert!(plan.prompts[0].contains("\"name\": \"get_weather\""), "tools rendered: {}", plan.prompts[0]);
+        let answer = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
+                      <tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Lyon\"}}\n</tool_call>";
+        let (asm, chunks) = generate(&p, &plan, answer);
+        let r = asm.response("id", 0, "m", plan.prompt_tokens);
+        let choice = &r["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        let calls = choice["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 2);
+        for (c, city) in calls.iter().zip(["Paris", "Lyon"]) {
+            assert_eq!(c["type"], "function");
+            assert!(c["id"].as_str().unwrap().starts_with("call_"));
+            assert_eq!(c["function"]["name"], "get_weather");
+            let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert_eq!(args, json!({"city": city}));
+        }
+        assert_ne!(calls[0]["id"], calls[1]["id"]);
+        // Streamed: no content text, each call once with its index, the same ids, then the reason.
+        let deltas: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["delta"]).collect();
+        assert!(deltas.iter().all(|d| d.get("content").is_none_or(|c| c == "")), "{deltas:?}");
+        let streamed: Vec<&Value> =
+            deltas.iter().filter_map(|d| d.get("tool_calls")).flat_map(|t| t.as_array().unwrap()).collect();
+        assert_eq!(streamed.len(), 2);
+        for (k, s) in streamed.iter().enumerate() {
+            assert_eq!(s["index"], k);
+            assert_eq!(s["id"], calls[k]["id"]);
+            assert_eq!(s["function"], calls[k]["function"]);
+        }
+        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn answers_without_calls_and_calls_that_do_not_parse_stay_content() {
+        let Some(p) = prompter("Qwen-Qwen2.5-7B-Instruct.jinja") else { return };
+        for answer in ["It is sunny in Paris.", "<tool_call>\n{\"name\": get_weather}\n</tool_call>"] {
+            let plan = plan_chat(&ctx(), &p, weather_request(json!({}))).unwrap();
+            let (asm, chunks) = generate(&p, &plan, answer);
+            let r = asm.response("id", 0, "m", plan.prompt_tokens);
+            assert_eq!(r["choices"][0]["message"]["content"], answer);
+            assert_eq!(r["choices"][0]["finish_reason"], "stop");
+            assert!(r["choices"][0]["message"].get("tool_calls").is_none());
+            let streamed: String =
+                chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+            assert_eq!(streamed, answer);
+        }
+        // tool_choice "none": the tools are not offered and nothing is parsed.
+        let plan = plan_chat(&ctx(), &p, weather_request(json!({"tool_choice": "none"}))).unwrap();
+        assert_eq!(plan.tools, None);
+        assert!(!plan.prompts[0].contains("get_weather"));
+        let answer = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>";
+        let (asm, _) = generate(&p, &plan, answer);
+        assert_eq!(asm.response("id", 0, "m", 1)["choices"][0]["message"]["content"], answer);
+    }
+
+    #[test]
+    fn tool_requests_are_checked() {
+        let Some(p) = prompter("Qwen-Qwen2.5-7B-Instruct.jinja") else { return };
+        for (extra, param) in [
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (
+                json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+                "tool_choice",
+            ),
+            (json!({"tool_choice": 3}), "tool_choice"),
+            (json!({"parallel_tool_calls": false}), "parallel_tool_calls"),
+            (json!({"tools": {"type": "function"}}), "tools"),
+            (json!({"tools": [{"type": "function", "function": {}}]}), "tools"),
+            (json!({"tools": [{"type": "retrieval"}]}), "tools"),
+        ] {
+            let e = plan_chat(&ctx(), &p, weather_request(extra.clone())).unwrap_err();
+            assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{extra}");
+        }
+        // A conversation that went through a call: the arguments string reaches the template
+        // as the object it encodes, and the tool's answer follows.
+        let body = weather_request(json!({"messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+        ]}));
+        let plan = plan_chat(&ctx(), &p, body).unwrap();
+        let prompt = &plan.prompts[0];
+        assert!(prompt.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "{prompt}");
+        assert!(prompt.contains("<tool_response>\n18 C, sunny\n</tool_response>"), "{prompt}");
     }
 }

@@ -193,6 +193,48 @@ class Api(unittest.TestCase):
                 "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
         self.assertIn("json_schema", str(e.exception))
 
+    def test_tools(self):
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+        ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+        # SmolLM2 is not trained for tools: whatever it answers, the response is consistent.
+        for stream in [False, True]:
+            kw = dict(model=MODEL, messages=ask, tools=tools, max_tokens=48, temperature=0)
+            if stream:
+                calls, content, reason = [], "", None
+                for ch in client.chat.completions.create(stream=True, **kw):
+                    d = ch.choices[0].delta
+                    content += d.content or ""
+                    calls += d.tool_calls or []
+                    reason = ch.choices[0].finish_reason or reason
+            else:
+                r = client.chat.completions.create(**kw)
+                m, reason = r.choices[0].message, r.choices[0].finish_reason
+                calls, content = m.tool_calls or [], m.content or ""
+            if reason == "tool_calls":
+                self.assertTrue(calls)
+                for c in calls:
+                    self.assertEqual(c.function.name, "get_weather")
+                    self.assertIsInstance(json.loads(c.function.arguments), dict)
+            else:
+                self.assertIn(reason, ("stop", "length"))
+                self.assertFalse(calls)
+                self.assertTrue(content)
+        # A conversation through a call and the tool's answer renders and generates.
+        call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        r = client.chat.completions.create(model=MODEL, tools=tools, max_tokens=8, messages=ask + [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}])
+        self.assertIn(r.choices[0].finish_reason, ("stop", "length", "tool_calls"))
+        # What is not supported is refused, never ignored.
+        for kw, param in [(dict(tool_choice="required"), "tool_choice"), (dict(parallel_tool_calls=False), "parallel_tool_calls"),
+                          (dict(tool_choice={"type": "function", "function": {"name": "get_weather"}}), "tool_choice")]:
+            with self.assertRaises(openai.BadRequestError, msg=str(kw)) as e:
+                client.chat.completions.create(model=MODEL, messages=ask, tools=tools, max_tokens=4, **kw)
+            self.assertEqual(e.exception.body["param"], param)
+        r = raw("/v1/chat/completions", {"messages": ask, "tools": [{"type": "function"}]})
+        self.assertEqual((r.status_code, r.json()["error"]["param"]), (400, "tools"))
+
     def test_errors(self):
         # Malformed JSON and wrong types.
         for body in ["{not json", '{"messages": "hi"}', {"messages": Q, "temperature": "hot"},

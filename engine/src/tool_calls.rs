@@ -1,0 +1,348 @@
+//! Tool calls in generated text. Given `tools`, chat models answer with calls in the format
+//! their template taught them; [`ToolCallParser`] takes them out of the content stream as
+//! they complete, so that an API can return OpenAI's `tool_calls` instead of raw markup.
+//!
+//! Formats (picked from the chat template's source by [`ToolFormat::detect`]):
+//! - [`ToolFormat::Hermes`]: `<tool_call>{"name": …, "arguments": {…}}</tool_call>`, one or
+//!   more (Qwen 2.5/3, QwQ, Hermes 2 Pro/3, SmolLM3, and the fallback for templates that
+//!   show no format of their own); small models often drop the tags and answer with the
+//!   bare object, which counts (as llama.cpp's parser takes it) when it names an offered tool;
+//! - [`ToolFormat::Llama3Json`]: the whole answer one JSON object `{"name": …, "parameters":
+//!   {…}}` naming an offered tool (Llama 3.1/3.2/3.3; the `<|python_tag|>` control token is
+//!   not part of the text).
+//!
+//! Text that looks like a call but does not parse stays in the content, as written.
+
+use serde_json::Value;
+
+/// How a model writes tool calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// `<tool_call>` JSON `</tool_call>` blocks.
+    Hermes,
+    /// The answer is one JSON object with `name` and `parameters`.
+    Llama3Json,
+}
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+/// Bound on one call's text (a runaway generation is returned as content, not buffered).
+const MAX_CALL_BYTES: usize = 1 << 20;
+
+impl ToolFormat {
+    /// The format a chat template's source teaches: Llama 3's JSON calls when it speaks of
+    /// `<|python_tag|>`/`ipython`, else `<tool_call>` blocks (what the Qwen and Hermes
+    /// templates ask for, and llama.cpp's generic choice).
+    pub fn detect(template: &str) -> ToolFormat {
+        if !template.contains(OPEN) && (template.contains("<|python_tag|>") || template.contains("ipython")) {
+            ToolFormat::Llama3Json
+        } else {
+            ToolFormat::Hermes
+        }
+    }
+}
+
+/// One parsed call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments as JSON text (an object), as OpenAI's API carries them.
+    pub arguments: String,
+}
+
+/// What a push made certain: content text and completed calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolSplit {
+    /// Plain content.
+    pub content: String,
+    /// Calls completed by this push.
+    pub calls: Vec<ToolCall>,
+}
+
+/// Parses one `{"name": …, "arguments"|"parameters": {…}}` object.
+fn parse_call(text: &str) -> Option<ToolCall> {
+    let v: Value = serde_json::from_str(text.trim()).ok()?;
+    let obj = v.as_object()?;
+    let name = obj.get("name")?.as_str()?.to_string();
+    let args = match obj.get("arguments").or_else(|| obj.get("parameters")) {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::Object(o)) => serde_json::to_string(o).ok()?,
+        // Some models write the arguments as a JSON string, as the API carries them.
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(_)) => s.clone(),
+            _ => return None,
+        },
+        Some(_) => return None,
+    };
+    (!name.is_empty()).then_some(ToolCall { name, arguments: args })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Nothing but whitespace yet.
+    Start,
+    /// The answer opened with `{`: held until the end, a call if the whole parses as one.
+    Json,
+    /// Hermes: outside a call.
+    Text,
+    /// Hermes: inside `<tool_call>`, waiting for its end.
+    Call,
+    /// Plain text from here on.
+    Plain,
+}
+
+/// Splits a generated content stream into content and tool calls.
+#[derive(Clone, Debug)]
+pub struct ToolCallParser {
+    format: ToolFormat,
+    /// The offered tools' names: a bare JSON answer is a call only if it names one.
+    names: Vec<String>,
+    state: State,
+    buf: String,
+    /// Whitespace after a call, emitted only if more content follows it.
+    gap: String,
+    calls: usize,
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `tag`.
+fn partial_tag(text: &str, tag: &str) -> usize {
+    (1..tag.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| text.is_char_boundary(text.len() - n) && tag.starts_with(&text[text.len() - n..]))
+        .unwrap_or(0)
+}
+
+impl ToolCallParser {
+    /// A parser for one answer; `names` are the offered tools.
+    pub fn new(format: ToolFormat, names: Vec<String>) -> Self {
+        ToolCallParser {
+            format,
+            names,
+            state: State::Start,
+            buf: String::new(),
+            gap: String::new(),
+            calls: 0,
+        }
+    }
+
+    /// Calls parsed so far.
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+
+    /// Content text after a call: whitespace between or after calls is dropped, anything
+    /// else (and the whitespace before it) kept.
+    fn content(&mut self, out: &mut ToolSplit, text: &str) {
+        if self.calls == 0 {
+            out.content.push_str(text);
+        } else if text.trim().is_empty() {
+            self.gap.push_str(text);
+        } else {
+            out.content.push_str(&std::mem::take(&mut self.gap));
+            out.content.push_str(text);
+        }
+    }
+
+    /// Adds content text; returns what is now certain.
+    pub fn push(&mut self, text: &str) -> ToolSplit {
+        self.buf.push_str(text);
+        let mut out = ToolSplit::default();
+        loop {
+            match self.state {
+                State::Plain => {
+                    let t = std::mem::take(&mut self.buf);
+                    self.content(&mut out, &t);
+                    return out;
+                }
+                State::Start => {
+                    let t = self.buf.trim_start();
+                    if t.is_empty() {
+                        return out;
+                    }
+                    self.state = match self.format {
+                        _ if t.starts_with('{') => State::Json,
+                        ToolFormat::Hermes => State::Text,
+                        ToolFormat::Llama3Json => State::Plain,
+                    };
+                }
+                State::Json => {
+                    if self.buf.len() > MAX_CALL_BYTES {
+                        self.state = State::Plain;
+                        continue;
+                    }
+                    return out;
+                }
+                State::Text => {
+                    if let Some(i) = self.buf.find(OPEN) {
+                        let before: String = self.buf.drain(..i + OPEN.len()).collect();
+                        self.content(&mut out, &before[..i]);
+                        self.state = State::Call;
+                    } else {
+                        let cut = self.buf.len() - partial_tag(&self.buf, OPEN);
+                        let t: String = self.buf.drain(..cut).collect();
+                        self.content(&mut out, &t);
+                        return out;
+                    }
+                }
+                State::Call => {
+                    if let Some(i) = self.buf.find(CLOSE) {
+                        let body: String = self.buf.drain(..i + CLOSE.len()).collect();
+                        self.end_call(&mut out, &body[..i], true);
+                        self.state = State::Text;
+                    } else if self.buf.len() > MAX_CALL_BYTES {
+                        let body = std::mem::take(&mut self.buf);
+                        self.end_call(&mut out, &body, false);
+                        self.state = State::Plain;
+                    } else {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A call's body: a call if it parses, else the text as written (tags included).
+    fn end_call(&mut self, out: &mut ToolSplit, body: &str, closed: bool) {
+        match parse_call(body) {
+            Some(call) => {
+                out.calls.push(call);
+                self.calls += 1;
+                self.gap.clear();
+            }
+            None => {
+                let raw = format!("{OPEN}{body}{}", if closed { CLOSE } else { "" });
+                self.content(out, &raw);
+            }
+        }
+    }
+
+    /// Ends the answer: an unfinished call parses if it can (a model may stop before its
+    /// closing tag), else returns as content; held text is released.
+    pub fn finish(&mut self) -> ToolSplit {
+        let mut out = ToolSplit::default();
+        let rest = std::mem::take(&mut self.buf);
+        match self.state {
+            State::Call => self.end_call(&mut out, &rest, false),
+            State::Json => match parse_call(&rest).filter(|c| self.names.contains(&c.name)) {
+                Some(call) => {
+                    out.calls.push(call);
+                    self.calls += 1;
+                }
+                None => out.content.push_str(&rest),
+            },
+            _ => self.content(&mut out, &rest),
+        }
+        self.state = State::Plain;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams `text` in pieces of `n` chars; returns (content, calls).
+    fn run(format: ToolFormat, text: &str, n: usize) -> (String, Vec<ToolCall>) {
+        let names = ["get_weather", "now", "f"].map(String::from).to_vec();
+        let mut p = ToolCallParser::new(format, names);
+        let (mut content, mut calls) = (String::new(), Vec::new());
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(n) {
+            let s = p.push(&piece.iter().collect::<String>());
+            content += &s.content;
+            calls.extend(s.calls);
+        }
+        let s = p.finish();
+        content += &s.content;
+        calls.extend(s.calls);
+        (content, calls)
+    }
+
+    fn call(name: &str, args: &str) -> ToolCall {
+        ToolCall { name: name.into(), arguments: args.into() }
+    }
+
+    #[test]
+    fn hermes_calls_in_any_split() {
+        let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>\n";
+        for n in 1..12 {
+            let (content, calls) = run(ToolFormat::Hermes, text, n);
+            assert_eq!(content, "Let me check.\n", "split {n}");
+            assert_eq!(calls, vec![call("get_weather", r#"{"city":"Paris","days":2}"#), call("now", "{}")]);
+        }
+    }
+
+    #[test]
+    fn hermes_leaves_text_that_is_not_a_call() {
+        for n in [1, 3, 100] {
+            let (content, calls) = run(ToolFormat::Hermes, "a <tool_call>not json</tool_call> b <tool_", n);
+            assert_eq!(content, "a <tool_call>not json</tool_call> b <tool_");
+            assert!(calls.is_empty());
+            let (content, calls) = run(ToolFormat::Hermes, "x < y and <tool", n);
+            assert_eq!((content.as_str(), calls.len()), ("x < y and <tool", 0));
+        }
+        // Text after a call is kept, with the whitespace before it.
+        let (content, calls) = run(
+            ToolFormat::Hermes,
+            "<tool_call>{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"}</tool_call>\nDone.",
+            4,
+        );
+        assert_eq!((content.as_str(), calls), ("\nDone.", vec![call("f", r#"{"a":1}"#)]));
+    }
+
+    #[test]
+    fn hermes_bare_object_naming_a_tool() {
+        let text = "\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}";
+        for n in [1, 5, 100] {
+            let (content, calls) = run(ToolFormat::Hermes, text, n);
+            assert_eq!((content.as_str(), calls), ("", vec![call("get_weather", r#"{"city":"Paris"}"#)]));
+        }
+        for text in ["{\"name\": \"Ada\", \"arguments\": {}}", "{\"a\": 1} and more"] {
+            assert_eq!(run(ToolFormat::Hermes, text, 4), (text.to_string(), vec![]));
+        }
+    }
+
+    #[test]
+    fn hermes_unclosed_call_at_the_end() {
+        let (content, calls) =
+            run(ToolFormat::Hermes, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": [1, 2]}}", 5);
+        assert_eq!((content.as_str(), calls), ("", vec![call("f", r#"{"x":[1,2]}"#)]));
+        let (content, calls) = run(ToolFormat::Hermes, "<tool_call>\n{\"name\": \"f\", \"argu", 5);
+        assert_eq!((content.as_str(), calls.len()), ("<tool_call>\n{\"name\": \"f\", \"argu", 0));
+    }
+
+    #[test]
+    fn llama3_json_answer() {
+        let text = " {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}";
+        for n in [1, 2, 7, 100] {
+            let (content, calls) = run(ToolFormat::Llama3Json, text, n);
+            assert_eq!((content.as_str(), calls), ("", vec![call("get_weather", r#"{"city":"Paris"}"#)]));
+        }
+        let (content, calls) = run(ToolFormat::Llama3Json, "{\"answer\": 4}", 3);
+        assert_eq!((content.as_str(), calls.len()), ("{\"answer\": 4}", 0));
+        // Only an offered tool's name makes a bare object a call.
+        let other = "{\"name\": \"Ada\", \"parameters\": {\"born\": 1815}}";
+        assert_eq!(run(ToolFormat::Llama3Json, other, 3), (other.to_string(), vec![]));
+        let (content, calls) = run(ToolFormat::Llama3Json, "The answer is {4}.", 3);
+        assert_eq!((content.as_str(), calls.len()), ("The answer is {4}.", 0));
+    }
+
+    #[test]
+    fn formats_from_real_templates() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/chat-templates");
+        let Ok(_) = std::fs::metadata(&dir) else { return };
+        for (file, want) in [
+            ("Qwen-Qwen2.5-7B-Instruct.jinja", ToolFormat::Hermes),
+            ("Qwen-Qwen3-0.6B.jinja", ToolFormat::Hermes),
+            ("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", ToolFormat::Hermes),
+            ("meta-llama-Llama-3.1-8B-Instruct.jinja", ToolFormat::Llama3Json),
+            ("meta-llama-Llama-3.2-3B-Instruct.jinja", ToolFormat::Llama3Json),
+            ("meta-llama-Llama-3.3-70B-Instruct.jinja", ToolFormat::Llama3Json),
+        ] {
+            let src = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert_eq!(ToolFormat::detect(&src), want, "{file}");
+        }
+    }
+}
