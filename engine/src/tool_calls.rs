@@ -11,7 +11,8 @@
 //!   {…}}` naming an offered tool (Llama 3.1/3.2/3.3; the `<|python_tag|>` control token is
 //!   not part of the text).
 //!
-//! Text that looks like a call but does not parse stays in the content, as written.
+//! Text that looks like a call but does not parse stays in the content, as written; only
+//! whitespace before, between and after calls is dropped.
 
 use serde_json::Value;
 
@@ -60,10 +61,18 @@ pub struct ToolSplit {
     pub calls: Vec<ToolCall>,
 }
 
-/// Parses one `{"name": …, "arguments"|"parameters": {…}}` object.
-fn parse_call(text: &str) -> Option<ToolCall> {
+/// Parses one `{"name": …, "arguments"|"parameters": {…}}` object. A `bare` one (no tags
+/// around it) must hold its arguments and nothing but a call's keys, so that no key of an
+/// object that was not meant as a call is dropped.
+fn parse_call(text: &str, bare: bool) -> Option<ToolCall> {
     let v: Value = serde_json::from_str(text.trim()).ok()?;
     let obj = v.as_object()?;
+    if bare
+        && (!obj.contains_key("arguments") && !obj.contains_key("parameters")
+            || obj.keys().any(|k| !matches!(k.as_str(), "name" | "arguments" | "parameters" | "type" | "id")))
+    {
+        return None;
+    }
     let name = obj.get("name")?.as_str()?.to_string();
     let args = match obj.get("arguments").or_else(|| obj.get("parameters")) {
         None | Some(Value::Null) => "{}".to_string(),
@@ -131,17 +140,15 @@ impl ToolCallParser {
         self.calls
     }
 
-    /// Content text after a call: whitespace between or after calls is dropped, anything
-    /// else (and the whitespace before it) kept.
+    /// Content text: whitespace is held (dropped if a call follows it or it follows a call
+    /// and nothing else does), anything else is emitted with the whitespace before it.
     fn content(&mut self, out: &mut ToolSplit, text: &str) {
-        if self.calls == 0 {
-            out.content.push_str(text);
-        } else if text.trim().is_empty() {
-            self.gap.push_str(text);
-        } else {
+        let body = text.trim_end();
+        if !body.is_empty() {
             out.content.push_str(&std::mem::take(&mut self.gap));
-            out.content.push_str(text);
+            out.content.push_str(body);
         }
+        self.gap.push_str(&text[body.len()..]);
     }
 
     /// Adds content text; returns what is now certain.
@@ -204,7 +211,7 @@ impl ToolCallParser {
 
     /// A call's body: a call if it parses, else the text as written (tags included).
     fn end_call(&mut self, out: &mut ToolSplit, body: &str, closed: bool) {
-        match parse_call(body) {
+        match parse_call(body, false) {
             Some(call) => {
                 out.calls.push(call);
                 self.calls += 1;
@@ -224,7 +231,7 @@ impl ToolCallParser {
         let rest = std::mem::take(&mut self.buf);
         match self.state {
             State::Call => self.end_call(&mut out, &rest, false),
-            State::Json => match parse_call(&rest).filter(|c| self.names.contains(&c.name)) {
+            State::Json => match parse_call(&rest, true).filter(|c| self.names.contains(&c.name)) {
                 Some(call) => {
                     out.calls.push(call);
                     self.calls += 1;
@@ -232,6 +239,9 @@ impl ToolCallParser {
                 None => out.content.push_str(&rest),
             },
             _ => self.content(&mut out, &rest),
+        }
+        if self.calls == 0 {
+            out.content.push_str(&std::mem::take(&mut self.gap));
         }
         self.state = State::Plain;
         out
@@ -268,7 +278,7 @@ mod tests {
         let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>\n";
         for n in 1..12 {
             let (content, calls) = run(ToolFormat::Hermes, text, n);
-            assert_eq!(content, "Let me check.\n", "split {n}");
+            assert_eq!(content, "Let me check.", "split {n}");
             assert_eq!(calls, vec![call("get_weather", r#"{"city":"Paris","days":2}"#), call("now", "{}")]);
         }
     }
@@ -298,8 +308,24 @@ mod tests {
             let (content, calls) = run(ToolFormat::Hermes, text, n);
             assert_eq!((content.as_str(), calls), ("", vec![call("get_weather", r#"{"city":"Paris"}"#)]));
         }
-        for text in ["{\"name\": \"Ada\", \"arguments\": {}}", "{\"a\": 1} and more"] {
+        // Not a call: another name, no arguments (a key would be lost), keys a call lacks.
+        for text in [
+            "{\"name\": \"Ada\", \"arguments\": {}}",
+            "{\"a\": 1} and more",
+            "{\"name\": \"get_weather\", \"city\": \"Paris\"}",
+            "{\"name\": \"get_weather\", \"arguments\": {}, \"note\": \"x\"}",
+        ] {
             assert_eq!(run(ToolFormat::Hermes, text, 4), (text.to_string(), vec![]));
+        }
+    }
+
+    #[test]
+    fn whitespace_around_calls_is_dropped_and_kept_otherwise() {
+        let text = "\n\n<tool_call>{\"name\": \"now\"}</tool_call>\n";
+        for n in [1, 3, 100] {
+            assert_eq!(run(ToolFormat::Hermes, text, n), (String::new(), vec![call("now", "{}")]));
+            assert_eq!(run(ToolFormat::Hermes, "  \n ", n), ("  \n ".to_string(), vec![]));
+            assert_eq!(run(ToolFormat::Hermes, "\nHi\n\nthere ", n), ("\nHi\n\nthere ".to_string(), vec![]));
         }
     }
 

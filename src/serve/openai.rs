@@ -433,12 +433,20 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
             }
         };
         m.insert("content".into(), content);
-        if let Some(calls) = m.get_mut("tool_calls") {
-            template_tool_calls(i, calls)?;
+        match m.get("tool_calls") {
+            None | Some(Value::Null) => {}
+            Some(calls) => check_tool_calls(i, calls)?,
         }
         messages.push(Value::Object(m));
     }
     let tools = tool_plan(&body.tools, &body.tool_choice, body.parallel_tool_calls)?;
+    if tools && json_mode(&body.common.response_format)? {
+        return Err(ApiError::param(
+            "response_format",
+            "response_format json_object cannot be combined with tools: the answer is constrained to \
+             one JSON object, so no tool call could be written (or set tool_choice \"none\")",
+        ));
+    }
     let logprobs = match (body.logprobs.unwrap_or(false), body.top_logprobs) {
         (_, Some(k)) if !(0..=20).contains(&k) => {
             return Err(ApiError::param("top_logprobs", "top_logprobs must be between 0 and 20"))
@@ -458,23 +466,7 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
     if let Some(kw) = body.chat_template_kwargs {
         req.extra = kw;
     }
-    let text = match p.apply_chat_template(&req) {
-        Ok(t) => t,
-        // An assistant turn of only tool calls has null content; templates written without
-        // tools in mind concatenate it and fail. Those get "" (as llama.cpp gives them).
-        Err(e) => {
-            let nulls = req.messages.iter().any(|m| m.get("content").is_some_and(Value::is_null));
-            if !nulls {
-                return Err(ApiError::from_engine(e));
-            }
-            for m in &mut req.messages {
-                if let Some(c @ Value::Null) = m.get_mut("content") {
-                    *c = Value::String(String::new());
-                }
-            }
-            p.apply_chat_template(&req).map_err(ApiError::from_engine)?
-        }
-    };
+    let text = render_chat(p, req)?;
     let tokens = p.tokenize(&text);
     // As OpenAI's API: max_completion_tokens replaces the deprecated max_tokens.
     let max = (body.max_completion_tokens.map(|m| (m, "max_completion_tokens")))
@@ -536,21 +528,63 @@ fn tool_plan(
     }
 }
 
-/// An assistant message's `tool_calls` as chat templates read them: each call's
-/// `function.arguments`, a JSON string in the API, becomes the object it encodes (templates
-/// write `arguments | tojson` or iterate `arguments | items`).
-fn template_tool_calls(i: usize, calls: &mut Value) -> Result<(), ApiError> {
-    let bad = || ApiError::param("messages", format!("messages[{i}].tool_calls must be an array of calls"));
-    let Value::Array(calls) = calls else { return Err(bad()) };
-    for call in calls {
-        let Some(f) = call.get_mut("function").and_then(Value::as_object_mut) else { return Err(bad()) };
+/// An assistant message's `tool_calls`: an array of `{"function": {"name": …}}` objects.
+fn check_tool_calls(i: usize, calls: &Value) -> Result<(), ApiError> {
+    let ok = calls.as_array().is_some_and(|a| {
+        a.iter().all(|c| c.get("function").and_then(|f| f.get("name")).is_some_and(Value::is_string))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::param(
+            "messages",
+            format!("messages[{i}].tool_calls must be an array of function calls"),
+        ))
+    }
+}
+
+/// Past calls' `function.arguments` (JSON strings in the API) as the objects they encode.
+/// Returns false when there was nothing to convert.
+fn arguments_as_objects(messages: &mut [Value]) -> bool {
+    let mut changed = false;
+    let calls = messages.iter_mut().filter_map(|m| m.get_mut("tool_calls")?.as_array_mut()).flatten();
+    for f in calls.filter_map(|c| c.get_mut("function")?.as_object_mut()) {
         if let Some(Value::String(a)) = f.get("arguments") {
             if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(a) {
                 f.insert("arguments".into(), v);
+                changed = true;
             }
         }
     }
-    Ok(())
+    changed
+}
+
+/// Renders a chat, adapting tool-call turns to what the template can read, as llama.cpp
+/// does: past calls' arguments as objects first (most templates write `arguments | tojson`
+/// or iterate `arguments | items`), else as the strings the API sent (templates that join
+/// them as text, e.g. DeepSeek-R1's); then, for templates written without tools in mind
+/// that join a null `content`, with null contents as "".
+fn render_chat(p: &Prompter, mut req: ChatRequest) -> Result<String, ApiError> {
+    let original = req.messages.clone();
+    if arguments_as_objects(&mut req.messages) {
+        if let Ok(t) = p.apply_chat_template(&req) {
+            return Ok(t);
+        }
+        req.messages = original;
+    }
+    let err = match p.apply_chat_template(&req) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let mut blanked = false;
+    for c in req.messages.iter_mut().filter_map(|m| m.get_mut("content")).filter(|c| c.is_null()) {
+        *c = Value::String(String::new());
+        blanked = true;
+    }
+    if !blanked {
+        return Err(ApiError::from_engine(err));
+    }
+    p.apply_chat_template(&req).map_err(ApiError::from_engine)
 }
 
 /// Plans a completions request: a string, a list of strings, a token list or lists of them.
@@ -1075,9 +1109,27 @@ mod tests {
                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
             {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
         ]}));
+        let conversation = body.messages.clone();
         let plan = plan_chat(&ctx(), &p, body).unwrap();
         let prompt = &plan.prompts[0];
         assert!(prompt.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"), "{prompt}");
         assert!(prompt.contains("<tool_response>\n18 C, sunny\n</tool_response>"), "{prompt}");
+        // DeepSeek-R1's template joins the arguments as text: it gets the string the API sent.
+        let Some(r1) = prompter("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja") else { return };
+        let body = weather_request(json!({"messages": conversation}));
+        let prompt = &plan_chat(&ctx(), &r1, body).unwrap().prompts[0];
+        assert!(prompt.contains("get_weather\n```json\n{\"city\": \"Paris\"}\n```"), "{prompt}");
+        assert!(prompt.contains("18 C, sunny"), "{prompt}");
+        // `tool_calls: null` on a plain assistant turn (what clients echo back) is no call.
+        let body = weather_request(json!({"messages": [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!", "tool_calls": null},
+            {"role": "user", "content": "Weather in Paris?"}]}));
+        assert!(plan_chat(&ctx(), &p, body).unwrap().prompts[0].contains("Hello!"));
+        // Tools and a JSON-object answer exclude each other; with tool_choice "none" it is fine.
+        let e = plan_chat(&ctx(), &p, weather_request(json!({"response_format": {"type": "json_object"}})));
+        assert_eq!(e.unwrap_err().param.as_deref(), Some("response_format"));
+        let body =
+            weather_request(json!({"response_format": {"type": "json_object"}, "tool_choice": "none"}));
+        assert!(plan_chat(&ctx(), &p, body).is_ok());
     }
 }

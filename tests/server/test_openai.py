@@ -211,14 +211,14 @@ class Api(unittest.TestCase):
                 r = client.chat.completions.create(**kw)
                 m, reason = r.choices[0].message, r.choices[0].finish_reason
                 calls, content = m.tool_calls or [], m.content or ""
-            if reason == "tool_calls":
-                self.assertTrue(calls)
+            if calls:
+                # Calls end the answer ("tool_calls"), unless it ran out of tokens after one.
+                self.assertIn(reason, ("tool_calls", "length"))
                 for c in calls:
                     self.assertEqual(c.function.name, "get_weather")
                     self.assertIsInstance(json.loads(c.function.arguments), dict)
             else:
                 self.assertIn(reason, ("stop", "length"))
-                self.assertFalse(calls)
                 self.assertTrue(content)
         # A conversation through a call and the tool's answer renders and generates.
         call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
