@@ -44,6 +44,7 @@ fn request(prompt: &[u32]) -> BatchRequest {
         stop: Vec::new(),
         ignore_eos: true,
         json_object: false,
+        keep_tokens: Vec::new(),
     }
 }
 

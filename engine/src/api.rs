@@ -281,6 +281,12 @@ impl Prompter {
         crate::tool_calls::ToolFormat::detect(self.template.source())
     }
 
+    /// The vocabulary's tokens for `format`'s markers: generations that may call tools keep
+    /// their text (most are control tokens, which output hides).
+    pub fn tool_tokens(&self, format: crate::tool_calls::ToolFormat) -> Vec<u32> {
+        format.markers().iter().filter_map(|m| self.tokenizer.find_token(m)).collect()
+    }
+
     /// Tokenizes a prompt as llama.cpp does: the model's BOS rule, special tokens parsed.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
         self.tokenizer.encode(text, true, true)

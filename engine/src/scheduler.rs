@@ -43,6 +43,8 @@ pub struct BatchRequest {
     pub ignore_eos: bool,
     /// Constrain the output to one JSON object (ends when it closes).
     pub json_object: bool,
+    /// Control tokens whose text goes into the output (tool-call markers).
+    pub keep_tokens: Vec<u32>,
 }
 
 /// What happens to a request.
@@ -234,7 +236,7 @@ impl Scheduler {
             generated: 0,
             ignore_eos: req.ignore_eos,
             sampler,
-            text: TextStream::new(req.stop),
+            text: TextStream::with_kept(req.stop, req.keep_tokens),
             json: req.json_object.then(JsonObjectState::new),
             arrived: Instant::now(),
             first_token: None,

@@ -11,6 +11,8 @@ pub struct TextStream {
     decoder: StreamDecoder,
     pending: String,
     stop: Vec<String>,
+    /// Control tokens whose text is kept (tool-call markers such as Mistral's `[TOOL_CALLS]`).
+    keep: Vec<u32>,
 }
 
 impl TextStream {
@@ -20,13 +22,23 @@ impl TextStream {
             decoder: StreamDecoder::new(false),
             pending: String::new(),
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            keep: Vec::new(),
         }
+    }
+
+    /// A stream that also writes the text of the control tokens in `keep`.
+    pub fn with_kept(stop: Vec<String>, keep: Vec<u32>) -> Self {
+        TextStream { keep, ..Self::new(stop) }
     }
 
     /// Adds a token. Returns the text now safe to emit and whether a stop string completed
     /// (then the text is what came before it, and the stream is over).
     pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> (String, bool) {
-        let piece = self.decoder.push(tokenizer, token);
+        let piece = if self.keep.contains(&token) {
+            self.decoder.push_bytes(tokenizer.token_to_piece(token, true))
+        } else {
+            self.decoder.push(tokenizer, token)
+        };
         self.pending.push_str(&piece);
         for s in &self.stop {
             if let Some(i) = self.pending.find(s.as_str()) {

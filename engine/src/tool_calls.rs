@@ -9,7 +9,11 @@
 //!   bare object, which counts (as llama.cpp's parser takes it) when it names an offered tool;
 //! - [`ToolFormat::Llama3Json`]: the whole answer one JSON object `{"name": …, "parameters":
 //!   {…}}` naming an offered tool (Llama 3.1/3.2/3.3; the `<|python_tag|>` control token is
-//!   not part of the text).
+//!   not part of the text);
+//! - [`ToolFormat::Mistral`]: `[TOOL_CALLS]` then a JSON array of calls (Mistral Nemo) or
+//!   `name[ARGS]{…}` / `name[CALL_ID]id[ARGS]{…}` (Mistral Small 3.2, Devstral, Ministral).
+//!   The markers are control tokens: a generation that may call tools keeps their text
+//!   ([`ToolFormat::markers`]).
 //!
 //! Text that looks like a call but does not parse stays in the content, as written; only
 //! whitespace before, between and after calls is dropped.
@@ -23,10 +27,15 @@ pub enum ToolFormat {
     Hermes,
     /// The answer is one JSON object with `name` and `parameters`.
     Llama3Json,
+    /// `[TOOL_CALLS]` markers.
+    Mistral,
 }
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
+const MISTRAL_ARGS: &str = "[ARGS]";
+const MISTRAL_ID: &str = "[CALL_ID]";
 /// Bound on one call's text (a runaway generation is returned as content, not buffered).
 const MAX_CALL_BYTES: usize = 1 << 20;
 
@@ -35,10 +44,32 @@ impl ToolFormat {
     /// `<|python_tag|>`/`ipython`, else `<tool_call>` blocks (what the Qwen and Hermes
     /// templates ask for, and llama.cpp's generic choice).
     pub fn detect(template: &str) -> ToolFormat {
-        if !template.contains(OPEN) && (template.contains("<|python_tag|>") || template.contains("ipython")) {
+        if template.contains(MISTRAL_CALLS) {
+            ToolFormat::Mistral
+        } else if !template.contains(OPEN)
+            && (template.contains("<|python_tag|>") || template.contains("ipython"))
+        {
             ToolFormat::Llama3Json
         } else {
             ToolFormat::Hermes
+        }
+    }
+
+    /// The marker texts a generation must keep for the parser to see them.
+    pub fn markers(self) -> &'static [&'static str] {
+        match self {
+            ToolFormat::Hermes => &[OPEN, CLOSE],
+            ToolFormat::Llama3Json => &[],
+            ToolFormat::Mistral => &[MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_ID],
+        }
+    }
+
+    /// The tag that opens a call, and the one that closes it (Mistral's calls run to the
+    /// next `[TOOL_CALLS]` or the end).
+    fn tags(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ToolFormat::Mistral => (MISTRAL_CALLS, None),
+            _ => (OPEN, Some(CLOSE)),
         }
     }
 }
@@ -50,6 +81,8 @@ pub struct ToolCall {
     pub name: String,
     /// Its arguments as JSON text (an object), as OpenAI's API carries them.
     pub arguments: String,
+    /// The id the model gave it (Mistral's), if any.
+    pub id: Option<String>,
 }
 
 /// What a push made certain: content text and completed calls.
@@ -65,7 +98,11 @@ pub struct ToolSplit {
 /// around it) must hold its arguments and nothing but a call's keys, so that no key of an
 /// object that was not meant as a call is dropped.
 fn parse_call(text: &str, bare: bool) -> Option<ToolCall> {
-    let v: Value = serde_json::from_str(text.trim()).ok()?;
+    call_from(&serde_json::from_str(text.trim()).ok()?, bare)
+}
+
+/// A call from a parsed `{"name": …, "arguments"|"parameters": {…}, "id"?: …}` value.
+fn call_from(v: &Value, bare: bool) -> Option<ToolCall> {
     let obj = v.as_object()?;
     if bare
         && (!obj.contains_key("arguments") && !obj.contains_key("parameters")
@@ -84,7 +121,37 @@ fn parse_call(text: &str, bare: bool) -> Option<ToolCall> {
         },
         Some(_) => return None,
     };
-    (!name.is_empty()).then_some(ToolCall { name, arguments: args })
+    let id = obj.get("id").and_then(Value::as_str).map(str::to_string);
+    (!name.is_empty()).then_some(ToolCall { name, arguments: args, id })
+}
+
+/// The first JSON value of `text` (after whitespace) and the text after it.
+fn json_prefix(text: &str) -> Option<(Value, &str)> {
+    let mut it = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let v = it.next()?.ok()?;
+    Some((v, &text[it.byte_offset()..]))
+}
+
+/// The body after one `[TOOL_CALLS]`: a JSON array of calls, or `name[ARGS]{…}` with an
+/// optional `[CALL_ID]id` before `[ARGS]`. Returns the calls and any text after them.
+fn parse_mistral(body: &str) -> Option<(Vec<ToolCall>, &str)> {
+    let t = body.trim_start();
+    if t.starts_with('[') {
+        let (v, rest) = json_prefix(t)?;
+        let calls = v.as_array()?.iter().map(|c| call_from(c, false)).collect::<Option<Vec<_>>>()?;
+        return (!calls.is_empty()).then_some((calls, rest));
+    }
+    let (head, args) = t.split_once(MISTRAL_ARGS)?;
+    let (name, id) = match head.split_once(MISTRAL_ID) {
+        Some((n, i)) => (n.trim(), Some(i.trim().to_string())),
+        None => (head.trim(), None),
+    };
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let (v, rest) = json_prefix(args)?;
+    let arguments = serde_json::to_string(v.as_object()?).ok()?;
+    Some((vec![ToolCall { name: name.to_string(), arguments, id }], rest))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +202,11 @@ impl ToolCallParser {
         }
     }
 
+    /// The format parsed.
+    pub fn format(&self) -> ToolFormat {
+        self.format
+    }
+
     /// Calls parsed so far.
     pub fn calls(&self) -> usize {
         self.calls
@@ -168,6 +240,7 @@ impl ToolCallParser {
                         return out;
                     }
                     self.state = match self.format {
+                        ToolFormat::Mistral => State::Text,
                         _ if t.starts_with('{') => State::Json,
                         ToolFormat::Hermes => State::Text,
                         ToolFormat::Llama3Json => State::Plain,
@@ -181,21 +254,28 @@ impl ToolCallParser {
                     return out;
                 }
                 State::Text => {
-                    if let Some(i) = self.buf.find(OPEN) {
-                        let before: String = self.buf.drain(..i + OPEN.len()).collect();
+                    let open = self.format.tags().0;
+                    if let Some(i) = self.buf.find(open) {
+                        let before: String = self.buf.drain(..i + open.len()).collect();
                         self.content(&mut out, &before[..i]);
                         self.state = State::Call;
                     } else {
-                        let cut = self.buf.len() - partial_tag(&self.buf, OPEN);
+                        let cut = self.buf.len() - partial_tag(&self.buf, open);
                         let t: String = self.buf.drain(..cut).collect();
                         self.content(&mut out, &t);
                         return out;
                     }
                 }
                 State::Call => {
-                    if let Some(i) = self.buf.find(CLOSE) {
-                        let body: String = self.buf.drain(..i + CLOSE.len()).collect();
-                        self.end_call(&mut out, &body[..i], true);
+                    // A call ends at its closing tag, or (Mistral) where the next one opens.
+                    let (open, close) = self.format.tags();
+                    let end = close.map_or_else(
+                        || self.buf.find(open).map(|i| (i, i)),
+                        |c| self.buf.find(c).map(|i| (i, i + c.len())),
+                    );
+                    if let Some((i, next)) = end {
+                        let body: String = self.buf.drain(..next).collect();
+                        self.end_call(&mut out, &body[..i], close.is_some());
                         self.state = State::Text;
                     } else if self.buf.len() > MAX_CALL_BYTES {
                         let body = std::mem::take(&mut self.buf);
@@ -211,15 +291,21 @@ impl ToolCallParser {
 
     /// A call's body: a call if it parses, else the text as written (tags included).
     fn end_call(&mut self, out: &mut ToolSplit, body: &str, closed: bool) {
-        match parse_call(body, false) {
-            Some(call) => {
-                out.calls.push(call);
-                self.calls += 1;
+        let parsed = match self.format {
+            ToolFormat::Mistral => parse_mistral(body),
+            _ => parse_call(body, false).map(|c| (vec![c], "")),
+        };
+        match parsed {
+            Some((calls, rest)) => {
+                self.calls += calls.len();
+                out.calls.extend(calls);
                 self.gap.clear();
+                self.content(out, rest);
             }
             None => {
-                let raw = format!("{OPEN}{body}{}", if closed { CLOSE } else { "" });
-                self.content(out, &raw);
+                let (open, close) = self.format.tags();
+                let close = if closed { close.unwrap_or_default() } else { "" };
+                self.content(out, &format!("{open}{body}{close}"));
             }
         }
     }
@@ -270,7 +356,41 @@ mod tests {
     }
 
     fn call(name: &str, args: &str) -> ToolCall {
-        ToolCall { name: name.into(), arguments: args.into() }
+        ToolCall { name: name.into(), arguments: args.into(), id: None }
+    }
+
+    #[test]
+    fn mistral_calls_in_every_form() {
+        let with_id = |n: &str, a: &str, id: &str| ToolCall { id: Some(id.into()), ..call(n, a) };
+        let nemo = "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}, \"id\": \"a1b2c3d4e\"}, {\"name\": \"now\", \"arguments\": {}, \"id\": \"zzzzzzzzz\"}]";
+        let small =
+            "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]now[CALL_ID]q1w2e3r4t[ARGS]{}";
+        for n in [1, 2, 5, 1000] {
+            assert_eq!(
+                run(ToolFormat::Mistral, nemo, n),
+                (
+                    String::new(),
+                    vec![
+                        with_id("get_weather", r#"{"city":"Paris"}"#, "a1b2c3d4e"),
+                        with_id("now", "{}", "zzzzzzzzz")
+                    ]
+                )
+            );
+            assert_eq!(
+                run(ToolFormat::Mistral, small, n),
+                (
+                    String::new(),
+                    vec![call("get_weather", r#"{"city":"Paris"}"#), with_id("now", "{}", "q1w2e3r4t")]
+                )
+            );
+            // Text before the calls stays; a body that does not parse stays as written.
+            let (content, calls) = run(ToolFormat::Mistral, "Sure.[TOOL_CALLS]oops[ARGS]{broken", n);
+            assert_eq!((content.as_str(), calls.len()), ("Sure.[TOOL_CALLS]oops[ARGS]{broken", 0));
+            assert_eq!(
+                run(ToolFormat::Mistral, "{\"a\": [1]} [x]", n),
+                ("{\"a\": [1]} [x]".to_string(), vec![])
+            );
+        }
     }
 
     #[test]
@@ -366,6 +486,9 @@ mod tests {
             ("meta-llama-Llama-3.1-8B-Instruct.jinja", ToolFormat::Llama3Json),
             ("meta-llama-Llama-3.2-3B-Instruct.jinja", ToolFormat::Llama3Json),
             ("meta-llama-Llama-3.3-70B-Instruct.jinja", ToolFormat::Llama3Json),
+            ("mistralai-Mistral-Nemo-Instruct-2407.jinja", ToolFormat::Mistral),
+            ("Mistral-Small-3.2-24B-Instruct-2506.jinja", ToolFormat::Mistral),
+            ("unsloth-mistral-Devstral-Small-2507.jinja", ToolFormat::Mistral),
         ] {
             let src = std::fs::read_to_string(dir.join(file)).unwrap();
             assert_eq!(ToolFormat::detect(&src), want, "{file}");

@@ -367,6 +367,7 @@ fn plan(
                 stop: stop.clone(),
                 ignore_eos: common.ignore_eos.unwrap_or(false),
                 json_object: json,
+                keep_tokens: Vec::new(),
             });
             texts.push(text.clone());
         }
@@ -473,8 +474,38 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
         .or(body.common.max_tokens.map(|m| (m, "max_tokens")));
     let mut plan = plan(c, Kind::Chat, &body.common, max, vec![(text, tokens)], logprobs)?;
     plan.tools = tools.then(|| p.tool_format());
+    if let Some(f) = plan.tools {
+        let keep = p.tool_tokens(f);
+        plan.seqs.iter_mut().for_each(|s| s.keep_tokens = keep.clone());
+    }
     plan.tool_names = names;
     Ok(plan)
+}
+
+/// A tool call's id: the model's own where it gave one, else a fresh one. Mistral's
+/// templates accept only 9 alphanumerics when the call comes back in the conversation.
+fn call_id(format: ToolFormat, given: Option<String>) -> String {
+    let mistral = format == ToolFormat::Mistral;
+    match given {
+        Some(id)
+            if (!id.is_empty() && !mistral)
+                || (id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric())) =>
+        {
+            id
+        }
+        _ if mistral => {
+            const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+            let mut r = super::rand_id();
+            (0..9)
+                .map(|_| {
+                    let c = ALNUM[(r % 62) as usize] as char;
+                    r /= 62;
+                    c
+                })
+                .collect()
+        }
+        _ => format!("call_{:016x}{:08x}", super::rand_id(), super::rand_id() as u32),
+    }
 }
 
 /// The names of checked `tools`.
@@ -944,9 +975,10 @@ impl Choice {
         }
         self.content += &s.content;
         d.content = s.content;
+        let format = parser.format();
         for call in s.calls {
             let v = json!({
-                "id": format!("call_{:016x}{:08x}", super::rand_id(), super::rand_id() as u32),
+                "id": call_id(format, call.id),
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments},
             });
@@ -1058,6 +1090,43 @@ mod tests {
             assert_eq!(s["function"], calls[k]["function"]);
         }
         assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn kept_control_tokens_reach_the_text() {
+        let Some(p) = prompter("Qwen-Qwen2.5-7B-Instruct.jinja") else { return };
+        let tok = p.tokenizer();
+        let end = tok.find_token("<|im_end|>").unwrap();
+        let hi = tok.encode("Hi", false, false);
+        let mut plain = TextStream::new(Vec::new());
+        let mut kept = TextStream::with_kept(Vec::new(), vec![end]);
+        let (mut a, mut b) = (String::new(), String::new());
+        for &id in hi.iter().chain([end].iter()) {
+            a += &plain.push(tok, id).0;
+            b += &kept.push(tok, id).0;
+        }
+        assert_eq!((a + &plain.finish(), b + &kept.finish()), ("Hi".to_string(), "Hi<|im_end|>".to_string()));
+    }
+
+    #[test]
+    fn mistral_calls_get_ids_its_template_takes_back() {
+        let Some(p) = prompter("mistralai-Mistral-Nemo-Instruct-2407.jinja") else { return };
+        let plan = plan_chat(&ctx(), &p, weather_request(json!({}))).unwrap();
+        assert_eq!(plan.tools, Some(ToolFormat::Mistral));
+        assert!(plan.prompts[0].contains("[AVAILABLE_TOOLS]"), "{}", plan.prompts[0]);
+        let answer = "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}]";
+        let (asm, _) = generate(&p, &plan, answer);
+        let msg = asm.response("id", 0, "m", 1)["choices"][0]["message"].clone();
+        let id = msg["tool_calls"][0]["id"].as_str().unwrap().to_string();
+        assert!(id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        // The call and the tool's answer go back through the template, which checks the id.
+        let mut back = msg.clone();
+        back["content"] = Value::Null;
+        let body = weather_request(json!({"messages": [
+            {"role": "user", "content": "Weather in Paris?"}, back,
+            {"role": "tool", "tool_call_id": id, "content": "18 C"}]}));
+        let prompt = &plan_chat(&ctx(), &p, body).unwrap().prompts[0];
+        assert!(prompt.contains(&format!("[TOOL_CALLS][{{\"name\": \"get_weather\", \"arguments\": {{\"city\": \"Paris\"}}, \"id\": \"{id}\"}}]")), "{prompt}");
     }
 
     #[test]
