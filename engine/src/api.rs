@@ -282,7 +282,8 @@ impl Prompter {
     }
 
     /// The vocabulary's tokens for `format`'s markers: generations that may call tools keep
-    /// their text (most are control tokens, which output hides).
+    /// their text (Mistral's are control tokens, which output hides; Qwen's `<tool_call>`
+    /// is an ordinary token, kept anyway).
     pub fn tool_tokens(&self, format: crate::tool_calls::ToolFormat) -> Vec<u32> {
         format.markers().iter().filter_map(|m| self.tokenizer.find_token(m)).collect()
     }

@@ -40,9 +40,10 @@ const MISTRAL_ID: &str = "[CALL_ID]";
 const MAX_CALL_BYTES: usize = 1 << 20;
 
 impl ToolFormat {
-    /// The format a chat template's source teaches: Llama 3's JSON calls when it speaks of
-    /// `<|python_tag|>`/`ipython`, else `<tool_call>` blocks (what the Qwen and Hermes
-    /// templates ask for, and llama.cpp's generic choice).
+    /// The format a chat template's source teaches: Mistral's when it writes `[TOOL_CALLS]`,
+    /// Llama 3's JSON calls when it speaks of `<|python_tag|>`/`ipython` (and not of
+    /// `<tool_call>`), else `<tool_call>` blocks (what the Qwen and Hermes templates ask for,
+    /// and llama.cpp's generic choice).
     pub fn detect(template: &str) -> ToolFormat {
         if template.contains(MISTRAL_CALLS) {
             ToolFormat::Mistral
@@ -132,13 +133,17 @@ fn json_prefix(text: &str) -> Option<(Value, &str)> {
     Some((v, &text[it.byte_offset()..]))
 }
 
-/// The body after one `[TOOL_CALLS]`: a JSON array of calls, or `name[ARGS]{…}` with an
-/// optional `[CALL_ID]id` before `[ARGS]`. Returns the calls and any text after them.
+/// The body after one `[TOOL_CALLS]`: a JSON array of calls (or one call object), or
+/// `name[ARGS]{…}` with an optional `[CALL_ID]id` before `[ARGS]`. Returns the calls and any
+/// text after them.
 fn parse_mistral(body: &str) -> Option<(Vec<ToolCall>, &str)> {
     let t = body.trim_start();
-    if t.starts_with('[') {
+    if t.starts_with('[') || t.starts_with('{') {
         let (v, rest) = json_prefix(t)?;
-        let calls = v.as_array()?.iter().map(|c| call_from(c, false)).collect::<Option<Vec<_>>>()?;
+        let calls = match &v {
+            Value::Array(a) => a.iter().map(|c| call_from(c, false)).collect::<Option<Vec<_>>>()?,
+            obj => vec![call_from(obj, false)?],
+        };
         return (!calls.is_empty()).then_some((calls, rest));
     }
     let (head, args) = t.split_once(MISTRAL_ARGS)?;
@@ -160,9 +165,9 @@ enum State {
     Start,
     /// The answer opened with `{`: held until the end, a call if the whole parses as one.
     Json,
-    /// Hermes: outside a call.
+    /// Hermes and Mistral: outside a call.
     Text,
-    /// Hermes: inside `<tool_call>`, waiting for its end.
+    /// Hermes and Mistral: inside a call, waiting for its end.
     Call,
     /// Plain text from here on.
     Plain,
@@ -390,6 +395,8 @@ mod tests {
                 run(ToolFormat::Mistral, "{\"a\": [1]} [x]", n),
                 ("{\"a\": [1]} [x]".to_string(), vec![])
             );
+            let one = "[TOOL_CALLS]{\"name\": \"now\", \"arguments\": {}}";
+            assert_eq!(run(ToolFormat::Mistral, one, n), (String::new(), vec![call("now", "{}")]));
         }
     }
 

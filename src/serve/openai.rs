@@ -482,14 +482,17 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
     Ok(plan)
 }
 
-/// A tool call's id: the model's own where it gave one, else a fresh one. Mistral's
-/// templates accept only 9 alphanumerics when the call comes back in the conversation.
-fn call_id(format: ToolFormat, given: Option<String>) -> String {
+/// A tool call's id: Mistral's own where it wrote a usable one (9 alphanumerics, not yet
+/// used in this answer), else a fresh one; Mistral's templates check for 9 characters when
+/// the call comes back in the conversation, so its fresh ids are 9 alphanumerics.
+fn call_id(format: ToolFormat, given: Option<String>, taken: &[Value]) -> String {
     let mistral = format == ToolFormat::Mistral;
     match given {
         Some(id)
-            if (!id.is_empty() && !mistral)
-                || (id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric())) =>
+            if mistral
+                && id.len() == 9
+                && id.bytes().all(|b| b.is_ascii_alphanumeric())
+                && !taken.iter().any(|c| c["id"] == id.as_str()) =>
         {
             id
         }
@@ -978,7 +981,7 @@ impl Choice {
         let format = parser.format();
         for call in s.calls {
             let v = json!({
-                "id": call_id(format, call.id),
+                "id": call_id(format, call.id, &self.tool_calls),
                 "type": "function",
                 "function": {"name": call.name, "arguments": call.arguments},
             });
@@ -1119,6 +1122,13 @@ mod tests {
         let msg = asm.response("id", 0, "m", 1)["choices"][0]["message"].clone();
         let id = msg["tool_calls"][0]["id"].as_str().unwrap().to_string();
         assert!(id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        // The model's own ids are kept, but never twice in one answer.
+        let twice = "[TOOL_CALLS][{\"name\": \"get_weather\", \"arguments\": {}, \"id\": \"a1b2c3d4e\"}, \
+                     {\"name\": \"get_weather\", \"arguments\": {}, \"id\": \"a1b2c3d4e\"}]";
+        let (asm2, _) = generate(&p, &plan, twice);
+        let calls = asm2.response("id", 0, "m", 1)["choices"][0]["message"]["tool_calls"].clone();
+        assert_eq!(calls[0]["id"], "a1b2c3d4e");
+        assert!(calls[1]["id"] != "a1b2c3d4e" && calls[1]["id"].as_str().unwrap().len() == 9, "{calls}");
         // The call and the tool's answer go back through the template, which checks the id.
         let mut back = msg.clone();
         back["content"] = Value::Null;
