@@ -281,6 +281,18 @@ impl Prompter {
         crate::tool_calls::ToolFormat::detect(self.template.source())
     }
 
+    /// The tags around the model's thinking, as its template writes them.
+    pub fn think_tags(&self) -> crate::reasoning::ThinkTags {
+        crate::reasoning::ThinkTags::detect(self.template.source())
+    }
+
+    /// The vocabulary's tokens for the thinking tags: chat generations keep their text
+    /// (Mistral's `[THINK]` is a control token, which output hides).
+    pub fn think_tokens(&self) -> Vec<u32> {
+        let t = self.think_tags();
+        [t.open, t.close].iter().filter_map(|m| self.tokenizer.find_token(m)).collect()
+    }
+
     /// The vocabulary's tokens for `format`'s markers: generations that may call tools keep
     /// their text (Mistral's are control tokens, which output hides; Qwen's `<tool_call>`
     /// is an ordinary token, kept anyway).

@@ -2,9 +2,33 @@
 //! [`ReasoningSplitter`] separates the two as text streams in, so that an API can send the
 //! thinking as `reasoning_content` and the rest as `content` (llama.cpp's and vLLM's
 //! `deepseek` reasoning format). Tags split across tokens are held back until they resolve.
+//! Mistral's reasoning models (Magistral, Ministral 3 Reasoning) write `[THINK]…[/THINK]`
+//! instead; [`ThinkTags::detect`] picks the pair from the chat template.
 
-const OPEN: &str = "<think>";
-const CLOSE: &str = "</think>";
+/// The tags around a thinking block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThinkTags {
+    /// Opens the block.
+    pub open: &'static str,
+    /// Closes it.
+    pub close: &'static str,
+}
+
+impl ThinkTags {
+    /// `<think>…</think>` (DeepSeek-R1, Qwen3, QwQ …).
+    pub const THINK: ThinkTags = ThinkTags { open: "<think>", close: "</think>" };
+    /// `[THINK]…[/THINK]` (Mistral's; control tokens, which a generation must keep).
+    pub const MISTRAL: ThinkTags = ThinkTags { open: "[THINK]", close: "[/THINK]" };
+
+    /// The pair a chat template writes.
+    pub fn detect(template: &str) -> ThinkTags {
+        if template.contains(Self::MISTRAL.open) && template.contains(Self::MISTRAL.close) {
+            Self::MISTRAL
+        } else {
+            Self::THINK
+        }
+    }
+}
 
 /// How thinking is reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,24 +77,30 @@ enum State {
 pub struct ReasoningSplitter {
     state: State,
     buf: String,
+    tags: ThinkTags,
 }
 
 /// Whether a rendered prompt leaves the model inside a thinking block (DeepSeek-R1's
 /// templates end the generation prompt with `<think>\n`), so its output starts as thinking.
-pub fn prompt_opens_thinking(prompt: &str) -> bool {
-    let p = prompt.trim_end();
-    p.ends_with(OPEN)
+pub fn prompt_opens_thinking(prompt: &str, tags: ThinkTags) -> bool {
+    prompt.trim_end().ends_with(tags.open)
 }
 
 impl ReasoningSplitter {
-    /// A splitter for one generation; `prompt` is the rendered prompt it continues.
+    /// A splitter for one generation with `<think>` tags; `prompt` is the rendered prompt
+    /// it continues.
     pub fn new(format: ReasoningFormat, prompt: &str) -> Self {
+        Self::with_tags(format, prompt, ThinkTags::THINK)
+    }
+
+    /// A splitter for thinking between `tags`.
+    pub fn with_tags(format: ReasoningFormat, prompt: &str, tags: ThinkTags) -> Self {
         let state = match format {
             ReasoningFormat::None => State::Off,
-            ReasoningFormat::Deepseek if prompt_opens_thinking(prompt) => State::Thinking,
+            ReasoningFormat::Deepseek if prompt_opens_thinking(prompt, tags) => State::Thinking,
             ReasoningFormat::Deepseek => State::Start,
         };
-        ReasoningSplitter { state, buf: String::new() }
+        ReasoningSplitter { state, buf: String::new(), tags }
     }
 
     /// Adds generated text; returns what is now certain of each part.
@@ -86,26 +116,28 @@ impl ReasoningSplitter {
                 }
                 State::Start => {
                     let t = self.buf.trim_start();
-                    if let Some(rest) = t.strip_prefix(OPEN) {
+                    let open = self.tags.open;
+                    if let Some(rest) = t.strip_prefix(open) {
                         self.buf = rest.to_string();
                         self.state = State::Thinking;
-                    } else if OPEN.starts_with(t) {
+                    } else if open.starts_with(t) {
                         return out; // empty or a partial "<think"
                     } else {
                         self.state = State::Answer;
                     }
                 }
                 State::Thinking => {
-                    if let Some(i) = self.buf.find(CLOSE) {
+                    let close = self.tags.close;
+                    if let Some(i) = self.buf.find(close) {
                         out.reasoning.push_str(&self.buf[..i]);
-                        self.buf.drain(..i + CLOSE.len());
+                        self.buf.drain(..i + close.len());
                         self.state = State::Closed;
                     } else {
-                        let hold = (1..CLOSE.len().min(self.buf.len() + 1))
+                        let hold = (1..close.len().min(self.buf.len() + 1))
                             .rev()
                             .find(|&n| {
                                 self.buf.is_char_boundary(self.buf.len() - n)
-                                    && CLOSE.starts_with(&self.buf[self.buf.len() - n..])
+                                    && close.starts_with(&self.buf[self.buf.len() - n..])
                             })
                             .unwrap_or(0);
                         let cut = self.buf.len() - hold;
@@ -172,6 +204,36 @@ mod tests {
             assert_eq!((s.reasoning.as_str(), s.content.as_str()), ("cut off mid-thought </th", ""));
             let s = run(ReasoningFormat::None, "<think>", "<think>a</think>b", piece);
             assert_eq!((s.reasoning.as_str(), s.content.as_str()), ("", "<think>a</think>b"));
+        }
+    }
+
+    #[test]
+    fn mistral_think_tags() {
+        for piece in [1, 3, 100] {
+            let mut s = ReasoningSplitter::with_tags(
+                ReasoningFormat::Deepseek,
+                "[INST]2+2?[/INST]",
+                ThinkTags::MISTRAL,
+            );
+            let mut all = Split::default();
+            let chars: Vec<char> = "[THINK]Four, <think> is not mine.[/THINK]\n4".chars().collect();
+            for c in chars.chunks(piece) {
+                let p = s.push(&c.iter().collect::<String>());
+                all.reasoning += &p.reasoning;
+                all.content += &p.content;
+            }
+            let p = s.finish();
+            all.reasoning += &p.reasoning;
+            all.content += &p.content;
+            assert_eq!((all.reasoning.as_str(), all.content.as_str()), ("Four, <think> is not mine.", "4"));
+        }
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/chat-templates");
+        if let Ok(src) = std::fs::read_to_string(dir.join("mistralai-Ministral-3-14B-Reasoning-2512.jinja")) {
+            assert_eq!(ThinkTags::detect(&src), ThinkTags::MISTRAL);
+        }
+        if let Ok(src) = std::fs::read_to_string(dir.join("Qwen-Qwen3-0.6B.jinja")) {
+            assert_eq!(ThinkTags::detect(&src), ThinkTags::THINK);
         }
     }
 }

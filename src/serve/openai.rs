@@ -474,10 +474,10 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
         .or(body.common.max_tokens.map(|m| (m, "max_tokens")));
     let mut plan = plan(c, Kind::Chat, &body.common, max, vec![(text, tokens)], logprobs)?;
     plan.tools = tools.then(|| p.tool_format());
-    if let Some(f) = plan.tools {
-        let keep = p.tool_tokens(f);
-        plan.seqs.iter_mut().for_each(|s| s.keep_tokens = keep.clone());
-    }
+    // Thinking tags (where the reasoning is split out) and tool-call markers stay in the text.
+    let mut keep = if c.reasoning == ReasoningFormat::None { Vec::new() } else { p.think_tokens() };
+    keep.extend(plan.tools.map(|f| p.tool_tokens(f)).unwrap_or_default());
+    plan.seqs.iter_mut().for_each(|s| s.keep_tokens = keep.clone());
     plan.tool_names = names;
     Ok(plan)
 }
@@ -740,7 +740,8 @@ impl Assembler {
                 .prompts
                 .iter()
                 .map(|p| {
-                    let mut c = Choice::new(ReasoningSplitter::new(reasoning, p));
+                    let tags = prompter.think_tags();
+                    let mut c = Choice::new(ReasoningSplitter::with_tags(reasoning, p, tags));
                     c.tools = plan.tools.map(|f| ToolCallParser::new(f, plan.tool_names.clone()));
                     c
                 })
