@@ -175,7 +175,11 @@ mod tests {
     use super::*;
 
     fn run(format: ReasoningFormat, prompt: &str, text: &str, piece: usize) -> Split {
-        let mut s = ReasoningSplitter::new(format, prompt);
+        run_tags(format, prompt, text, piece, ThinkTags::THINK)
+    }
+
+    fn run_tags(format: ReasoningFormat, prompt: &str, text: &str, piece: usize, tags: ThinkTags) -> Split {
+        let mut s = ReasoningSplitter::with_tags(format, prompt, tags);
         let mut all = Split::default();
         let chars: Vec<char> = text.chars().collect();
         for c in chars.chunks(piece) {
@@ -210,21 +214,9 @@ mod tests {
     #[test]
     fn mistral_think_tags() {
         for piece in [1, 3, 100] {
-            let mut s = ReasoningSplitter::with_tags(
-                ReasoningFormat::Deepseek,
-                "[INST]2+2?[/INST]",
-                ThinkTags::MISTRAL,
-            );
-            let mut all = Split::default();
-            let chars: Vec<char> = "[THINK]Four, <think> is not mine.[/THINK]\n4".chars().collect();
-            for c in chars.chunks(piece) {
-                let p = s.push(&c.iter().collect::<String>());
-                all.reasoning += &p.reasoning;
-                all.content += &p.content;
-            }
-            let p = s.finish();
-            all.reasoning += &p.reasoning;
-            all.content += &p.content;
+            let text = "[THINK]Four, <think> is not mine.[/THINK]\n4";
+            let all =
+                run_tags(ReasoningFormat::Deepseek, "[INST]2+2?[/INST]", text, piece, ThinkTags::MISTRAL);
             assert_eq!((all.reasoning.as_str(), all.content.as_str()), ("Four, <think> is not mine.", "4"));
         }
         let dir =
