@@ -133,13 +133,7 @@ impl ReasoningSplitter {
                         self.buf.drain(..i + close.len());
                         self.state = State::Closed;
                     } else {
-                        let hold = (1..close.len().min(self.buf.len() + 1))
-                            .rev()
-                            .find(|&n| {
-                                self.buf.is_char_boundary(self.buf.len() - n)
-                                    && close.starts_with(&self.buf[self.buf.len() - n..])
-                            })
-                            .unwrap_or(0);
+                        let hold = crate::text::longest_suffix_prefix(&self.buf, close);
                         let cut = self.buf.len() - hold;
                         out.reasoning.push_str(&self.buf[..cut]);
                         self.buf.drain(..cut);

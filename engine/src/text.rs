@@ -63,8 +63,9 @@ impl TextStream {
     }
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of `stop` (at a char boundary).
-fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+/// Length of the longest suffix of `text` that is a proper prefix of `stop` (at a char boundary):
+/// text to hold back while a tag or stop string may still complete.
+pub(crate) fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = stop.len().saturating_sub(1).min(text.len());
     (1..=max)
         .rev()

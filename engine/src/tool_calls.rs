@@ -18,6 +18,7 @@
 //! Text that looks like a call but does not parse stays in the content, as written; only
 //! whitespace before, between and after calls is dropped.
 
+use crate::text::longest_suffix_prefix;
 use serde_json::Value;
 
 /// How a model writes tool calls.
@@ -186,14 +187,6 @@ pub struct ToolCallParser {
     calls: usize,
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of `tag`.
-fn partial_tag(text: &str, tag: &str) -> usize {
-    (1..tag.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && tag.starts_with(&text[text.len() - n..]))
-        .unwrap_or(0)
-}
-
 impl ToolCallParser {
     /// A parser for one answer; `names` are the offered tools.
     pub fn new(format: ToolFormat, names: Vec<String>) -> Self {
@@ -265,7 +258,7 @@ impl ToolCallParser {
                         self.content(&mut out, &before[..i]);
                         self.state = State::Call;
                     } else {
-                        let cut = self.buf.len() - partial_tag(&self.buf, open);
+                        let cut = self.buf.len() - longest_suffix_prefix(&self.buf, open);
                         let t: String = self.buf.drain(..cut).collect();
                         self.content(&mut out, &t);
                         return out;
