@@ -271,9 +271,23 @@ impl Prompter {
         &self.tokenizer
     }
 
-    /// Renders a chat with the model's template.
+    /// Renders a chat with the model's template, ready for [`Prompter::tokenize`]: a BOS
+    /// (EOS) the template writes is dropped when the tokenizer adds one itself, so the
+    /// model sees one, not two (as llama.cpp does).
     pub fn apply_chat_template(&self, req: &ChatRequest) -> Result<String, EngineError> {
-        self.template.render(req).map_err(|e| EngineError::Template(e.to_string()))
+        let text = self.template.render(req).map_err(|e| EngineError::Template(e.to_string()))?;
+        Ok(self.drop_added_specials(text))
+    }
+
+    fn drop_added_specials(&self, mut text: String) -> String {
+        let (bos, eos) = (self.template.bos_token(), self.template.eos_token());
+        if self.tokenizer.add_bos() && !bos.is_empty() && text.starts_with(bos) {
+            text.drain(..bos.len());
+        }
+        if self.tokenizer.add_eos() && !eos.is_empty() && text.ends_with(eos) {
+            text.truncate(text.len() - eos.len());
+        }
+        text
     }
 
     /// How the model's template asks for tool calls.
@@ -851,5 +865,51 @@ impl Iterator for Generation<'_> {
             self.done = true;
         }
         Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite_loader::chat::message;
+
+    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+
+    fn prompter(vocab: &str, template: &str, bos: &str, eos: &str) -> Prompter {
+        let file = GgufFile::open(Path::new(SHARED).join("vocab").join(vocab)).unwrap();
+        let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+        let src = std::fs::read_to_string(Path::new(SHARED).join("chat-templates").join(template)).unwrap();
+        Prompter::new(tok, ChatTemplate::new(&src, bos, eos).unwrap())
+    }
+
+    /// Llama 3's template writes `<|begin_of_text|>` and its tokenizer adds BOS: the model
+    /// must see one BOS, as llama.cpp gives it.
+    #[test]
+    fn one_bos_when_template_and_tokenizer_both_add_it() {
+        let p = prompter(
+            "ggml-vocab-llama-bpe.gguf",
+            "meta-llama-Llama-3.1-8B-Instruct.jinja",
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+        );
+        assert!(p.tokenizer().add_bos());
+        let req = ChatRequest::new(vec![message("user", "Hi")]);
+        let text = p.apply_chat_template(&req).unwrap();
+        assert!(text.starts_with("<|start_header_id|>system<|end_header_id|>"), "{text:?}");
+        let ids = p.tokenize(&text);
+        let bos = p.tokenizer().bos().unwrap();
+        assert_eq!(ids[0], bos);
+        assert_eq!(ids.iter().filter(|&&t| t == bos).count(), 1, "{ids:?}");
+        assert_eq!(p.tokenizer().token_text(ids[1]), Some("<|start_header_id|>"));
+    }
+
+    /// A tokenizer that adds no BOS keeps the one the template writes.
+    #[test]
+    fn template_bos_kept_when_tokenizer_adds_none() {
+        let p =
+            prompter("ggml-vocab-qwen2.gguf", "meta-llama-Llama-3.1-8B-Instruct.jinja", "<|endoftext|>", "");
+        assert!(!p.tokenizer().add_bos());
+        let req = ChatRequest::new(vec![message("user", "Hi")]);
+        assert!(p.apply_chat_template(&req).unwrap().starts_with("<|endoftext|><|start_header_id|>"));
     }
 }
