@@ -7,6 +7,10 @@
 //!   more (Qwen 2.5/3, QwQ, Hermes 2 Pro/3, SmolLM3, and the fallback for templates that
 //!   show no format of their own); small models often drop the tags and answer with the
 //!   bare object, which counts (as llama.cpp's parser takes it) when it names an offered tool;
+//! - [`ToolFormat::Xml`]: `<tool_call>` around `<function=NAME>` with
+//!   `<parameter=P>value</parameter>` elements (Qwen3-Coder, Qwen3.5, Nemotron 3, StepFun 3.5); values are text, typed
+//!   by the tool's parameter schema (a `string` stays text, numbers, booleans, objects and
+//!   arrays parse as JSON);
 //! - [`ToolFormat::Llama3Json`]: the whole answer one JSON object `{"name": …, "parameters":
 //!   {…}}` naming an offered tool (Llama 3.1/3.2/3.3; the `<|python_tag|>` control token is
 //!   not part of the text);
@@ -19,13 +23,15 @@
 //! whitespace before, between and after calls is dropped.
 
 use crate::text::longest_suffix_prefix;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// How a model writes tool calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ToolFormat {
     /// `<tool_call>` JSON `</tool_call>` blocks.
     Hermes,
+    /// `<tool_call>` blocks holding `<function=…>` with `<parameter=…>` elements.
+    Xml,
     /// The answer is one JSON object with `name` and `parameters`.
     Llama3Json,
     /// `[TOOL_CALLS]` markers.
@@ -37,17 +43,24 @@ const CLOSE: &str = "</tool_call>";
 const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
 const MISTRAL_ARGS: &str = "[ARGS]";
 const MISTRAL_ID: &str = "[CALL_ID]";
+const XML_FUNCTION: &str = "<function=";
+const XML_FUNCTION_END: &str = "</function>";
+const XML_PARAM: &str = "<parameter=";
+const XML_PARAM_END: &str = "</parameter>";
 /// Bound on one call's text (a runaway generation is returned as content, not buffered).
 const MAX_CALL_BYTES: usize = 1 << 20;
 
 impl ToolFormat {
     /// The format a chat template's source teaches: Mistral's when it writes `[TOOL_CALLS]`,
+    /// the XML calls when it writes `<tool_call>` with `<function=` and `<parameter=`,
     /// Llama 3's JSON calls when it speaks of `<|python_tag|>`/`ipython` (and not of
     /// `<tool_call>`), else `<tool_call>` blocks (what the Qwen and Hermes templates ask for,
     /// and llama.cpp's generic choice).
     pub fn detect(template: &str) -> ToolFormat {
         if template.contains(MISTRAL_CALLS) {
             ToolFormat::Mistral
+        } else if template.contains(OPEN) && template.contains(XML_FUNCTION) && template.contains(XML_PARAM) {
+            ToolFormat::Xml
         } else if !template.contains(OPEN)
             && (template.contains("<|python_tag|>") || template.contains("ipython"))
         {
@@ -60,7 +73,7 @@ impl ToolFormat {
     /// The marker texts a generation must keep for the parser to see them.
     pub fn markers(self) -> &'static [&'static str] {
         match self {
-            ToolFormat::Hermes => &[OPEN, CLOSE],
+            ToolFormat::Hermes | ToolFormat::Xml => &[OPEN, CLOSE],
             ToolFormat::Llama3Json => &[],
             ToolFormat::Mistral => &[MISTRAL_CALLS, MISTRAL_ARGS, MISTRAL_ID],
         }
@@ -160,6 +173,127 @@ fn parse_mistral(body: &str) -> Option<(Vec<ToolCall>, &str)> {
     Some((vec![ToolCall { name: name.to_string(), arguments, id }], rest))
 }
 
+/// An offered tool as the parser needs it: its name, and the JSON types its parameters
+/// take (the XML format writes every value as text).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolSpec {
+    /// The function's name.
+    pub name: String,
+    /// Each parameter's name and its schema's `type`s (none where the schema names none).
+    pub params: Vec<(String, Vec<String>)>,
+}
+
+impl ToolSpec {
+    /// A tool with no parameter types known.
+    pub fn named(name: &str) -> ToolSpec {
+        ToolSpec { name: name.to_string(), params: Vec::new() }
+    }
+
+    /// The tool of one entry of OpenAI's `tools` (`{"type": "function", "function": {"name",
+    /// "parameters": {"properties": {…}}}}`).
+    pub fn from_openai(tool: &Value) -> Option<ToolSpec> {
+        let f = tool.get("function")?;
+        let name = f.get("name")?.as_str()?.to_string();
+        let props = f.get("parameters").and_then(|p| p.get("properties")).and_then(Value::as_object);
+        let params = props
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let types = match v.get("type") {
+                    Some(Value::String(t)) => vec![t.clone()],
+                    Some(Value::Array(a)) => {
+                        a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                (k.clone(), types)
+            })
+            .collect();
+        Some(ToolSpec { name, params })
+    }
+
+    /// A parameter's text as the JSON value its schema asks for: text where the schema
+    /// allows a string or names no type; else the JSON the text parses as, when that is a
+    /// type the schema allows (booleans also as `True`/`False`); else the text as written.
+    fn value(&self, param: &str, text: &str) -> Value {
+        let types = self.params.iter().find(|(p, _)| p == param).map_or(&[][..], |(_, t)| t.as_slice());
+        if types.is_empty() {
+            return Value::String(text.to_string());
+        }
+        let t = text.trim();
+        let parsed = match serde_json::from_str::<Value>(t) {
+            Ok(v) => Some(v),
+            Err(_) if t.eq_ignore_ascii_case("true") => Some(Value::Bool(true)),
+            Err(_) if t.eq_ignore_ascii_case("false") => Some(Value::Bool(false)),
+            Err(_) => None,
+        };
+        let allowed = |v: &Value| {
+            types.iter().any(|ty| match ty.as_str() {
+                "integer" => v.is_i64() || v.is_u64(),
+                "number" => v.is_number(),
+                "boolean" => v.is_boolean(),
+                "object" => v.is_object(),
+                "array" => v.is_array(),
+                "null" => v.is_null(),
+                _ => false,
+            })
+        };
+        // Where the schema allows a string, text stays text even when it reads as a number
+        // ("0042"); only a `null` it also allows is taken as null.
+        let string_ok = types.iter().any(|ty| ty == "string");
+        match parsed {
+            Some(Value::Null) if allowed(&Value::Null) => Value::Null,
+            Some(v) if !string_ok && allowed(&v) => v,
+            _ => Value::String(text.to_string()),
+        }
+    }
+}
+
+/// Parses one `<function=NAME>` with its `<parameter=P>value</parameter>` elements (a
+/// model that leaves out a closing tag is read up to the next element). One newline at
+/// each end of a value belongs to the markup.
+fn parse_xml_call(body: &str, tools: &[ToolSpec]) -> Option<ToolCall> {
+    let rest = body.trim_start().strip_prefix(XML_FUNCTION)?;
+    let (name, mut rest) = rest.split_once('>')?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let unknown = ToolSpec::named(name);
+    let spec = tools.iter().find(|t| t.name == name).unwrap_or(&unknown);
+    let mut args = Map::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
+        }
+        if let Some(after) = rest.strip_prefix(XML_FUNCTION_END) {
+            if !after.trim().is_empty() {
+                return None;
+            }
+            break;
+        }
+        let (param, r) = rest.strip_prefix(XML_PARAM)?.split_once('>')?;
+        let param = param.trim();
+        if param.is_empty() {
+            return None;
+        }
+        let (close, next) = (r.find(XML_PARAM_END), r.find(XML_PARAM));
+        let (value, after) = match (close, next) {
+            (Some(c), n) if n.is_none_or(|n| c < n) => (&r[..c], &r[c + XML_PARAM_END.len()..]),
+            (_, n) => {
+                let end = [n, r.find(XML_FUNCTION_END)].into_iter().flatten().min().unwrap_or(r.len());
+                (&r[..end], &r[end..])
+            }
+        };
+        let value = value.strip_prefix('\n').unwrap_or(value);
+        let value = value.strip_suffix('\n').unwrap_or(value);
+        args.insert(param.to_string(), spec.value(param, value));
+        rest = after;
+    }
+    Some(ToolCall { name: name.to_string(), arguments: serde_json::to_string(&args).ok()?, id: None })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Nothing but whitespace yet.
@@ -178,8 +312,9 @@ enum State {
 #[derive(Clone, Debug)]
 pub struct ToolCallParser {
     format: ToolFormat,
-    /// The offered tools' names: a bare JSON answer is a call only if it names one.
-    names: Vec<String>,
+    /// The offered tools: a bare JSON answer is a call only if it names one, and XML
+    /// values take their parameters' types.
+    tools: Vec<ToolSpec>,
     state: State,
     buf: String,
     /// Whitespace after a call, emitted only if more content follows it.
@@ -188,11 +323,11 @@ pub struct ToolCallParser {
 }
 
 impl ToolCallParser {
-    /// A parser for one answer; `names` are the offered tools.
-    pub fn new(format: ToolFormat, names: Vec<String>) -> Self {
+    /// A parser for one answer to a request that offered `tools`.
+    pub fn new(format: ToolFormat, tools: Vec<ToolSpec>) -> Self {
         ToolCallParser {
             format,
-            names,
+            tools,
             state: State::Start,
             buf: String::new(),
             gap: String::new(),
@@ -240,7 +375,7 @@ impl ToolCallParser {
                     self.state = match self.format {
                         ToolFormat::Mistral => State::Text,
                         _ if t.starts_with('{') => State::Json,
-                        ToolFormat::Hermes => State::Text,
+                        ToolFormat::Hermes | ToolFormat::Xml => State::Text,
                         ToolFormat::Llama3Json => State::Plain,
                     };
                 }
@@ -291,6 +426,10 @@ impl ToolCallParser {
     fn end_call(&mut self, out: &mut ToolSplit, body: &str, closed: bool) {
         let parsed = match self.format {
             ToolFormat::Mistral => parse_mistral(body),
+            // JSON inside the tags too: a model may mix the formats it has seen.
+            ToolFormat::Xml => {
+                parse_xml_call(body, &self.tools).or_else(|| parse_call(body, false)).map(|c| (vec![c], ""))
+            }
             _ => parse_call(body, false).map(|c| (vec![c], "")),
         };
         match parsed {
@@ -315,13 +454,15 @@ impl ToolCallParser {
         let rest = std::mem::take(&mut self.buf);
         match self.state {
             State::Call => self.end_call(&mut out, &rest, false),
-            State::Json => match parse_call(&rest, true).filter(|c| self.names.contains(&c.name)) {
-                Some(call) => {
-                    out.calls.push(call);
-                    self.calls += 1;
+            State::Json => {
+                match parse_call(&rest, true).filter(|c| self.tools.iter().any(|t| t.name == c.name)) {
+                    Some(call) => {
+                        out.calls.push(call);
+                        self.calls += 1;
+                    }
+                    None => out.content.push_str(&rest),
                 }
-                None => out.content.push_str(&rest),
-            },
+            }
             _ => self.content(&mut out, &rest),
         }
         if self.calls == 0 {
@@ -338,8 +479,8 @@ mod tests {
 
     /// Streams `text` in pieces of `n` chars; returns (content, calls).
     fn run(format: ToolFormat, text: &str, n: usize) -> (String, Vec<ToolCall>) {
-        let names = ["get_weather", "now", "f"].map(String::from).to_vec();
-        let mut p = ToolCallParser::new(format, names);
+        let tools = ["get_weather", "now", "f"].map(ToolSpec::named).to_vec();
+        let mut p = ToolCallParser::new(format, tools);
         let (mut content, mut calls) = (String::new(), Vec::new());
         let chars: Vec<char> = text.chars().collect();
         for piece in chars.chunks(n) {
@@ -475,6 +616,81 @@ mod tests {
     }
 
     #[test]
+    fn xml_calls_typed_by_the_schema() {
+        let tools = vec![
+            ToolSpec::from_openai(
+                &serde_json::json!({"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {
+                    "city": {"type": "string"}, "days": {"type": "integer"}, "zip": {"type": "string"},
+                    "metric": {"type": "boolean"}, "at": {"type": ["array", "null"]},
+                    "opts": {"type": "object"}, "note": {"description": "no type"}}}}}),
+            )
+            .unwrap(),
+            ToolSpec::named("now"),
+        ];
+        let text = "I'll check.\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=zip>\n0042\n</parameter>\n<parameter=metric>\nTrue\n</parameter>\n<parameter=at>\n[1, 2]\n</parameter>\n<parameter=opts>\n{\"a\": {\"b\": null}}\n</parameter>\n<parameter=note>\n  two\nlines \n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=now>\n</function>\n</tool_call>";
+        for n in [1, 3, 7, 1000] {
+            let mut p = ToolCallParser::new(ToolFormat::Xml, tools.clone());
+            let (mut content, mut calls) = (String::new(), Vec::new());
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(n) {
+                let s = p.push(&piece.iter().collect::<String>());
+                content += &s.content;
+                calls.extend(s.calls);
+            }
+            let s = p.finish();
+            content += &s.content;
+            calls.extend(s.calls);
+            assert_eq!(content, "I'll check.");
+            assert_eq!(calls.len(), 2, "split {n}");
+            let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
+            assert_eq!(
+                args,
+                serde_json::json!({"city": "New York", "days": 3, "zip": "0042", "metric": true,
+                    "at": [1, 2], "opts": {"a": {"b": null}}, "note": "  two\nlines "})
+            );
+            assert_eq!((calls[0].name.as_str(), calls[1].clone()), ("get_weather", call("now", "{}")));
+        }
+    }
+
+    #[test]
+    fn xml_calls_without_closing_tags_or_with_bad_values() {
+        let tools = vec![ToolSpec::from_openai(&serde_json::json!({"function": {"name": "f",
+            "parameters": {"properties": {"n": {"type": "integer"}, "s": {"type": "string"}}}}}))
+        .unwrap()];
+        let parse = |t: &str| parse_xml_call(t, &tools);
+        // Unclosed parameters end at the next one; an unclosed function at the end.
+        let c = parse("<function=f>\n<parameter=n>\n7\n<parameter=s>\nx</parameter>").unwrap();
+        assert_eq!(c.arguments, r#"{"n":7,"s":"x"}"#);
+        // A value that is not the schema's type stays as written.
+        let c = parse("<function=f><parameter=n>seven</parameter></function>").unwrap();
+        assert_eq!(c.arguments, r#"{"n":"seven"}"#);
+        // A tool not offered: every value is text.
+        let c = parse("<function=g><parameter=n>1</parameter></function>").unwrap();
+        assert_eq!((c.name.as_str(), c.arguments.as_str()), ("g", r#"{"n":"1"}"#));
+        // Not calls: no function, a name with spaces, text after the function, stray text.
+        for t in [
+            "<parameter=n>1</parameter>",
+            "<function=a b></function>",
+            "<function=f></function> and more",
+            "<function=f>\nhello\n</function>",
+        ] {
+            assert_eq!(parse(t), None, "{t}");
+        }
+        // Through the parser, a body that does not parse stays as content, tags included.
+        let (content, calls) =
+            run(ToolFormat::Xml, "<tool_call>\n<function=f>\nhello\n</function>\n</tool_call>", 4);
+        assert_eq!(
+            (content.as_str(), calls.len()),
+            ("<tool_call>\n<function=f>\nhello\n</function>\n</tool_call>", 0)
+        );
+        // JSON inside the tags is taken too.
+        let (content, calls) =
+            run(ToolFormat::Xml, "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>", 4);
+        assert_eq!((content.as_str(), calls), ("", vec![call("f", "{}")]));
+    }
+
+    #[test]
     fn formats_from_real_templates() {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/chat-templates");
@@ -489,6 +705,10 @@ mod tests {
             ("mistralai-Mistral-Nemo-Instruct-2407.jinja", ToolFormat::Mistral),
             ("Mistral-Small-3.2-24B-Instruct-2506.jinja", ToolFormat::Mistral),
             ("unsloth-mistral-Devstral-Small-2507.jinja", ToolFormat::Mistral),
+            ("Qwen3-Coder.jinja", ToolFormat::Xml),
+            ("Qwen3.5-4B.jinja", ToolFormat::Xml),
+            ("NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja", ToolFormat::Xml),
+            ("StepFun3.5-Flash.jinja", ToolFormat::Xml),
         ] {
             let src = std::fs::read_to_string(dir.join(file)).unwrap();
             assert_eq!(ToolFormat::detect(&src), want, "{file}");

@@ -34,7 +34,7 @@ grep -q 'add_subdirectory(oracle)' "$src/examples/CMakeLists.txt" ||
 # Native build with repacking on: the configuration the reference outputs came from.
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF > "$work/cmake.log"
-cmake --build "$work/build" -j"$(nproc)" --target llama-oracle llama-bench > "$work/build.log"
+cmake --build "$work/build" -j"${JOBS:-$(nproc)}" --target llama-oracle llama-bench > "$work/build.log"
 mkdir -p "$work/bin"
 ln -sf "$work/build/bin/llama-oracle" "$work/bin/llama-oracle"
 ln -sf "$work/build/bin/llama-bench" "$work/bin/llama-bench"

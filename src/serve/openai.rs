@@ -4,7 +4,7 @@
 
 use ferrite::loader::chat::ChatRequest;
 use ferrite::reasoning::{ReasoningFormat, ReasoningSplitter};
-use ferrite::tool_calls::{ToolCallParser, ToolFormat};
+use ferrite::tool_calls::{ToolCallParser, ToolFormat, ToolSpec};
 use ferrite::{BatchRequest, EngineError, FinishReason, Prompter, SamplerParams, SeqEvent, TokenEvent};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -174,8 +174,8 @@ pub struct Plan {
     pub model: String,
     /// Tool calls are parsed out of the content (the request offered tools).
     pub tools: Option<ToolFormat>,
-    /// The offered tools' names.
-    pub tool_names: Vec<String>,
+    /// The offered tools.
+    pub tool_specs: Vec<ToolSpec>,
 }
 
 /// What the server knows when it plans a request.
@@ -382,7 +382,7 @@ fn plan(
         prompts: texts,
         model,
         tools: None,
-        tool_names: Vec::new(),
+        tool_specs: Vec::new(),
     })
 }
 
@@ -458,7 +458,7 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
         }
         (false, _) => None,
     };
-    let names = if tools { tool_names(&body.tools) } else { Vec::new() };
+    let specs = if tools { tool_specs(&body.tools) } else { Vec::new() };
     let mut req = ChatRequest::new(messages);
     req.add_generation_prompt = true;
     if tools {
@@ -478,7 +478,7 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
     let mut keep = if c.reasoning == ReasoningFormat::None { Vec::new() } else { p.think_tokens() };
     keep.extend(plan.tools.map(|f| p.tool_tokens(f)).unwrap_or_default());
     plan.seqs.iter_mut().for_each(|s| s.keep_tokens = keep.clone());
-    plan.tool_names = names;
+    plan.tool_specs = specs;
     Ok(plan)
 }
 
@@ -511,10 +511,10 @@ fn call_id(format: ToolFormat, given: Option<String>, taken: &[Value]) -> String
     }
 }
 
-/// The names of checked `tools`.
-fn tool_names(tools: &Option<Value>) -> Vec<String> {
+/// The offered tools of checked `tools`.
+fn tool_specs(tools: &Option<Value>) -> Vec<ToolSpec> {
     let list = tools.as_ref().and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
-    list.iter().filter_map(|t| Some(t.get("function")?.get("name")?.as_str()?.to_string())).collect()
+    list.iter().filter_map(ToolSpec::from_openai).collect()
 }
 
 /// Checks `tools`, `tool_choice` and `parallel_tool_calls`; true when the model is offered
@@ -742,7 +742,7 @@ impl Assembler {
                 .map(|p| {
                     let tags = prompter.think_tags();
                     let mut c = Choice::new(ReasoningSplitter::with_tags(reasoning, p, tags));
-                    c.tools = plan.tools.map(|f| ToolCallParser::new(f, plan.tool_names.clone()));
+                    c.tools = plan.tools.map(|f| ToolCallParser::new(f, plan.tool_specs.clone()));
                     c
                 })
                 .collect(),
@@ -1094,6 +1094,31 @@ mod tests {
             assert_eq!(s["function"], calls[k]["function"]);
         }
         assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn xml_tool_calls_typed_and_rendered_back() {
+        let Some(p) = prompter("Qwen3-Coder.jinja") else { return };
+        let extra = json!({"tools": [{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {
+                "city": {"type": "string"}, "days": {"type": "integer"}}}}}]});
+        let plan = plan_chat(&ctx(), &p, weather_request(extra.clone())).unwrap();
+        assert_eq!(plan.tools, Some(ToolFormat::Xml));
+        assert!(plan.prompts[0].contains("<name>get_weather</name>"), "{}", plan.prompts[0]);
+        let answer = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n\
+                      <parameter=days>\n2\n</parameter>\n</function>\n</tool_call>";
+        let (asm, _) = generate(&p, &plan, answer);
+        let msg = asm.response("id", 0, "m", 1)["choices"][0]["message"].clone();
+        assert_eq!(msg["content"], Value::Null);
+        let args: Value =
+            serde_json::from_str(msg["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "Paris", "days": 2}));
+        // The call goes back through the template as the model wrote it.
+        let mut body = json!({"messages": [{"role": "user", "content": "Weather in Paris?"}, msg,
+            {"role": "tool", "tool_call_id": "x", "content": "18 C"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let prompt = &plan_chat(&ctx(), &p, serde_json::from_value(body).unwrap()).unwrap().prompts[0];
+        assert!(prompt.contains(answer), "{prompt}");
     }
 
     #[test]
