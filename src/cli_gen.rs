@@ -180,7 +180,11 @@ pub fn run(
     } else {
         prompt
     };
-    stream(&mut engine, s.request(prompt), false)?;
+    let mut req = s.request(prompt);
+    if chat {
+        req.stop.extend(engine.chat_stops());
+    }
+    stream(&mut engine, req, false)?;
     println!();
     Ok(())
 }
@@ -221,7 +225,9 @@ pub fn chat(m: &ModelArgs, s: &SampleArgs, system: Option<String>) -> Result<(),
         let req =
             ChatRequest { messages: messages.clone(), add_generation_prompt: true, ..Default::default() };
         let prompt = engine.apply_chat_template(&req).map_err(|e| e.to_string())?;
-        let (reply, _) = stream(&mut engine, s.request(prompt), !interactive)?;
+        let mut gen = s.request(prompt);
+        gen.stop.extend(engine.chat_stops());
+        let (reply, _) = stream(&mut engine, gen, !interactive)?;
         println!();
         messages.push(serde_json::json!({"role": "assistant", "content": reply}));
     }

@@ -279,6 +279,20 @@ impl Prompter {
         Ok(self.drop_added_specials(text))
     }
 
+    /// Stop strings a chat generation needs beyond the end-of-generation tokens: the markers
+    /// of the built-in ChatML fallback that the vocabulary has no tokens for (a model without
+    /// a template of its own then writes them as text, and would run on past its turn).
+    pub fn chat_stops(&self) -> Vec<String> {
+        if self.template.source() != ferrite_loader::chat::CHATML_TEMPLATE {
+            return Vec::new();
+        }
+        ["<|im_end|>", "<|im_start|>"]
+            .into_iter()
+            .filter(|m| self.tokenizer.find_token(m).is_none())
+            .map(str::to_string)
+            .collect()
+    }
+
     fn drop_added_specials(&self, mut text: String) -> String {
         let (bos, eos) = (self.template.bos_token(), self.template.eos_token());
         if self.tokenizer.add_bos() && !bos.is_empty() && text.starts_with(bos) {
@@ -573,6 +587,11 @@ impl Engine {
     /// Tokenizes a prompt as llama.cpp does: the model's BOS rule, special tokens parsed.
     pub fn tokenize(&self, text: &str) -> Vec<u32> {
         self.prompter.tokenize(text)
+    }
+
+    /// Stop strings a chat generation needs ([`Prompter::chat_stops`]).
+    pub fn chat_stops(&self) -> Vec<String> {
+        self.prompter.chat_stops()
     }
 
     /// Runs `tokens` from an empty context and returns the logits of the rows for which
@@ -901,6 +920,21 @@ mod tests {
         assert_eq!(ids[0], bos);
         assert_eq!(ids.iter().filter(|&&t| t == bos).count(), 1, "{ids:?}");
         assert_eq!(p.tokenizer().token_text(ids[1]), Some("<|start_header_id|>"));
+    }
+
+    /// The ChatML fallback stops at its markers' text where the vocabulary lacks them.
+    #[test]
+    fn chatml_fallback_stops_at_its_markers_as_text() {
+        let tok = |v: &str| {
+            let file = GgufFile::open(Path::new(SHARED).join("vocab").join(v)).unwrap();
+            Tokenizer::from_metadata(file.metadata()).unwrap()
+        };
+        let spm = Prompter::new(tok("ggml-vocab-llama-spm.gguf"), ChatTemplate::chatml());
+        assert_eq!(spm.chat_stops(), ["<|im_end|>", "<|im_start|>"]);
+        let qwen = Prompter::new(tok("ggml-vocab-qwen2.gguf"), ChatTemplate::chatml());
+        assert!(qwen.chat_stops().is_empty());
+        let own = prompter("ggml-vocab-llama-spm.gguf", "Qwen-Qwen2.5-7B-Instruct.jinja", "<s>", "</s>");
+        assert!(own.chat_stops().is_empty());
     }
 
     /// A tokenizer that adds no BOS keeps the one the template writes.

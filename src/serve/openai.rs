@@ -477,7 +477,14 @@ pub fn plan_chat(c: &Ctx, p: &Prompter, body: ChatBody) -> Result<Plan, ApiError
     // Thinking tags (where the reasoning is split out) and tool-call markers stay in the text.
     let mut keep = if c.reasoning == ReasoningFormat::None { Vec::new() } else { p.think_tokens() };
     keep.extend(plan.tools.map(|f| p.tool_tokens(f)).unwrap_or_default());
-    plan.seqs.iter_mut().for_each(|s| s.keep_tokens = keep.clone());
+    let stops = p.chat_stops();
+    for s in &mut plan.seqs {
+        s.keep_tokens = keep.clone();
+        // (A JSON answer ends where its object closes.)
+        if !s.json_object {
+            s.stop.extend(stops.iter().cloned());
+        }
+    }
     plan.tool_specs = specs;
     Ok(plan)
 }
