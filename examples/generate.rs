@@ -12,11 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut engine = Engine::load(&model, &LoadOptions::default())?;
     let prompt = engine.chat_prompt(&[("user", &question)])?;
-    let request = GenerateRequest::new(prompt).max_tokens(128).sampler(SamplerParams {
+    let mut request = GenerateRequest::new(prompt).max_tokens(128).sampler(SamplerParams {
         temperature: 0.7,
         seed: 42,
         ..Default::default()
     });
+    // A model without a chat template of its own gets ChatML: stop at its markers' text.
+    request.stop = engine.chat_stops();
 
     for event in engine.generate(request)? {
         match event? {

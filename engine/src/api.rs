@@ -569,7 +569,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Renders a chat with the model's template.
+    /// Renders a chat with the model's template ([`Prompter::apply_chat_template`]).
     pub fn apply_chat_template(&self, req: &ChatRequest) -> Result<String, EngineError> {
         self.prompter.apply_chat_template(req)
     }

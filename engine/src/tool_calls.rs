@@ -79,12 +79,14 @@ impl ToolFormat {
         }
     }
 
-    /// The tag that opens a call, and the one that closes it (Mistral's calls run to the
-    /// next `[TOOL_CALLS]` or the end).
-    fn tags(self) -> (&'static str, Option<&'static str>) {
+    /// The tags that open a call, each with the one that closes it: Mistral's calls run to
+    /// the next `[TOOL_CALLS]` or the end; an XML `<function=` without its `<tool_call>`
+    /// (Qwen3-Coder sometimes leaves it out) runs to its `</function>`.
+    fn openers(self) -> &'static [(&'static str, Option<&'static str>)] {
         match self {
-            ToolFormat::Mistral => (MISTRAL_CALLS, None),
-            _ => (OPEN, Some(CLOSE)),
+            ToolFormat::Mistral => &[(MISTRAL_CALLS, None)],
+            ToolFormat::Xml => &[(OPEN, Some(CLOSE)), (XML_FUNCTION, Some(XML_FUNCTION_END))],
+            _ => &[(OPEN, Some(CLOSE))],
         }
     }
 }
@@ -199,13 +201,8 @@ impl ToolSpec {
             .into_iter()
             .flatten()
             .map(|(k, v)| {
-                let types = match v.get("type") {
-                    Some(Value::String(t)) => vec![t.clone()],
-                    Some(Value::Array(a)) => {
-                        a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()
-                    }
-                    _ => Vec::new(),
-                };
+                let mut types = Vec::new();
+                schema_types(v, &mut types);
                 (k.clone(), types)
             })
             .collect();
@@ -249,49 +246,87 @@ impl ToolSpec {
     }
 }
 
-/// Parses one `<function=NAME>` with its `<parameter=P>value</parameter>` elements (a
-/// model that leaves out a closing tag is read up to the next element). One newline at
-/// each end of a value belongs to the markup.
-fn parse_xml_call(body: &str, tools: &[ToolSpec]) -> Option<ToolCall> {
-    let rest = body.trim_start().strip_prefix(XML_FUNCTION)?;
-    let (name, mut rest) = rest.split_once('>')?;
-    let name = name.trim();
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return None;
+/// The `type`s a JSON schema allows, its `anyOf`/`oneOf` members' included (pydantic
+/// writes an optional integer as `anyOf: [{type: integer}, {type: null}]`).
+fn schema_types(schema: &Value, out: &mut Vec<String>) {
+    match schema.get("type") {
+        Some(Value::String(t)) => out.push(t.clone()),
+        Some(Value::Array(a)) => out.extend(a.iter().filter_map(|t| t.as_str().map(str::to_string))),
+        _ => {}
     }
-    let unknown = ToolSpec::named(name);
-    let spec = tools.iter().find(|t| t.name == name).unwrap_or(&unknown);
-    let mut args = Map::new();
-    loop {
-        rest = rest.trim_start();
-        if rest.is_empty() {
-            break;
-        }
-        if let Some(after) = rest.strip_prefix(XML_FUNCTION_END) {
-            if !after.trim().is_empty() {
-                return None;
+    for key in ["anyOf", "oneOf"] {
+        for member in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+            // One level: the members of real schemas are plain types.
+            if let Some(t) = member.get("type").and_then(Value::as_str) {
+                out.push(t.to_string());
             }
-            break;
         }
-        let (param, r) = rest.strip_prefix(XML_PARAM)?.split_once('>')?;
-        let param = param.trim();
-        if param.is_empty() {
+    }
+}
+
+/// Whether `text` (after whitespace) is empty or starts with one of `tags`.
+fn next_is(text: &str, tags: &[&str]) -> bool {
+    let t = text.trim_start();
+    t.is_empty() || tags.iter().any(|tag| t.starts_with(tag))
+}
+
+/// Parses `<function=NAME>` elements, each with its `<parameter=P>value</parameter>`
+/// elements, up to `</function>`; None unless the body is one or more functions and
+/// whitespace. A value ends at the first `</parameter>` followed by another element or the
+/// end (so a value may hold markup), or, where the model left the closing tag out, at the
+/// next element (one that starts a line first). One newline at each end of a value belongs
+/// to the markup.
+fn parse_xml_calls(body: &str, tools: &[ToolSpec]) -> Option<Vec<ToolCall>> {
+    let mut calls = Vec::new();
+    let mut rest = body.trim_start();
+    while !rest.is_empty() {
+        let (name, r) = rest.strip_prefix(XML_FUNCTION)?.split_once('>')?;
+        let name = name.trim();
+        if name.is_empty() || name.contains(char::is_whitespace) {
             return None;
         }
-        let (close, next) = (r.find(XML_PARAM_END), r.find(XML_PARAM));
-        let (value, after) = match (close, next) {
-            (Some(c), n) if n.is_none_or(|n| c < n) => (&r[..c], &r[c + XML_PARAM_END.len()..]),
-            (_, n) => {
-                let end = [n, r.find(XML_FUNCTION_END)].into_iter().flatten().min().unwrap_or(r.len());
-                (&r[..end], &r[end..])
+        let unknown = ToolSpec::named(name);
+        let spec = tools.iter().find(|t| t.name == name).unwrap_or(&unknown);
+        let mut args = Map::new();
+        rest = r;
+        loop {
+            rest = rest.trim_start();
+            if rest.is_empty() {
+                break;
             }
-        };
-        let value = value.strip_prefix('\n').unwrap_or(value);
-        let value = value.strip_suffix('\n').unwrap_or(value);
-        args.insert(param.to_string(), spec.value(param, value));
-        rest = after;
+            if let Some(after) = rest.strip_prefix(XML_FUNCTION_END) {
+                rest = after.trim_start();
+                break;
+            }
+            let (param, r) = rest.strip_prefix(XML_PARAM)?.split_once('>')?;
+            let param = param.trim();
+            if param.is_empty() {
+                return None;
+            }
+            let closed = r
+                .match_indices(XML_PARAM_END)
+                .map(|(i, _)| i)
+                .find(|&i| next_is(&r[i + XML_PARAM_END.len()..], &[XML_PARAM, XML_FUNCTION_END]));
+            // An element at the start of a line before that means the closing tag was left out.
+            let line_next = ["\n<parameter=", "\n</function>"].iter().filter_map(|t| r.find(t)).min();
+            let (value, after) = match (closed, line_next) {
+                (Some(c), n) if n.is_none_or(|n| c < n) => (&r[..c], &r[c + XML_PARAM_END.len()..]),
+                (_, Some(n)) => (&r[..n + 1], &r[n + 1..]),
+                _ => {
+                    let end = [r.find(XML_PARAM), r.find(XML_FUNCTION_END)].into_iter().flatten().min();
+                    let end = end.unwrap_or(r.len());
+                    (&r[..end], &r[end..])
+                }
+            };
+            let value = value.strip_prefix('\n').unwrap_or(value);
+            let value = value.strip_suffix('\n').unwrap_or(value);
+            args.insert(param.to_string(), spec.value(param, value));
+            rest = after;
+        }
+        let arguments = serde_json::to_string(&args).ok()?;
+        calls.push(ToolCall { name: name.to_string(), arguments, id: None });
     }
-    Some(ToolCall { name: name.to_string(), arguments: serde_json::to_string(&args).ok()?, id: None })
+    (!calls.is_empty()).then_some(calls)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,6 +351,8 @@ pub struct ToolCallParser {
     /// values take their parameters' types.
     tools: Vec<ToolSpec>,
     state: State,
+    /// Which of the format's [`ToolFormat::openers`] opened the current call.
+    opener: usize,
     buf: String,
     /// Whitespace after a call, emitted only if more content follows it.
     gap: String,
@@ -329,6 +366,7 @@ impl ToolCallParser {
             format,
             tools,
             state: State::Start,
+            opener: 0,
             buf: String::new(),
             gap: String::new(),
             calls: 0,
@@ -387,13 +425,19 @@ impl ToolCallParser {
                     return out;
                 }
                 State::Text => {
-                    let open = self.format.tags().0;
-                    if let Some(i) = self.buf.find(open) {
-                        let before: String = self.buf.drain(..i + open.len()).collect();
+                    let openers = self.format.openers();
+                    let first = openers
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, (open, _))| self.buf.find(open).map(|i| (i, k)))
+                        .min();
+                    if let Some((i, k)) = first {
+                        let before: String = self.buf.drain(..i + openers[k].0.len()).collect();
                         self.content(&mut out, &before[..i]);
-                        self.state = State::Call;
+                        (self.opener, self.state) = (k, State::Call);
                     } else {
-                        let cut = self.buf.len() - longest_suffix_prefix(&self.buf, open);
+                        let held = openers.iter().map(|(o, _)| longest_suffix_prefix(&self.buf, o)).max();
+                        let cut = self.buf.len() - held.unwrap_or(0);
                         let t: String = self.buf.drain(..cut).collect();
                         self.content(&mut out, &t);
                         return out;
@@ -401,11 +445,11 @@ impl ToolCallParser {
                 }
                 State::Call => {
                     // A call ends at its closing tag, or (Mistral) where the next one opens.
-                    let (open, close) = self.format.tags();
-                    let end = close.map_or_else(
-                        || self.buf.find(open).map(|i| (i, i)),
-                        |c| self.buf.find(c).map(|i| (i, i + c.len())),
-                    );
+                    let (open, close) = self.format.openers()[self.opener];
+                    let end = match close {
+                        None => self.buf.find(open).map(|i| (i, i)),
+                        Some(c) => self.close_at(c).map(|i| (i, i + c.len())),
+                    };
                     if let Some((i, next)) = end {
                         let body: String = self.buf.drain(..next).collect();
                         self.end_call(&mut out, &body[..i], close.is_some());
@@ -422,14 +466,37 @@ impl ToolCallParser {
         }
     }
 
+    /// Where the current call's closing tag `close` is in the buffer. In XML calls, only a
+    /// tag that follows a `</function>` (or one the body holds no function before) closes
+    /// a `<tool_call>`, and only one after a `</parameter>` (or in a function without
+    /// parameters) closes a `<function=`: a value may hold such text.
+    fn close_at(&self, close: &str) -> Option<usize> {
+        let mut found = self.buf.match_indices(close).map(|(i, _)| i);
+        if self.format != ToolFormat::Xml {
+            return found.next();
+        }
+        found.find(|&i| {
+            let before = self.buf[..i].trim_end();
+            match close {
+                CLOSE => !before.contains(XML_FUNCTION) || before.ends_with(XML_FUNCTION_END),
+                _ => !before.contains(XML_PARAM) || before.ends_with(XML_PARAM_END),
+            }
+        })
+    }
+
     /// A call's body: a call if it parses, else the text as written (tags included).
     fn end_call(&mut self, out: &mut ToolSplit, body: &str, closed: bool) {
+        let (open, close) = self.format.openers()[self.opener];
         let parsed = match self.format {
             ToolFormat::Mistral => parse_mistral(body),
-            // JSON inside the tags too: a model may mix the formats it has seen.
-            ToolFormat::Xml => {
-                parse_xml_call(body, &self.tools).or_else(|| parse_call(body, false)).map(|c| (vec![c], ""))
+            // A bare `<function=…>…</function>`.
+            ToolFormat::Xml if open == XML_FUNCTION => {
+                parse_xml_calls(&format!("{open}{body}{XML_FUNCTION_END}"), &self.tools).map(|c| (c, ""))
             }
+            // JSON inside the tags too: a model may mix the formats it has seen.
+            ToolFormat::Xml => parse_xml_calls(body, &self.tools)
+                .or_else(|| parse_call(body, false).map(|c| vec![c]))
+                .map(|c| (c, "")),
             _ => parse_call(body, false).map(|c| (vec![c], "")),
         };
         match parsed {
@@ -440,7 +507,6 @@ impl ToolCallParser {
                 self.content(out, rest);
             }
             None => {
-                let (open, close) = self.format.tags();
                 let close = if closed { close.unwrap_or_default() } else { "" };
                 self.content(out, &format!("{open}{body}{close}"));
             }
@@ -656,38 +722,57 @@ mod tests {
     #[test]
     fn xml_calls_without_closing_tags_or_with_bad_values() {
         let tools = vec![ToolSpec::from_openai(&serde_json::json!({"function": {"name": "f",
-            "parameters": {"properties": {"n": {"type": "integer"}, "s": {"type": "string"}}}}}))
+            "parameters": {"properties": {"n": {"type": "integer"}, "s": {"type": "string"},
+                "opt": {"anyOf": [{"type": "integer"}, {"type": "null"}]}}}}}))
         .unwrap()];
-        let parse = |t: &str| parse_xml_call(t, &tools);
+        let parse = |t: &str| {
+            parse_xml_calls(t, &tools).map(|c| c.into_iter().map(|c| c.arguments).collect::<Vec<_>>())
+        };
         // Unclosed parameters end at the next one; an unclosed function at the end.
-        let c = parse("<function=f>\n<parameter=n>\n7\n<parameter=s>\nx</parameter>").unwrap();
-        assert_eq!(c.arguments, r#"{"n":7,"s":"x"}"#);
-        // A value that is not the schema's type stays as written.
-        let c = parse("<function=f><parameter=n>seven</parameter></function>").unwrap();
-        assert_eq!(c.arguments, r#"{"n":"seven"}"#);
+        let args = parse("<function=f>\n<parameter=n>\n7\n<parameter=s>\nx</parameter>").unwrap();
+        assert_eq!(args, [r#"{"n":7,"s":"x"}"#]);
+        // A value that is not the schema's type stays as written; `anyOf` types count.
+        let args = parse("<function=f><parameter=n>seven</parameter><parameter=opt>3</parameter></function>");
+        assert_eq!(args.unwrap(), [r#"{"n":"seven","opt":3}"#]);
+        // Values may hold markup: only a closing tag before the next element ends them.
+        let code = "<function=f>\n<parameter=s>\nx = \"<parameter=y>\" + \"</parameter>\" + \"</function>\"\n</parameter>\n</function>";
+        let args = parse(code).unwrap();
+        let v: Value = serde_json::from_str(&args[0]).unwrap();
+        assert_eq!(v["s"], "x = \"<parameter=y>\" + \"</parameter>\" + \"</function>\"");
+        // Two functions in one block.
+        let two =
+            parse("<function=f>\n<parameter=n>\n1\n</parameter>\n</function>\n<function=g>\n</function>")
+                .unwrap();
+        assert_eq!(two, [r#"{"n":1}"#, "{}"]);
         // A tool not offered: every value is text.
-        let c = parse("<function=g><parameter=n>1</parameter></function>").unwrap();
-        assert_eq!((c.name.as_str(), c.arguments.as_str()), ("g", r#"{"n":"1"}"#));
+        let c = parse_xml_calls("<function=g><parameter=n>1</parameter></function>", &tools).unwrap();
+        assert_eq!((c[0].name.as_str(), c[0].arguments.as_str()), ("g", r#"{"n":"1"}"#));
         // Not calls: no function, a name with spaces, text after the function, stray text.
         for t in [
             "<parameter=n>1</parameter>",
             "<function=a b></function>",
             "<function=f></function> and more",
             "<function=f>\nhello\n</function>",
+            "",
         ] {
             assert_eq!(parse(t), None, "{t}");
         }
         // Through the parser, a body that does not parse stays as content, tags included.
-        let (content, calls) =
-            run(ToolFormat::Xml, "<tool_call>\n<function=f>\nhello\n</function>\n</tool_call>", 4);
-        assert_eq!(
-            (content.as_str(), calls.len()),
-            ("<tool_call>\n<function=f>\nhello\n</function>\n</tool_call>", 0)
-        );
+        let bad = "<tool_call>\n<function=f>\nhello\n</function>\n</tool_call>";
+        assert_eq!(run(ToolFormat::Xml, bad, 4), (bad.to_string(), vec![]));
         // JSON inside the tags is taken too.
         let (content, calls) =
             run(ToolFormat::Xml, "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>", 4);
         assert_eq!((content.as_str(), calls), ("", vec![call("f", "{}")]));
+        // A `</tool_call>` inside a value does not end the call; a function without its
+        // `<tool_call>` is a call; text around both stays.
+        let text = "<tool_call>\n<function=f>\n<parameter=s>\na</tool_call>b\n</parameter>\n</function>\n</tool_call>\
+                    Then <function=now>\n</function> done.";
+        for n in [1, 3, 1000] {
+            let (content, calls) = run(ToolFormat::Xml, text, n);
+            assert_eq!(content, "Then done.", "split {n}");
+            assert_eq!(calls, vec![call("f", r#"{"s":"a</tool_call>b"}"#), call("now", "{}")], "split {n}");
+        }
     }
 
     #[test]
