@@ -4,7 +4,8 @@
 # and can dump every tensor of one step, and `llama-bench`, for speed comparisons on the
 # same machine. The source comes from the llama-cpp-python source
 # package on PyPI, which vendors llama.cpp at exactly that commit (version 0.3.36).
-# Output: target/llama-oracle/bin/{llama-oracle,llama-bench}. Needs cmake, g++, pip. About 10 min on 2 cores.
+# Output: target/llama-oracle/bin/{llama-oracle,llama-bench}. Needs cmake, g++, pip. About 10 min on 2 cores
+# (JOBS=1 builds on one core, beside other work).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$root/target/llama-oracle"
