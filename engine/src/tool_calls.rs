@@ -543,9 +543,14 @@ impl ToolCallParser {
 mod tests {
     use super::*;
 
-    /// Streams `text` in pieces of `n` chars; returns (content, calls).
+    /// Streams `text` in pieces of `n` chars to a parser offered three untyped tools;
+    /// returns (content, calls).
     fn run(format: ToolFormat, text: &str, n: usize) -> (String, Vec<ToolCall>) {
-        let tools = ["get_weather", "now", "f"].map(ToolSpec::named).to_vec();
+        run_with(format, ["get_weather", "now", "f"].map(ToolSpec::named).to_vec(), text, n)
+    }
+
+    /// [`run`] with the tools given.
+    fn run_with(format: ToolFormat, tools: Vec<ToolSpec>, text: &str, n: usize) -> (String, Vec<ToolCall>) {
         let mut p = ToolCallParser::new(format, tools);
         let (mut content, mut calls) = (String::new(), Vec::new());
         let chars: Vec<char> = text.chars().collect();
@@ -696,17 +701,7 @@ mod tests {
         ];
         let text = "I'll check.\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=zip>\n0042\n</parameter>\n<parameter=metric>\nTrue\n</parameter>\n<parameter=at>\n[1, 2]\n</parameter>\n<parameter=opts>\n{\"a\": {\"b\": null}}\n</parameter>\n<parameter=note>\n  two\nlines \n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=now>\n</function>\n</tool_call>";
         for n in [1, 3, 7, 1000] {
-            let mut p = ToolCallParser::new(ToolFormat::Xml, tools.clone());
-            let (mut content, mut calls) = (String::new(), Vec::new());
-            let chars: Vec<char> = text.chars().collect();
-            for piece in chars.chunks(n) {
-                let s = p.push(&piece.iter().collect::<String>());
-                content += &s.content;
-                calls.extend(s.calls);
-            }
-            let s = p.finish();
-            content += &s.content;
-            calls.extend(s.calls);
+            let (content, calls) = run_with(ToolFormat::Xml, tools.clone(), text, n);
             assert_eq!(content, "I'll check.");
             assert_eq!(calls.len(), 2, "split {n}");
             let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
