@@ -8,9 +8,9 @@
 //!   show no format of their own); small models often drop the tags and answer with the
 //!   bare object, which counts (as llama.cpp's parser takes it) when it names an offered tool;
 //! - [`ToolFormat::Xml`]: `<tool_call>` around `<function=NAME>` with
-//!   `<parameter=P>value</parameter>` elements (Qwen3-Coder, Qwen3.5, Nemotron 3, StepFun 3.5); values are text, typed
-//!   by the tool's parameter schema (a `string` stays text, numbers, booleans, objects and
-//!   arrays parse as JSON);
+//!   `<parameter=P>value</parameter>` elements (the Qwen3-Coder, Qwen3.5, Nemotron 3 and
+//!   StepFun 3.5 templates); values are text, typed by the tool's parameter schema (a
+//!   `string` stays text; numbers, booleans, objects and arrays parse as JSON);
 //! - [`ToolFormat::Llama3Json`]: the whole answer one JSON object `{"name": …, "parameters":
 //!   {…}}` naming an offered tool (Llama 3.1/3.2/3.3; the `<|python_tag|>` control token is
 //!   not part of the text);
