@@ -5,7 +5,10 @@
 # same machine. The source comes from the llama-cpp-python source
 # package on PyPI, which vendors llama.cpp at exactly that commit (version 0.3.36).
 # Output: target/llama-oracle/bin/{llama-oracle,llama-bench}. Needs cmake, g++, pip. About 10 min on 2 cores
-# (JOBS=1 builds on one core, beside other work).
+# (JOBS=1 builds on one core, beside other work). CMAKE_EXTRA adds configure flags: where a
+# native build dies with SIGILL (a VM that lists CPU features it does not run, e.g. AMX),
+# CMAKE_EXTRA="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+# -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" builds for the reference machine's ISA (Zen 4).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 work="$root/target/llama-oracle"
@@ -34,7 +37,7 @@ grep -q 'add_subdirectory(oracle)' "$src/examples/CMakeLists.txt" ||
     echo 'add_subdirectory(oracle)' >> "$src/examples/CMakeLists.txt"
 # Native build with repacking on: the configuration the reference outputs came from.
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF > "$work/cmake.log"
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF ${CMAKE_EXTRA:-} > "$work/cmake.log"
 cmake --build "$work/build" -j"${JOBS:-$(nproc)}" --target llama-oracle llama-bench > "$work/build.log"
 mkdir -p "$work/bin"
 ln -sf "$work/build/bin/llama-oracle" "$work/bin/llama-oracle"
