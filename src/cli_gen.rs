@@ -121,6 +121,14 @@ impl SampleArgs {
         r.ignore_eos = self.ignore_eos;
         r
     }
+
+    /// [`Self::request`] for a prompt rendered by the chat template: it also stops where the
+    /// template's turn ends in text ([`Engine::chat_stops`]).
+    fn chat_request(&self, engine: &Engine, prompt: String) -> GenerateRequest {
+        let mut r = self.request(prompt);
+        r.stop.extend(engine.chat_stops());
+        r
+    }
 }
 
 /// Streams a generation to stdout; returns the text and why it ended.
@@ -180,10 +188,7 @@ pub fn run(
     } else {
         prompt
     };
-    let mut req = s.request(prompt);
-    if chat {
-        req.stop.extend(engine.chat_stops());
-    }
+    let req = if chat { s.chat_request(&engine, prompt) } else { s.request(prompt) };
     stream(&mut engine, req, false)?;
     println!();
     Ok(())
@@ -225,9 +230,8 @@ pub fn chat(m: &ModelArgs, s: &SampleArgs, system: Option<String>) -> Result<(),
         let req =
             ChatRequest { messages: messages.clone(), add_generation_prompt: true, ..Default::default() };
         let prompt = engine.apply_chat_template(&req).map_err(|e| e.to_string())?;
-        let mut gen = s.request(prompt);
-        gen.stop.extend(engine.chat_stops());
-        let (reply, _) = stream(&mut engine, gen, !interactive)?;
+        let req = s.chat_request(&engine, prompt);
+        let (reply, _) = stream(&mut engine, req, !interactive)?;
         println!();
         messages.push(serde_json::json!({"role": "assistant", "content": reply}));
     }

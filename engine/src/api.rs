@@ -894,11 +894,14 @@ mod tests {
 
     const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
 
-    fn prompter(vocab: &str, template: &str, bos: &str, eos: &str) -> Prompter {
+    fn tokenizer(vocab: &str) -> Tokenizer {
         let file = GgufFile::open(Path::new(SHARED).join("vocab").join(vocab)).unwrap();
-        let tok = Tokenizer::from_metadata(file.metadata()).unwrap();
+        Tokenizer::from_metadata(file.metadata()).unwrap()
+    }
+
+    fn prompter(vocab: &str, template: &str, bos: &str, eos: &str) -> Prompter {
         let src = std::fs::read_to_string(Path::new(SHARED).join("chat-templates").join(template)).unwrap();
-        Prompter::new(tok, ChatTemplate::new(&src, bos, eos).unwrap())
+        Prompter::new(tokenizer(vocab), ChatTemplate::new(&src, bos, eos).unwrap())
     }
 
     /// Llama 3's template writes `<|begin_of_text|>` and its tokenizer adds BOS: the model
@@ -925,13 +928,9 @@ mod tests {
     /// The ChatML fallback stops at its markers' text where the vocabulary lacks them.
     #[test]
     fn chatml_fallback_stops_at_its_markers_as_text() {
-        let tok = |v: &str| {
-            let file = GgufFile::open(Path::new(SHARED).join("vocab").join(v)).unwrap();
-            Tokenizer::from_metadata(file.metadata()).unwrap()
-        };
-        let spm = Prompter::new(tok("ggml-vocab-llama-spm.gguf"), ChatTemplate::chatml());
+        let spm = Prompter::new(tokenizer("ggml-vocab-llama-spm.gguf"), ChatTemplate::chatml());
         assert_eq!(spm.chat_stops(), ["<|im_end|>", "<|im_start|>"]);
-        let qwen = Prompter::new(tok("ggml-vocab-qwen2.gguf"), ChatTemplate::chatml());
+        let qwen = Prompter::new(tokenizer("ggml-vocab-qwen2.gguf"), ChatTemplate::chatml());
         assert!(qwen.chat_stops().is_empty());
         let own = prompter("ggml-vocab-llama-spm.gguf", "Qwen-Qwen2.5-7B-Instruct.jinja", "<s>", "</s>");
         assert!(own.chat_stops().is_empty());
