@@ -48,21 +48,21 @@ pub(crate) struct Layout {
     pub min: Min,
     /// Per-sub-block integer scales (K-quants); Q6_K's are signed.
     pub scales: bool,
+    /// The kernel follows llama.cpp's x86 `vec_dot` lane order (formats it does not repack:
+    /// Q4_1, Q5_0, Q8_0, Q6_K); otherwise its repacked kernels' one sum per block (Q4_0,
+    /// Q4_K).
+    pub lanes: bool,
 }
 
 /// The formats with a packed kernel, in `FMT_*` order.
 pub(crate) const LAYOUTS: [Layout; 6] = [
-    Layout { blk: 32, sub: 32, bits: 4, zero: 8, min: Min::None, scales: false },
-    Layout { blk: 32, sub: 32, bits: 4, zero: 0, min: Min::Block, scales: false },
-    Layout { blk: 32, sub: 32, bits: 5, zero: 16, min: Min::None, scales: false },
-    Layout { blk: 32, sub: 32, bits: 8, zero: 0, min: Min::None, scales: false },
-    Layout { blk: 256, sub: 32, bits: 4, zero: 0, min: Min::Sub, scales: true },
-    Layout { blk: 256, sub: 16, bits: 6, zero: 32, min: Min::None, scales: true },
+    Layout { blk: 32, sub: 32, bits: 4, zero: 8, min: Min::None, scales: false, lanes: false },
+    Layout { blk: 32, sub: 32, bits: 4, zero: 0, min: Min::Block, scales: false, lanes: true },
+    Layout { blk: 32, sub: 32, bits: 5, zero: 16, min: Min::None, scales: false, lanes: true },
+    Layout { blk: 32, sub: 32, bits: 8, zero: 0, min: Min::None, scales: false, lanes: true },
+    Layout { blk: 256, sub: 32, bits: 4, zero: 0, min: Min::Sub, scales: true, lanes: false },
+    Layout { blk: 256, sub: 16, bits: 6, zero: 32, min: Min::None, scales: true, lanes: true },
 ];
-/// Formats whose kernel follows llama.cpp's x86 `vec_dot` lane order (it does not repack
-/// them: Q4_1, Q5_0, Q8_0, Q6_K); Q4_0 and Q4_K follow its repacked kernels' one sum per
-/// block.
-pub(crate) const GGML_LANES: [bool; 6] = [false, true, true, true, false, true];
 pub(crate) const FMT_Q4_0: usize = 0;
 pub(crate) const FMT_Q4_1: usize = 1;
 pub(crate) const FMT_Q5_0: usize = 2;
@@ -103,10 +103,13 @@ impl Layout {
         self.hdr_bytes() + self.blk / 32 * self.chunk_bytes()
     }
     /// Activation `i32` side values per token and block: the zero-point corrections
-    /// (`−zero·Σa` per sub-block) or the i16 pairs of sub-block sums (Q4_K, Q6_K).
+    /// (`−zero·Σa` per sub-block, or per lane of four values in the lane order: Q5_0) or
+    /// the i16 pairs of sub-block sums (Q4_K, Q6_K).
     pub(crate) const fn iz_per_block(&self) -> usize {
         if self.scales {
             self.nsub() / 2
+        } else if self.zero != 0 && self.lanes {
+            self.blk / 4
         } else if self.zero != 0 {
             self.nsub()
         } else if matches!(self.min, Min::Sub) {
@@ -509,9 +512,14 @@ fn quantize_token(fmt: usize, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
                 quantize_q8_0_x86(xc, &mut blk);
                 qc.copy_from_slice(&blk[0].qs);
                 d[b] = blk[0].d();
-                // Q5_0's kernel uses signed codes (`group_lanes`): no zero-point sums.
-                if l.zero != 0 && !GGML_LANES[fmt] {
-                    iz[b] = -l.zero * blk[0].qs.iter().map(|&q| q as i32).sum::<i32>();
+                let zsum = |q: &[i8]| -l.zero * q.iter().map(|&q| q as i32).sum::<i32>();
+                if l.zero != 0 && l.lanes {
+                    // Q5_0: one correction per lane of four (`group_lanes`).
+                    for (k, q) in blk[0].qs.chunks_exact(4).enumerate() {
+                        iz[8 * b + k] = zsum(q);
+                    }
+                } else if l.zero != 0 {
+                    iz[b] = zsum(&blk[0].qs);
                 }
             }
         }

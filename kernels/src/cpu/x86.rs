@@ -60,7 +60,7 @@ macro_rules! kernels {
                         }
                         continue;
                     }
-                    if GGML_LANES[F] {
+                    if LAYOUTS[F].lanes {
                         // Eight accumulators per token: tiles of two.
                         while t + 2 <= te {
                             store(job, g, t, &group_lanes::<F, 2>(w, job, t));
@@ -292,6 +292,9 @@ macro_rules! kernels {
         /// order (Q4_1, Q5_0, Q8_0; see `dot::lanes8`): per token, vector `k` holds lane `k`
         /// (products `4k..4k+4` of each block) of the eight rows, accumulated as
         /// `fma(d_w·d_a, lane, acc_k)`; then `hsum_float_8`'s tree, plus Q4_1's `Σ m·s`.
+        /// Each lane's integer is exact, however it is formed: Q8_0's signed codes take
+        /// ggml's sign trick, Q5_0's unsigned codes start from the activations' `−16·Σa` of
+        /// the lane (no per-token sign or absolute value).
         #[target_feature(enable = $feat)]
         #[inline]
         fn group_lanes<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
@@ -304,29 +307,28 @@ macro_rules! kernels {
             for b in 0..job.nblk {
                 let rec = &w[b * bb..(b + 1) * bb];
                 let dw = _mm256_cvtph_ps(ld128(rec, 0));
-                let mut u = unpack::<F>(&rec[l.hdr_bytes()..][..l.chunk_bytes()]);
-                let mut ax = u;
-                if l.zero != 0 || l.bits == 8 {
-                    // Signed codes (Q5_0: u − 16): |code| × (activation with code's sign).
-                    for (u, ax) in u.iter_mut().zip(ax.iter_mut()) {
-                        *u = _mm256_sub_epi8(*u, _mm256_set1_epi8(l.zero as i8));
-                        *ax = _mm256_abs_epi8(*u);
-                    }
-                }
+                let u = unpack::<F>(&rec[l.hdr_bytes()..][..l.chunk_bytes()]);
+                // Q8_0: |code| × (activation with the code's sign).
+                let ax = if l.bits == 8 { u.map(|u| _mm256_abs_epi8(u)) } else { u };
                 for i in 0..T {
                     let a = &acts.qs[(t0 + i) * acts.n_in + b * 32..][..32];
+                    let iz = if l.zero != 0 { &acts.iz[(t0 + i) * acts.iz_stride + 8 * b..][..8] } else { &[0; 8] };
                     let dd = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
                     for (k, acc) in acc[i].iter_mut().enumerate() {
                         let av = bcast(a, 4 * k);
-                        let dp = if l.zero != 0 || l.bits == 8 {
+                        let dp = if l.bits == 8 {
                             dot4(zero, ax[k], _mm256_sign_epi8(av, u[k]))
+                        } else if l.zero != 0 {
+                            dot4(_mm256_set1_epi32(iz[k]), u[k], av)
                         } else {
                             dot4(zero, u[k], av)
                         };
                         *acc = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(dp), *acc);
                     }
-                    if l.min == Min::Block {
-                        let m = _mm256_cvtph_ps(ld128(rec, 16));
+                }
+                if l.min == Min::Block {
+                    let m = _mm256_cvtph_ps(ld128(rec, 16));
+                    for i in 0..T {
                         let s = _mm256_set1_ps(acts.s[(t0 + i) * acts.s_stride + b]);
                         summs[i] = _mm256_fmadd_ps(m, s, summs[i]);
                     }
@@ -346,12 +348,12 @@ macro_rules! kernels {
         /// Eight rows (one group) against tokens `t0..t0 + T`: Q4_0 and Q4_K in the order of
         /// llama.cpp's repacked kernels (`q4_0_8x8_q8_0`, `q4_K_8x8_q8_K`): one exact integer
         /// sum per block, fused into the accumulator with `d_w·d_a`; Q4_K's mins go to a second
-        /// accumulator (`dmin·d_a`) subtracted at the end. `GGML_LANES` formats run [`lanes`].
+        /// accumulator (`dmin·d_a`) subtracted at the end. Lane-order formats run `group_lanes`.
         #[target_feature(enable = $feat)]
         #[inline]
         fn group<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
             let l = LAYOUTS[F];
-            debug_assert!(!GGML_LANES[F] && l.bits < 8);
+            debug_assert!(!l.lanes && l.bits < 8);
             let bb = l.block_bytes();
             let acts = job.acts;
             let nsub_chunk = 32 / l.sub;
