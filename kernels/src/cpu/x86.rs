@@ -91,6 +91,25 @@ macro_rules! kernels {
             }
         }
 
+        /// How far ahead of the bytes being multiplied the weight stream asks for cache lines:
+        /// a decode matvec is bound by memory, and the hardware prefetcher alone left 5–8% of
+        /// Qwen2.5-1.5B's generation speed behind (docs/PERFORMANCE.md, session 21).
+        const PREFETCH: usize = 2048;
+
+        /// Asks for the cache lines of `len` bytes at `PREFETCH` past offset `off` of `p`
+        /// (nothing past its end).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn prefetch(p: &[u8], off: usize, len: usize) {
+            let at = off + PREFETCH;
+            if at + len <= p.len() {
+                for line in (0..len).step_by(64) {
+                    // SAFETY: a prefetch reads nothing architecturally; the address is in `p`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.as_ptr().add(at + line).cast()) };
+                }
+            }
+        }
+
         /// 32 bytes at `off` of `p`.
         #[target_feature(enable = $feat)]
         #[inline]
@@ -218,6 +237,7 @@ macro_rules! kernels {
                     _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(z))
                 });
                 for c in 0..l.blk / 32 {
+                    prefetch(w, b * bb + l.hdr_bytes() + c * l.chunk_bytes(), l.chunk_bytes());
                     let u = unpack::<FMT_Q6_K>(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()]);
                     // Sub-block scales of the chunk's two halves, as i16 pairs (s, s).
                     let s0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scb(2 * c), scb(2 * c)));
@@ -306,6 +326,7 @@ macro_rules! kernels {
             let mut summs = [_mm256_setzero_ps(); T];
             for b in 0..job.nblk {
                 let rec = &w[b * bb..(b + 1) * bb];
+                prefetch(w, b * bb, bb);
                 let dw = _mm256_cvtph_ps(ld128(rec, 0));
                 let u = unpack::<F>(&rec[l.hdr_bytes()..][..l.chunk_bytes()]);
                 // Q8_0: |code| × (activation with the code's sign).
@@ -378,6 +399,7 @@ macro_rules! kernels {
                 }
                 let mut isum = [_mm256_setzero_si256(); T];
                 for c in 0..l.blk / 32 {
+                    prefetch(w, b * bb + l.hdr_bytes() + c * l.chunk_bytes(), l.chunk_bytes());
                     let u = unpack::<F>(&rec[l.hdr_bytes() + c * l.chunk_bytes()..][..l.chunk_bytes()]);
                     for s in 0..nsub_chunk {
                         let j = c * nsub_chunk + s;
