@@ -12,7 +12,7 @@ use ferrite_kernels::cpu as k;
 use ferrite_kernels::cpu::attn::{self, HeadKv, Online};
 use ferrite_kernels::cpu::attn_tile::{self, Tile, TILE};
 use ferrite_kernels::cpu::math;
-use ferrite_kernels::cpu::packed::{PackScratch, PackedMatrix};
+use ferrite_kernels::cpu::packed::{PackArena, PackScratch, PackedMatrix};
 use ferrite_kernels::quant::QuantType;
 use ferrite_loader::GgufFile;
 use half::f16;
@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 pub struct CpuBackend {
     scratch: Mutex<(k::Scratch, PackScratch)>,
     prepared: Mutex<PrepareStats>,
+    /// Huge-page memory the repacked weights share.
+    arena: PackArena,
 }
 
 impl CpuBackend {
@@ -114,7 +116,7 @@ impl Backend for CpuBackend {
             None
         } else {
             let t0 = std::time::Instant::now();
-            let p = PackedMatrix::pack(ty, view.data, n_in, n_out);
+            let p = PackedMatrix::pack_in(&self.arena, ty, view.data, n_in, n_out);
             if let Some(p) = &p {
                 let mut st = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
                 st.matrices += 1;

@@ -257,18 +257,34 @@ pub struct PackedMatrix {
     n_out: usize,
     isa: Isa,
     /// Group-major: `ceil(n_out / 8)` groups of `n_in / blk` block records.
-    data: Vec<u8>,
+    data: Region,
 }
 
 impl PackedMatrix {
     /// Repacks `n_out` rows of `n_in` values in format `ty`, for the best instruction set of
     /// this CPU. `None` when the format or the CPU has no packed kernel (use [`super::matmul`]).
     pub fn pack(ty: QuantType, w: &[u8], n_in: usize, n_out: usize) -> Option<Self> {
-        Self::pack_for(Isa::best()?, ty, w, n_in, n_out)
+        Self::pack_in(&PackArena::new(0), ty, w, n_in, n_out)
+    }
+
+    /// As [`Self::pack`], in memory from `arena` (a model's matrices share its huge pages).
+    pub fn pack_in(arena: &PackArena, ty: QuantType, w: &[u8], n_in: usize, n_out: usize) -> Option<Self> {
+        Self::build(arena, Isa::best()?, ty, w, n_in, n_out)
     }
 
     /// As [`Self::pack`], for a given instruction set (`None` if this CPU lacks it).
     pub fn pack_for(isa: Isa, ty: QuantType, w: &[u8], n_in: usize, n_out: usize) -> Option<Self> {
+        Self::build(&PackArena::new(0), isa, ty, w, n_in, n_out)
+    }
+
+    fn build(
+        arena: &PackArena,
+        isa: Isa,
+        ty: QuantType,
+        w: &[u8],
+        n_in: usize,
+        n_out: usize,
+    ) -> Option<Self> {
         let fmt = fmt_of(ty)?;
         if !Isa::available().contains(&isa) {
             return None;
@@ -281,9 +297,9 @@ impl PackedMatrix {
         let nblk = n_in / l.blk;
         let group_bytes = nblk * l.block_bytes();
         let groups = n_out.div_ceil(GROUP);
-        let mut data = vec![0u8; groups * group_bytes];
+        let mut data = arena.alloc(groups * group_bytes);
         let src_blk = ty.block_bytes();
-        data.par_chunks_mut(group_bytes).enumerate().for_each(|(g, out)| {
+        data.bytes_mut().par_chunks_mut(group_bytes).enumerate().for_each(|(g, out)| {
             for b in 0..nblk {
                 let rec = &mut out[b * l.block_bytes()..(b + 1) * l.block_bytes()];
                 for r in 0..GROUP {
@@ -309,7 +325,7 @@ impl PackedMatrix {
     }
     /// Bytes of the repacked matrix.
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.data.bytes().len()
     }
     /// Values per row.
     pub fn n_in(&self) -> usize {
@@ -375,7 +391,7 @@ impl PackedMatrix {
             let g1 = (g0 + per_task).min(groups);
             let job = Job {
                 fmt: first.fmt,
-                w: &mats[i].data[g0 * group_bytes..g1 * group_bytes],
+                w: &mats[i].data.bytes()[g0 * group_bytes..g1 * group_bytes],
                 group_bytes,
                 nblk,
                 acts: &acts,
@@ -386,6 +402,115 @@ impl PackedMatrix {
             };
             run_job(first.isa, &job);
         });
+    }
+}
+
+/// Memory for the repacked matrices of a model, on transparent huge pages where the OS
+/// offers them: a decode streams every weight once per token, and with 4 KiB pages each page
+/// of that stream costs a TLB miss (a nested page walk under a hypervisor). Matrices are
+/// bump-allocated from 2 MiB-aligned chunks, so that small ones (SmolLM2's are all under
+/// 2 MiB) share huge pages too.
+#[derive(Debug)]
+pub struct PackArena {
+    /// Bytes per chunk (a larger matrix gets a chunk of its own).
+    chunk_bytes: usize,
+    state: std::sync::Mutex<(Option<std::sync::Arc<Chunk>>, usize)>,
+}
+
+/// Huge-page alignment.
+const HUGE: usize = 2 << 20;
+
+/// One anonymous mapping; regions of it are handed out once each.
+#[derive(Debug)]
+struct Chunk {
+    _map: memmap2::MmapMut,
+    /// First 2 MiB-aligned byte of the mapping.
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: `base` points into `_map`, which the chunk owns; regions are disjoint, written once
+// by the packer that reserved them before any sharing, and read-only afterwards.
+unsafe impl Send for Chunk {}
+// SAFETY: as above.
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    fn new(len: usize) -> Option<Self> {
+        let mut map = memmap2::MmapMut::map_anon(len.checked_add(HUGE)?).ok()?;
+        // Advice only: without THP the pages stay small.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        let pad = map.as_ptr().align_offset(HUGE);
+        let base = map[pad..].as_mut_ptr();
+        Some(Chunk { _map: map, base, len })
+    }
+}
+
+impl Default for PackArena {
+    /// 64 MiB chunks: a few per model, little address space left unused.
+    fn default() -> Self {
+        Self::new(64 << 20)
+    }
+}
+
+impl PackArena {
+    /// An arena that maps `chunk_bytes` at a time (0: one mapping per matrix).
+    pub fn new(chunk_bytes: usize) -> Self {
+        Self { chunk_bytes, state: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// `len` zeroed bytes, 64-byte aligned, for one matrix.
+    fn alloc(&self, len: usize) -> Region {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (chunk, used) = &mut *st;
+        let at = used.next_multiple_of(64);
+        if let Some(c) = chunk.as_ref().filter(|c| at + len <= c.len) {
+            *used = at + len;
+            return Region::Chunk { chunk: c.clone(), off: at, len };
+        }
+        let want = len.max(self.chunk_bytes).next_multiple_of(HUGE);
+        match Chunk::new(want) {
+            Some(c) => {
+                let c = std::sync::Arc::new(c);
+                *chunk = Some(c.clone());
+                *used = len;
+                Region::Chunk { chunk: c, off: 0, len }
+            }
+            None => Region::Heap(vec![0; len]),
+        }
+    }
+}
+
+/// A repacked matrix's bytes: a region of an arena chunk, or heap memory where mapping failed.
+#[derive(Debug)]
+enum Region {
+    Chunk { chunk: std::sync::Arc<Chunk>, off: usize, len: usize },
+    Heap(Vec<u8>),
+}
+
+impl Region {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: `off + len <= chunk.len` bytes past `base` lie in the mapping the `Arc`
+            // keeps alive; no `&mut` to them exists once the matrix is built.
+            Region::Chunk { chunk, off, len } => unsafe {
+                std::slice::from_raw_parts(chunk.base.add(*off), *len)
+            },
+            Region::Heap(v) => v,
+        }
+    }
+
+    /// The bytes for writing while the matrix is packed (`&mut self`: the packer owns it).
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            // SAFETY: as in `bytes`; the arena hands each range out once, so this region is
+            // the only view of it, and `&mut self` makes this borrow exclusive.
+            Region::Chunk { chunk, off, len } => unsafe {
+                std::slice::from_raw_parts_mut(chunk.base.add(*off), *len)
+            },
+            Region::Heap(v) => v,
+        }
     }
 }
 
