@@ -12,6 +12,7 @@ use ferrite_kernels::cpu as k;
 use ferrite_kernels::cpu::attn::{self, HeadKv, Online};
 use ferrite_kernels::cpu::attn_tile::{self, Tile, TILE};
 use ferrite_kernels::cpu::math;
+use ferrite_kernels::cpu::mem::HugePages;
 use ferrite_kernels::cpu::packed::{PackArena, PackScratch, PackedMatrix};
 use ferrite_kernels::quant::QuantType;
 use ferrite_loader::GgufFile;
@@ -76,8 +77,11 @@ impl CpuWeight {
 /// half its attention time waiting for memory).
 #[derive(Debug)]
 pub struct CpuKv {
-    k: Vec<Vec<u16>>,
-    v: Vec<Vec<u16>>,
+    /// Every layer's keys then values, on huge pages (attention streams them every token).
+    mem: HugePages,
+    /// `u16`s per layer of keys and of values.
+    k_len: usize,
+    v_len: usize,
     slots: usize,
     heads: usize,
     dk: usize,
@@ -85,11 +89,25 @@ pub struct CpuKv {
 }
 
 impl CpuKv {
+    /// Layer `layer`'s keys and values.
+    fn layer(&self, layer: usize) -> (&[u16], &[u16]) {
+        let all: &[u16] = bytemuck::cast_slice(self.mem.as_slice());
+        all[layer * (self.k_len + self.v_len)..][..self.k_len + self.v_len].split_at(self.k_len)
+    }
+
+    /// Layer `layer`'s keys and values, for writing.
+    fn layer_mut(&mut self, layer: usize) -> (&mut [u16], &mut [u16]) {
+        let (kl, vl) = (self.k_len, self.v_len);
+        let all: &mut [u16] = bytemuck::cast_slice_mut(self.mem.as_mut_slice());
+        all[layer * (kl + vl)..][..kl + vl].split_at_mut(kl)
+    }
+
     /// Head `g`'s keys and values of layer `layer`, rows indexed by slot.
     fn head(&self, layer: usize, g: usize) -> HeadKv<'_> {
+        let (k, v) = self.layer(layer);
         HeadKv {
-            k: &self.k[layer],
-            v: &self.v[layer],
+            k,
+            v,
             k_stride: self.dk,
             v_stride: self.dv,
             k_off: g * self.slots * self.dk,
@@ -159,14 +177,13 @@ impl Backend for CpuBackend {
                 .ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))
         };
         let (k_len, v_len) = (len(head_dim)?, len(head_dim_v)?);
-        Ok(CpuKv {
-            k: (0..n_layers).map(|_| vec![0u16; k_len]).collect(),
-            v: (0..n_layers).map(|_| vec![0u16; v_len]).collect(),
-            slots: n_slots,
-            heads: n_head_kv,
-            dk: head_dim,
-            dv: head_dim_v,
-        })
+        let bytes = (k_len + v_len)
+            .checked_mul(n_layers)
+            .and_then(|x| x.checked_mul(2))
+            .ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
+        let mem = HugePages::zeroed(bytes)
+            .ok_or_else(|| EngineError::Invalid(format!("cannot allocate a {bytes}-byte KV cache")))?;
+        Ok(CpuKv { mem, k_len, v_len, slots: n_slots, heads: n_head_kv, dk: head_dim, dv: head_dim_v })
     }
 
     fn write(&self, buf: &mut Vec<f32>, data: &[f32]) {
@@ -325,12 +342,14 @@ impl Backend for CpuBackend {
     fn kv_store(&self, kv: &mut CpuKv, layer: usize, k: &Vec<f32>, v: &Vec<f32>, slots: &[u32]) {
         let (dk, dv) = (kv.dk, kv.dv);
         let (kw, vw) = (kv.heads * dk, kv.heads * dv);
+        let (heads, n_slots) = (kv.heads, kv.slots);
+        let (kl, vl) = kv.layer_mut(layer);
         for (i, &s) in slots.iter().enumerate() {
-            for g in 0..kv.heads {
-                let (ko, vo) = ((g * kv.slots + s as usize) * dk, (g * kv.slots + s as usize) * dv);
-                let kd: &mut [f16] = kv.k[layer][ko..ko + dk].reinterpret_cast_mut();
+            for g in 0..heads {
+                let (ko, vo) = ((g * n_slots + s as usize) * dk, (g * n_slots + s as usize) * dv);
+                let kd: &mut [f16] = kl[ko..ko + dk].reinterpret_cast_mut();
                 kd.convert_from_f32_slice(&k[i * kw + g * dk..i * kw + (g + 1) * dk]);
-                let vd: &mut [f16] = kv.v[layer][vo..vo + dv].reinterpret_cast_mut();
+                let vd: &mut [f16] = vl[vo..vo + dv].reinterpret_cast_mut();
                 vd.convert_from_f32_slice(&v[i * vw + g * dv..i * vw + (g + 1) * dv]);
             }
         }

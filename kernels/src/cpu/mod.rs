@@ -11,6 +11,7 @@ pub mod attn_tile;
 pub mod dot;
 mod gemm;
 pub mod math;
+pub mod mem;
 pub mod packed;
 pub mod softmax;
 #[cfg(target_arch = "x86_64")]

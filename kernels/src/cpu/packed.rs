@@ -16,6 +16,7 @@
 //! per-block scales and the integer block sums that the zero points and mins need.
 
 use super::dot::{quantize_q8_0_x86, quantize_q8_1_x86};
+use super::mem::HugePages;
 use crate::quant::*;
 use rayon::prelude::*;
 
@@ -414,37 +415,7 @@ impl PackedMatrix {
 pub struct PackArena {
     /// Bytes per chunk (a larger matrix gets a chunk of its own).
     chunk_bytes: usize,
-    state: std::sync::Mutex<(Option<std::sync::Arc<Chunk>>, usize)>,
-}
-
-/// Huge-page alignment.
-const HUGE: usize = 2 << 20;
-
-/// One anonymous mapping; regions of it are handed out once each.
-#[derive(Debug)]
-struct Chunk {
-    _map: memmap2::MmapMut,
-    /// First 2 MiB-aligned byte of the mapping.
-    base: *mut u8,
-    len: usize,
-}
-
-// SAFETY: `base` points into `_map`, which the chunk owns; regions are disjoint, written once
-// by the packer that reserved them before any sharing, and read-only afterwards.
-unsafe impl Send for Chunk {}
-// SAFETY: as above.
-unsafe impl Sync for Chunk {}
-
-impl Chunk {
-    fn new(len: usize) -> Option<Self> {
-        let mut map = memmap2::MmapMut::map_anon(len.checked_add(HUGE)?).ok()?;
-        // Advice only: without THP the pages stay small.
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
-        let pad = map.as_ptr().align_offset(HUGE);
-        let base = map[pad..].as_mut_ptr();
-        Some(Chunk { _map: map, base, len })
-    }
+    state: std::sync::Mutex<(Option<std::sync::Arc<HugePages>>, usize)>,
 }
 
 impl Default for PackArena {
@@ -465,12 +436,12 @@ impl PackArena {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (chunk, used) = &mut *st;
         let at = used.next_multiple_of(64);
-        if let Some(c) = chunk.as_ref().filter(|c| at + len <= c.len) {
+        if let Some(c) = chunk.as_ref().filter(|c| at + len <= c.len()) {
             *used = at + len;
             return Region::Chunk { chunk: c.clone(), off: at, len };
         }
-        let want = len.max(self.chunk_bytes).next_multiple_of(HUGE);
-        match Chunk::new(want) {
+        let want = len.max(self.chunk_bytes).next_multiple_of(2 << 20);
+        match HugePages::zeroed(want) {
             Some(c) => {
                 let c = std::sync::Arc::new(c);
                 *chunk = Some(c.clone());
@@ -485,7 +456,7 @@ impl PackArena {
 /// A repacked matrix's bytes: a region of an arena chunk, or heap memory where mapping failed.
 #[derive(Debug)]
 enum Region {
-    Chunk { chunk: std::sync::Arc<Chunk>, off: usize, len: usize },
+    Chunk { chunk: std::sync::Arc<HugePages>, off: usize, len: usize },
     Heap(Vec<u8>),
 }
 
@@ -495,7 +466,7 @@ impl Region {
             // SAFETY: `off + len <= chunk.len` bytes past `base` lie in the mapping the `Arc`
             // keeps alive; no `&mut` to them exists once the matrix is built.
             Region::Chunk { chunk, off, len } => unsafe {
-                std::slice::from_raw_parts(chunk.base.add(*off), *len)
+                std::slice::from_raw_parts(chunk.base().add(*off), *len)
             },
             Region::Heap(v) => v,
         }
@@ -507,7 +478,7 @@ impl Region {
             // SAFETY: as in `bytes`; the arena hands each range out once, so this region is
             // the only view of it, and `&mut self` makes this borrow exclusive.
             Region::Chunk { chunk, off, len } => unsafe {
-                std::slice::from_raw_parts_mut(chunk.base.add(*off), *len)
+                std::slice::from_raw_parts_mut(chunk.base().add(*off), *len)
             },
             Region::Heap(v) => v,
         }
