@@ -177,8 +177,9 @@ impl Backend for CpuBackend {
                 .ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))
         };
         let (k_len, v_len) = (len(head_dim)?, len(head_dim_v)?);
-        let bytes = (k_len + v_len)
-            .checked_mul(n_layers)
+        let bytes = k_len
+            .checked_add(v_len)
+            .and_then(|x| x.checked_mul(n_layers))
             .and_then(|x| x.checked_mul(2))
             .ok_or_else(|| EngineError::Invalid("KV cache size overflows".into()))?;
         let mem = HugePages::zeroed(bytes)

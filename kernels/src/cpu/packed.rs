@@ -431,16 +431,19 @@ impl PackArena {
         Self { chunk_bytes, state: std::sync::Mutex::new((None, 0)) }
     }
 
-    /// `len` zeroed bytes, 64-byte aligned, for one matrix.
+    /// `len` zeroed bytes for one matrix (64-byte aligned in a chunk; heap memory where the
+    /// OS refuses a mapping).
     fn alloc(&self, len: usize) -> Region {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (chunk, used) = &mut *st;
         let at = used.next_multiple_of(64);
-        if let Some(c) = chunk.as_ref().filter(|c| at + len <= c.len()) {
+        if let Some(c) = chunk.as_ref().filter(|c| at.checked_add(len).is_some_and(|end| end <= c.len())) {
             *used = at + len;
             return Region::Chunk { chunk: c.clone(), off: at, len };
         }
-        let want = len.max(self.chunk_bytes).next_multiple_of(2 << 20);
+        let Some(want) = len.max(self.chunk_bytes).checked_next_multiple_of(2 << 20) else {
+            return Region::Heap(vec![0; len]);
+        };
         match HugePages::zeroed(want) {
             Some(c) => {
                 let c = std::sync::Arc::new(c);

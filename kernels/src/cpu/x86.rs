@@ -37,7 +37,9 @@ macro_rules! kernels {
             for tb in (0..job.n).step_by(TOKEN_BLOCK) {
                 let te = (tb + TOKEN_BLOCK).min(job.n);
                 for g in 0..groups {
-                    let w = &job.w[g * job.group_bytes..(g + 1) * job.group_bytes];
+                    // From group `g` to the task's end: the kernels read the group's `nblk`
+                    // blocks, and the prefetch runs on into the next group.
+                    let w = &job.w[g * job.group_bytes..];
                     let mut t = tb;
                     if F == FMT_Q6_K && job.n >= 8 {
                         // llama.cpp's tiled K-quant matmul order (batches of 8 or more).
@@ -369,7 +371,8 @@ macro_rules! kernels {
         /// Eight rows (one group) against tokens `t0..t0 + T`: Q4_0 and Q4_K in the order of
         /// llama.cpp's repacked kernels (`q4_0_8x8_q8_0`, `q4_K_8x8_q8_K`): one exact integer
         /// sum per block, fused into the accumulator with `d_w·d_a`; Q4_K's mins go to a second
-        /// accumulator (`dmin·d_a`) subtracted at the end. Lane-order formats run `group_lanes`.
+        /// accumulator (`dmin·d_a`) subtracted at the end. Q4_1, Q5_0 and Q8_0 run `group_lanes`,
+        /// Q6_K `group_q6k` / `group_q6k_tiled`.
         #[target_feature(enable = $feat)]
         #[inline]
         fn group<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
