@@ -94,8 +94,8 @@ macro_rules! kernels {
         }
 
         /// How far ahead of the bytes being multiplied the weight stream asks for cache lines:
-        /// a decode matvec is bound by memory, and the hardware prefetcher alone left 5–8% of
-        /// Qwen2.5-1.5B's generation speed behind (docs/PERFORMANCE.md, session 21).
+        /// a decode matvec is bound by memory, and the hardware prefetcher alone left a fifth
+        /// of Qwen2.5-1.5B's generation speed behind (docs/PERFORMANCE.md, session 21).
         const PREFETCH: usize = 2048;
 
         /// Asks for the cache lines of `len` bytes at `PREFETCH` past offset `off` of `p`
