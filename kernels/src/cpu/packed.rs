@@ -103,13 +103,23 @@ impl Layout {
     pub(crate) const fn block_bytes(&self) -> usize {
         self.hdr_bytes() + self.blk / 32 * self.chunk_bytes()
     }
+    /// What the lane-order kernels subtract from every code: Q5_0's zero point, and 128 for
+    /// Q8_0, whose signed codes the VNNI kernels read as unsigned `w + 128` (`vpdpbusd`
+    /// multiplies unsigned by signed bytes; the AVX2 kernels take ggml's sign trick instead).
+    pub(crate) const fn lane_offset(&self) -> i32 {
+        if self.bits == 8 {
+            128
+        } else {
+            self.zero
+        }
+    }
     /// Activation `i32` side values per token and block: the zero-point corrections
-    /// (`−zero·Σa` per sub-block, or per lane of four values in the lane order: Q5_0) or
-    /// the i16 pairs of sub-block sums (Q4_K, Q6_K).
+    /// (`−zero·Σa` per sub-block, or `−lane_offset·Σa` per lane of four values in the lane
+    /// order: Q5_0, Q8_0) or the i16 pairs of sub-block sums (Q4_K, Q6_K).
     pub(crate) const fn iz_per_block(&self) -> usize {
         if self.scales {
             self.nsub() / 2
-        } else if self.zero != 0 && self.lanes {
+        } else if self.lanes && self.lane_offset() != 0 {
             self.blk / 4
         } else if self.zero != 0 {
             self.nsub()
@@ -611,14 +621,14 @@ fn quantize_token(fmt: usize, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [
                 quantize_q8_0_x86(xc, &mut blk);
                 qc.copy_from_slice(&blk[0].qs);
                 d[b] = blk[0].d();
-                let zsum = |q: &[i8]| -l.zero * q.iter().map(|&q| q as i32).sum::<i32>();
-                if l.zero != 0 && l.lanes {
-                    // Q5_0: one correction per lane of four (`group_lanes`).
+                let sum = |q: &[i8]| q.iter().map(|&q| q as i32).sum::<i32>();
+                if l.lanes && l.lane_offset() != 0 {
+                    // Q5_0, Q8_0: one correction per lane of four (`group_lanes`).
                     for (k, q) in blk[0].qs.chunks_exact(4).enumerate() {
-                        iz[8 * b + k] = zsum(q);
+                        iz[8 * b + k] = -l.lane_offset() * sum(q);
                     }
                 } else if l.zero != 0 {
-                    iz[b] = zsum(&blk[0].qs);
+                    iz[b] = -l.zero * sum(&blk[0].qs);
                 }
             }
         }

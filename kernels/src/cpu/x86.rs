@@ -34,6 +34,9 @@ macro_rules! kernels {
         #[target_feature(enable = $feat)]
         fn tiles<const F: usize>(job: &Job) {
             let groups = job.w.len() / job.group_bytes;
+            if F != FMT_Q6_K && LAYOUTS[F].lanes {
+                return lane_tiles::<F>(job, groups);
+            }
             for tb in (0..job.n).step_by(TOKEN_BLOCK) {
                 let te = (tb + TOKEN_BLOCK).min(job.n);
                 for g in 0..groups {
@@ -62,17 +65,6 @@ macro_rules! kernels {
                         }
                         continue;
                     }
-                    if LAYOUTS[F].lanes {
-                        // Eight accumulators per token: tiles of two.
-                        while t + 2 <= te {
-                            store(job, g, t, &group_lanes::<F, 2>(w, job, t));
-                            t += 2;
-                        }
-                        if t < te {
-                            store(job, g, t, &group_lanes::<F, 1>(w, job, t));
-                        }
-                        continue;
-                    }
                     while t + 4 <= te {
                         store(job, g, t, &group::<F, 4>(w, job, t));
                         t += 4;
@@ -82,6 +74,43 @@ macro_rules! kernels {
                         2 => store(job, g, t, &group::<F, 2>(w, job, t)),
                         1 => store(job, g, t, &group::<F, 1>(w, job, t)),
                         _ => {}
+                    }
+                }
+            }
+        }
+
+        /// The lane-order formats (Q4_1, Q5_0, Q8_0): pairs of groups (`group_lanes_pair`),
+        /// tiles of two tokens (eight accumulators per token and group).
+        #[target_feature(enable = $feat)]
+        fn lane_tiles<const F: usize>(job: &Job, groups: usize) {
+            for tb in (0..job.n).step_by(TOKEN_BLOCK) {
+                let te = (tb + TOKEN_BLOCK).min(job.n);
+                let mut g = 0;
+                while g + 2 <= groups {
+                    let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+                    let mut t = tb;
+                    while t + 2 <= te {
+                        let [r0, r1] = group_lanes_pair::<F, 2>(w0, w1, job, t);
+                        store(job, g, t, &r0);
+                        store(job, g + 1, t, &r1);
+                        t += 2;
+                    }
+                    if t < te {
+                        let [r0, r1] = group_lanes_pair::<F, 1>(w0, w1, job, t);
+                        store(job, g, t, &r0);
+                        store(job, g + 1, t, &r1);
+                    }
+                    g += 2;
+                }
+                if g < groups {
+                    let w = &job.w[g * job.group_bytes..];
+                    let mut t = tb;
+                    while t + 2 <= te {
+                        store(job, g, t, &group_lanes::<F, 2>(w, job, t));
+                        t += 2;
+                    }
+                    if t < te {
+                        store(job, g, t, &group_lanes::<F, 1>(w, job, t));
                     }
                 }
             }
@@ -314,9 +343,9 @@ macro_rules! kernels {
         /// order (Q4_1, Q5_0, Q8_0; see `dot::lanes8`): per token, vector `k` holds lane `k`
         /// (products `4k..4k+4` of each block) of the eight rows, accumulated as
         /// `fma(d_w·d_a, lane, acc_k)`; then `hsum_float_8`'s tree, plus Q4_1's `Σ m·s`.
-        /// Each lane's integer is exact, however it is formed: Q8_0's signed codes take
-        /// ggml's sign trick, Q5_0's unsigned codes start from the activations' `−16·Σa` of
-        /// the lane (no per-token sign or absolute value).
+        /// Each lane's integer is exact, however it is formed: Q5_0's unsigned codes start
+        /// from the activations' `−16·Σa` of the lane; Q8_0's signed codes become `w + 128`
+        /// from `−128·Σa` where `Q8_UNSIGNED` (VNNI), else take ggml's sign trick.
         #[target_feature(enable = $feat)]
         #[inline]
         fn group_lanes<const F: usize, const T: usize>(w: &[u8], job: &Job, t0: usize) -> [[f32; GROUP]; T] {
@@ -324,6 +353,7 @@ macro_rules! kernels {
             let bb = l.block_bytes();
             let acts = job.acts;
             let zero = _mm256_setzero_si256();
+            let sign_trick = l.bits == 8 && !Q8_UNSIGNED;
             let mut acc = [[_mm256_setzero_ps(); 8]; T];
             let mut summs = [_mm256_setzero_ps(); T];
             for b in 0..job.nblk {
@@ -331,18 +361,24 @@ macro_rules! kernels {
                 prefetch(w, b * bb, bb);
                 let dw = _mm256_cvtph_ps(ld128(rec, 0));
                 let u = unpack::<F>(&rec[l.hdr_bytes()..][..l.chunk_bytes()]);
-                // Q8_0: |code| × (activation with the code's sign).
-                let ax = if l.bits == 8 { u.map(|u| _mm256_abs_epi8(u)) } else { u };
+                let ax = if sign_trick {
+                    // |code| × (activation with the code's sign).
+                    u.map(|u| _mm256_abs_epi8(u))
+                } else if l.bits == 8 {
+                    u.map(|u| _mm256_xor_si256(u, _mm256_set1_epi8(-128)))
+                } else {
+                    u
+                };
                 for i in 0..T {
                     let a = &acts.qs[(t0 + i) * acts.n_in + b * 32..][..32];
-                    let iz = if l.zero != 0 { &acts.iz[(t0 + i) * acts.iz_stride + 8 * b..][..8] } else { &[0; 8] };
+                    let iz = if l.lane_offset() != 0 { &acts.iz[(t0 + i) * acts.iz_stride + 8 * b..][..8] } else { &[0; 8] };
                     let dd = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
                     for (k, acc) in acc[i].iter_mut().enumerate() {
                         let av = bcast(a, 4 * k);
-                        let dp = if l.bits == 8 {
+                        let dp = if sign_trick {
                             dot4(zero, ax[k], _mm256_sign_epi8(av, u[k]))
-                        } else if l.zero != 0 {
-                            dot4(_mm256_set1_epi32(iz[k]), u[k], av)
+                        } else if l.lane_offset() != 0 {
+                            dot4(_mm256_set1_epi32(iz[k]), ax[k], av)
                         } else {
                             dot4(zero, u[k], av)
                         };
@@ -484,6 +520,19 @@ macro_rules! kernels {
 pub(crate) mod avx2 {
     kernels!(
         "avx2,fma,f16c",
+        /// `vpmaddubsw` would saturate on `w + 128`: Q8_0 takes the sign trick.
+        const Q8_UNSIGNED: bool = false;,
+        /// Two groups one after the other (no 16-lane vectors here).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn group_lanes_pair<const F: usize, const T: usize>(
+            w0: &[u8],
+            w1: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; T]; 2] {
+            [group_lanes::<F, T>(w0, job, t0), group_lanes::<F, T>(w1, job, t0)]
+        },
         /// `acc + Σ` of four u8 × i8 products per i32 lane (`vpmaddubsw` cannot saturate
         /// here: codes are at most 63, or 128 with the sign trick, and activations ±127).
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -506,6 +555,97 @@ pub(crate) mod avx2 {
 pub(crate) mod vnni {
     kernels!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        /// Q8_0 codes read as `w + 128` (one `vpxor` per block instead of a `vpsignb` per
+        /// token and lane).
+        const Q8_UNSIGNED: bool = true;,
+        /// `group_lanes` for two groups at once on 512-bit vectors: the rows of `w0` in the
+        /// low half, those of `w1` in the high half, so each instruction serves sixteen rows
+        /// (twice the multiply-adds per instruction, where a core has two 512-bit units). Every
+        /// lane does `group_lanes`' arithmetic in its order: the same bits.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn group_lanes_pair<const F: usize, const T: usize>(
+            w0: &[u8],
+            w1: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; T]; 2] {
+            let l = LAYOUTS[F];
+            let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
+            let acts = job.acts;
+            let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            let mut acc = [[_mm512_setzero_ps(); 8]; T];
+            let mut summs = [_mm512_setzero_ps(); T];
+            for b in 0..job.nblk {
+                let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                prefetch(w0, b * bb, bb);
+                prefetch(w1, b * bb, bb);
+                let dw = _mm512_cvtph_ps(_mm256_set_m128i(ld128(r1, 0), ld128(r0, 0)));
+                let (c0, c1) = (&r0[hdr..hdr + cb], &r1[hdr..hdr + cb]);
+                let mut u = [_mm512_setzero_si512(); 8];
+                if l.bits == 8 {
+                    for (k, u) in u.iter_mut().enumerate() {
+                        *u = _mm512_xor_si512(join(ld(c0, 32 * k), ld(c1, 32 * k)), _mm512_set1_epi8(-128));
+                    }
+                } else {
+                    let nib = _mm512_set1_epi8(0x0f);
+                    for k in 0..4 {
+                        let v = join(ld(c0, 32 * k), ld(c1, 32 * k));
+                        u[k] = _mm512_and_si512(v, nib);
+                        u[k + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+                    }
+                    if l.bits == 5 {
+                        let h = join(ld(c0, 128), ld(c1, 128));
+                        let m = _mm512_set1_epi8(0x10);
+                        for (k, u) in u.iter_mut().enumerate() {
+                            let s = 4 - k as i32;
+                            let hk = if s >= 0 {
+                                _mm512_sll_epi16(h, _mm_cvtsi32_si128(s))
+                            } else {
+                                _mm512_srl_epi16(h, _mm_cvtsi32_si128(-s))
+                            };
+                            *u = _mm512_or_si512(*u, _mm512_and_si512(hk, m));
+                        }
+                    }
+                }
+                for i in 0..T {
+                    let a = &acts.qs[(t0 + i) * acts.n_in + b * 32..][..32];
+                    let iz = if l.lane_offset() != 0 {
+                        &acts.iz[(t0 + i) * acts.iz_stride + 8 * b..][..8]
+                    } else {
+                        &[0; 8]
+                    };
+                    let dd = _mm512_mul_ps(dw, _mm512_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
+                    for (k, acc) in acc[i].iter_mut().enumerate() {
+                        let av = i32::from_le_bytes(std::array::from_fn(|j| a[4 * k + j] as u8));
+                        let dp = _mm512_dpbusd_epi32(_mm512_set1_epi32(iz[k]), u[k], _mm512_set1_epi32(av));
+                        *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(dp), *acc);
+                    }
+                }
+                if l.min == Min::Block {
+                    let m = _mm512_cvtph_ps(_mm256_set_m128i(ld128(r1, 16), ld128(r0, 16)));
+                    for (i, summs) in summs.iter_mut().enumerate() {
+                        let s = _mm512_set1_ps(acts.s[(t0 + i) * acts.s_stride + b]);
+                        *summs = _mm512_fmadd_ps(m, s, *summs);
+                    }
+                }
+            }
+            let mut r = [[[0f32; GROUP]; T]; 2];
+            for (i, a) in acc.iter().enumerate() {
+                // `hsum_lanes`' tree, then Q4_1's `+ Σ m·s`.
+                let h = _mm512_add_ps(
+                    _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                    _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+                );
+                let h = if l.min == Min::Block { _mm512_add_ps(h, summs[i]) } else { h };
+                let mut v = [0f32; 2 * GROUP];
+                // SAFETY: `v` is 16 writable f32; the store is unaligned.
+                unsafe { _mm512_storeu_ps(v.as_mut_ptr(), h) };
+                r[0][i].copy_from_slice(&v[..GROUP]);
+                r[1][i].copy_from_slice(&v[GROUP..]);
+            }
+            r
+        },
         /// `acc + Σ` of four u8 × i8 products per i32 lane: one `vpdpbusd`.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
