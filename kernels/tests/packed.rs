@@ -111,9 +111,16 @@ fn packed_matches_scalar_reference() {
         // Odd row counts (a partial last group), one to several blocks, 1..9 tokens and a
         // batch that spans several token tiles; enough groups per task for the 16-row kernels
         // (pairs of groups, an odd one left over).
-        for &(blocks, n_out, n) in
-            &[(1, 8, 1), (3, 13, 2), (2, 40, 5), (5, 7, 9), (4, 33, 70), (2, 300, 3), (1, 136, 1)]
-        {
+        for &(blocks, n_out, n) in &[
+            (1, 8, 1),
+            (3, 13, 2),
+            (2, 40, 5),
+            (5, 7, 9),
+            (4, 33, 70),
+            (2, 300, 3),
+            (1, 136, 1),
+            (1, 200, 11),
+        ] {
             let n_in = blocks * be;
             for quantized in [true, false] {
                 let w = rand_weights(&mut rng, ty, n_in, n_out, quantized);

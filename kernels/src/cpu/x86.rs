@@ -37,15 +37,39 @@ macro_rules! kernels {
             if F != FMT_Q6_K && LAYOUTS[F].lanes {
                 return lane_tiles::<F>(job, groups);
             }
+            if !LAYOUTS[F].lanes {
+                return block_tiles::<F>(job, groups);
+            }
+            // Q6_K: llama.cpp's tiled K-quant matmul order for batches of 8 or more, its
+            // `vec_dot` lanes (one token at a time) below.
             for tb in (0..job.n).step_by(TOKEN_BLOCK) {
                 let te = (tb + TOKEN_BLOCK).min(job.n);
-                for g in 0..groups {
-                    // From group `g` to the task's end: the kernels read the group's `nblk`
-                    // blocks, and the prefetch runs on into the next group.
+                let mut g = 0;
+                while job.n > 1 && g + 2 <= groups {
+                    let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+                    let mut t = tb;
+                    if job.n >= 8 {
+                        while t + 4 <= te {
+                            store_pair(job, g, t, &group_q6k_tiled_pair::<4>(w0, w1, job, t));
+                            t += 4;
+                        }
+                        match te - t {
+                            3 => store_pair(job, g, t, &group_q6k_tiled_pair::<3>(w0, w1, job, t)),
+                            2 => store_pair(job, g, t, &group_q6k_tiled_pair::<2>(w0, w1, job, t)),
+                            1 => store_pair(job, g, t, &group_q6k_tiled_pair::<1>(w0, w1, job, t)),
+                            _ => {}
+                        }
+                    } else {
+                        for t in t..te {
+                            store_pair(job, g, t, &group_q6k_pair(w0, w1, job, t));
+                        }
+                    }
+                    g += 2;
+                }
+                for g in g..groups {
                     let w = &job.w[g * job.group_bytes..];
                     let mut t = tb;
-                    if F == FMT_Q6_K && job.n >= 8 {
-                        // llama.cpp's tiled K-quant matmul order (batches of 8 or more).
+                    if job.n >= 8 {
                         while t + 4 <= te {
                             store(job, g, t, &group_q6k_tiled::<4>(w, job, t));
                             t += 4;
@@ -56,15 +80,40 @@ macro_rules! kernels {
                             1 => store(job, g, t, &group_q6k_tiled::<1>(w, job, t)),
                             _ => {}
                         }
-                        continue;
-                    }
-                    if F == FMT_Q6_K {
-                        // `vec_dot` lanes (batches under 8): one token at a time.
+                    } else {
                         for t in t..te {
                             store(job, g, t, &group_q6k(w, job, t));
                         }
-                        continue;
                     }
+                }
+            }
+        }
+
+        /// Q4_0 and Q4_K (one sum per block): pairs of groups (`group_pair`), tiles of four
+        /// tokens, then the last `n % 4` as one tile.
+        #[target_feature(enable = $feat)]
+        fn block_tiles<const F: usize>(job: &Job, groups: usize) {
+            for tb in (0..job.n).step_by(TOKEN_BLOCK) {
+                let te = (tb + TOKEN_BLOCK).min(job.n);
+                let mut g = 0;
+                while job.n > 1 && g + 2 <= groups {
+                    let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+                    let mut t = tb;
+                    while t + 4 <= te {
+                        store_pair(job, g, t, &group_pair::<F, 4>(w0, w1, job, t));
+                        t += 4;
+                    }
+                    match te - t {
+                        3 => store_pair(job, g, t, &group_pair::<F, 3>(w0, w1, job, t)),
+                        2 => store_pair(job, g, t, &group_pair::<F, 2>(w0, w1, job, t)),
+                        1 => store_pair(job, g, t, &group_pair::<F, 1>(w0, w1, job, t)),
+                        _ => {}
+                    }
+                    g += 2;
+                }
+                for g in g..groups {
+                    let w = &job.w[g * job.group_bytes..];
+                    let mut t = tb;
                     while t + 4 <= te {
                         store(job, g, t, &group::<F, 4>(w, job, t));
                         t += 4;
@@ -86,23 +135,19 @@ macro_rules! kernels {
             for tb in (0..job.n).step_by(TOKEN_BLOCK) {
                 let te = (tb + TOKEN_BLOCK).min(job.n);
                 let mut g = 0;
-                while g + 2 <= groups {
+                while job.n > 1 && g + 2 <= groups {
                     let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
                     let mut t = tb;
                     while t + 2 <= te {
-                        let [r0, r1] = group_lanes_pair::<F, 2>(w0, w1, job, t);
-                        store(job, g, t, &r0);
-                        store(job, g + 1, t, &r1);
+                        store_pair(job, g, t, &group_lanes_pair::<F, 2>(w0, w1, job, t));
                         t += 2;
                     }
                     if t < te {
-                        let [r0, r1] = group_lanes_pair::<F, 1>(w0, w1, job, t);
-                        store(job, g, t, &r0);
-                        store(job, g + 1, t, &r1);
+                        store_pair(job, g, t, &group_lanes_pair::<F, 1>(w0, w1, job, t));
                     }
                     g += 2;
                 }
-                if g < groups {
+                for g in g..groups {
                     let w = &job.w[g * job.group_bytes..];
                     let mut t = tb;
                     while t + 2 <= te {
@@ -120,6 +165,12 @@ macro_rules! kernels {
             for (i, v) in r.iter().enumerate() {
                 job.store(g, t0 + i, v);
             }
+        }
+
+        /// Stores the results of groups `g` and `g + 1`.
+        fn store_pair<const T: usize>(job: &Job, g: usize, t0: usize, r: &[[[f32; GROUP]; T]; 2]) {
+            store(job, g, t0, &r[0]);
+            store(job, g + 1, t0, &r[1]);
         }
 
         /// How far ahead of the bytes being multiplied the weight stream asks for cache lines:
@@ -533,6 +584,34 @@ pub(crate) mod avx2 {
         ) -> [[[f32; GROUP]; T]; 2] {
             [group_lanes::<F, T>(w0, job, t0), group_lanes::<F, T>(w1, job, t0)]
         },
+        /// Two groups one after the other.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn group_pair<const F: usize, const T: usize>(
+            w0: &[u8],
+            w1: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; T]; 2] {
+            [group::<F, T>(w0, job, t0), group::<F, T>(w1, job, t0)]
+        },
+        /// Two groups one after the other.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn group_q6k_pair(w0: &[u8], w1: &[u8], job: &Job, t0: usize) -> [[[f32; GROUP]; 1]; 2] {
+            [group_q6k(w0, job, t0), group_q6k(w1, job, t0)]
+        },
+        /// Two groups one after the other.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn group_q6k_tiled_pair<const T: usize>(
+            w0: &[u8],
+            w1: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; T]; 2] {
+            [group_q6k_tiled::<T>(w0, job, t0), group_q6k_tiled::<T>(w1, job, t0)]
+        },
         /// `acc + Σ` of four u8 × i8 products per i32 lane (`vpmaddubsw` cannot saturate
         /// here: codes are at most 63, or 128 with the sign trick, and activations ±127).
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -573,39 +652,17 @@ pub(crate) mod vnni {
             let l = LAYOUTS[F];
             let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
             let acts = job.acts;
-            let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
             let mut acc = [[_mm512_setzero_ps(); 8]; T];
             let mut summs = [_mm512_setzero_ps(); T];
             for b in 0..job.nblk {
                 let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
                 prefetch(w0, b * bb, bb);
                 prefetch(w1, b * bb, bb);
-                let dw = _mm512_cvtph_ps(_mm256_set_m128i(ld128(r1, 0), ld128(r0, 0)));
-                let (c0, c1) = (&r0[hdr..hdr + cb], &r1[hdr..hdr + cb]);
-                let mut u = [_mm512_setzero_si512(); 8];
+                let dw = ph_pair(r0, r1, 0);
+                let mut u = unpack_pair::<F>(&r0[hdr..hdr + cb], &r1[hdr..hdr + cb]);
                 if l.bits == 8 {
-                    for (k, u) in u.iter_mut().enumerate() {
-                        *u = _mm512_xor_si512(join(ld(c0, 32 * k), ld(c1, 32 * k)), _mm512_set1_epi8(-128));
-                    }
-                } else {
-                    let nib = _mm512_set1_epi8(0x0f);
-                    for k in 0..4 {
-                        let v = join(ld(c0, 32 * k), ld(c1, 32 * k));
-                        u[k] = _mm512_and_si512(v, nib);
-                        u[k + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
-                    }
-                    if l.bits == 5 {
-                        let h = join(ld(c0, 128), ld(c1, 128));
-                        let m = _mm512_set1_epi8(0x10);
-                        for (k, u) in u.iter_mut().enumerate() {
-                            let s = 4 - k as i32;
-                            let hk = if s >= 0 {
-                                _mm512_sll_epi16(h, _mm_cvtsi32_si128(s))
-                            } else {
-                                _mm512_srl_epi16(h, _mm_cvtsi32_si128(-s))
-                            };
-                            *u = _mm512_or_si512(*u, _mm512_and_si512(hk, m));
-                        }
+                    for u in u.iter_mut() {
+                        *u = _mm512_xor_si512(*u, _mm512_set1_epi8(-128));
                     }
                 }
                 for i in 0..T {
@@ -617,30 +674,324 @@ pub(crate) mod vnni {
                     };
                     let dd = _mm512_mul_ps(dw, _mm512_set1_ps(acts.d[(t0 + i) * job.nblk + b]));
                     for (k, acc) in acc[i].iter_mut().enumerate() {
-                        let av = i32::from_le_bytes(std::array::from_fn(|j| a[4 * k + j] as u8));
-                        let dp = _mm512_dpbusd_epi32(_mm512_set1_epi32(iz[k]), u[k], _mm512_set1_epi32(av));
+                        let dp = _mm512_dpbusd_epi32(_mm512_set1_epi32(iz[k]), u[k], bcast16(a, 4 * k));
                         *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(dp), *acc);
                     }
                 }
                 if l.min == Min::Block {
-                    let m = _mm512_cvtph_ps(_mm256_set_m128i(ld128(r1, 16), ld128(r0, 16)));
+                    let m = ph_pair(r0, r1, 16);
                     for (i, summs) in summs.iter_mut().enumerate() {
                         let s = _mm512_set1_ps(acts.s[(t0 + i) * acts.s_stride + b]);
                         *summs = _mm512_fmadd_ps(m, s, *summs);
                     }
                 }
             }
-            let mut r = [[[0f32; GROUP]; T]; 2];
-            for (i, a) in acc.iter().enumerate() {
+            let mut h = [_mm512_setzero_ps(); T];
+            for i in 0..T {
                 // `hsum_lanes`' tree, then Q4_1's `+ Σ m·s`.
-                let h = _mm512_add_ps(
+                let a = &acc[i];
+                h[i] = _mm512_add_ps(
                     _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
                     _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
                 );
-                let h = if l.min == Min::Block { _mm512_add_ps(h, summs[i]) } else { h };
+                if l.min == Min::Block {
+                    h[i] = _mm512_add_ps(h[i], summs[i]);
+                }
+            }
+            split(&h)
+        },
+        /// Four activation codes `a[off..off + 4]` broadcast to all sixteen lanes.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn bcast16(a: &[i8], off: usize) -> __m512i {
+            let b: [i8; 4] = a[off..off + 4].try_into().expect("4 codes");
+            _mm512_set1_epi32(i32::from_le_bytes(b.map(|x| x as u8)))
+        },
+        /// Two 256-bit halves as one 512-bit vector.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn join(lo: __m256i, hi: __m256i) -> __m512i {
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+        },
+        /// Eight rows' f16 header values at `off` of two block records, as sixteen f32.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn ph_pair(r0: &[u8], r1: &[u8], off: usize) -> __m512 {
+            _mm512_cvtph_ps(_mm256_set_m128i(ld128(r1, off), ld128(r0, off)))
+        },
+        /// Eight bytes at `off` of two block records (one per row of a group), as sixteen.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn b64_pair(r0: &[u8], r1: &[u8], off: usize) -> __m128i {
+            _mm_unpacklo_epi64(ld64(r0, off), ld64(r1, off))
+        },
+        /// `unpack` of the same chunk of two groups: group `c0`'s rows in the low half.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn unpack_pair<const F: usize>(c0: &[u8], c1: &[u8]) -> [__m512i; 8] {
+            let l = LAYOUTS[F];
+            let mut u = [_mm512_setzero_si512(); 8];
+            if l.bits == 8 {
+                for (k, u) in u.iter_mut().enumerate() {
+                    *u = join(ld(c0, 32 * k), ld(c1, 32 * k));
+                }
+                return u;
+            }
+            let nib = _mm512_set1_epi8(0x0f);
+            for k in 0..4 {
+                let v = join(ld(c0, 32 * k), ld(c1, 32 * k));
+                u[k] = _mm512_and_si512(v, nib);
+                u[k + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+            }
+            let shift = |v: __m512i, s: i32| {
+                if s >= 0 {
+                    _mm512_sll_epi16(v, _mm_cvtsi32_si128(s))
+                } else {
+                    _mm512_srl_epi16(v, _mm_cvtsi32_si128(-s))
+                }
+            };
+            if l.bits == 5 {
+                let h = join(ld(c0, 128), ld(c1, 128));
+                let m = _mm512_set1_epi8(0x10);
+                for (k, u) in u.iter_mut().enumerate() {
+                    *u = _mm512_or_si512(*u, _mm512_and_si512(shift(h, 4 - k as i32), m));
+                }
+            } else if l.bits == 6 {
+                let m = _mm512_set1_epi8(0x30);
+                for hh in 0..2 {
+                    let h = join(ld(c0, 128 + 32 * hh), ld(c1, 128 + 32 * hh));
+                    for j in 0..4 {
+                        let k = 4 * hh + j;
+                        u[k] = _mm512_or_si512(u[k], _mm512_and_si512(shift(h, 4 - 2 * j as i32), m));
+                    }
+                }
+            }
+            u
+        },
+        /// `group` for two groups at once on 512-bit vectors (rows of `w0` in the low half),
+        /// every lane in `group`'s order: the same bits.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn group_pair<const F: usize, const T: usize>(
+            w0: &[u8],
+            w1: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; T]; 2] {
+            let l = LAYOUTS[F];
+            let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
+            let acts = job.acts;
+            let nsub_chunk = 32 / l.sub;
+            let gv = l.sub / 4;
+            let pairs = F == FMT_Q4_K && T == 4;
+            let mut acc = [_mm512_setzero_ps(); T];
+            let mut acc_min = [_mm512_setzero_ps(); T];
+            for b in 0..job.nblk {
+                let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                let dw = ph_pair(r0, r1, 0);
+                let mut da = [_mm512_setzero_ps(); T];
+                let mut dd = [_mm512_setzero_ps(); T];
+                let mut a: [&[i8]; T] = [&[]; T];
+                for i in 0..T {
+                    da[i] = _mm512_set1_ps(acts.d[(t0 + i) * job.nblk + b]);
+                    dd[i] = _mm512_mul_ps(dw, da[i]);
+                    a[i] = &acts.qs[(t0 + i) * acts.n_in + b * l.blk..][..l.blk];
+                }
+                let mut isum = [_mm512_setzero_si512(); T];
+                for c in 0..l.blk / 32 {
+                    let off = hdr + c * cb;
+                    prefetch(w0, b * bb + off, cb);
+                    prefetch(w1, b * bb + off, cb);
+                    let u = unpack_pair::<F>(&r0[off..off + cb], &r1[off..off + cb]);
+                    for s in 0..nsub_chunk {
+                        let j = c * nsub_chunk + s;
+                        let mut dp = [_mm512_setzero_si512(); T];
+                        if l.zero != 0 {
+                            for (i, dp) in dp.iter_mut().enumerate() {
+                                *dp =
+                                    _mm512_set1_epi32(acts.iz[(t0 + i) * acts.iz_stride + b * l.nsub() + j]);
+                            }
+                        }
+                        for (kk, &u) in u[s * gv..(s + 1) * gv].iter().enumerate() {
+                            let k = s * gv + kk;
+                            for i in 0..T {
+                                dp[i] = _mm512_dpbusd_epi32(dp[i], u, bcast16(a[i], 32 * c + 4 * k));
+                            }
+                        }
+                        if l.scales {
+                            let sc = _mm512_cvtepu8_epi32(b64_pair(r0, r1, l.sc_off() + GROUP * j));
+                            for i in 0..T {
+                                isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(dp[i], sc));
+                            }
+                            if pairs && j % 2 == 1 {
+                                for i in 0..T {
+                                    acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), dd[i], acc[i]);
+                                    isum[i] = _mm512_setzero_si512();
+                                }
+                            }
+                        } else {
+                            for i in 0..T {
+                                isum[i] = _mm512_add_epi32(isum[i], dp[i]);
+                            }
+                        }
+                    }
+                }
+                if !pairs {
+                    for i in 0..T {
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), dd[i], acc[i]);
+                    }
+                }
+                if l.min == Min::Sub {
+                    let dmin = ph_pair(r0, r1, 16);
+                    let mut ms = [_mm512_setzero_si512(); T];
+                    for p in 0..l.nsub() / 2 {
+                        let lo = b64_pair(r0, r1, l.mn_off() + GROUP * 2 * p);
+                        let hi = b64_pair(r0, r1, l.mn_off() + GROUP * (2 * p + 1));
+                        // Lane r: (min of sub-block 2p, min of 2p + 1) as an i16 pair; the
+                        // low bytes of `lo`/`hi` are `w0`'s rows, the high bytes `w1`'s.
+                        let m16 = _mm512_cvtepu8_epi16(_mm256_set_m128i(
+                            _mm_unpackhi_epi8(lo, hi),
+                            _mm_unpacklo_epi8(lo, hi),
+                        ));
+                        for i in 0..T {
+                            let pair = acts.iz[(t0 + i) * acts.iz_stride + b * (l.nsub() / 2) + p];
+                            ms[i] = _mm512_add_epi32(ms[i], _mm512_madd_epi16(m16, _mm512_set1_epi32(pair)));
+                            if pairs {
+                                let dm = _mm512_mul_ps(dmin, da[i]);
+                                acc_min[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ms[i]), dm, acc_min[i]);
+                                ms[i] = _mm512_setzero_si512();
+                            }
+                        }
+                    }
+                    if !pairs {
+                        for i in 0..T {
+                            let dm = _mm512_mul_ps(dmin, da[i]);
+                            acc_min[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ms[i]), dm, acc_min[i]);
+                        }
+                    }
+                }
+            }
+            for i in 0..T {
+                acc[i] = _mm512_sub_ps(acc[i], acc_min[i]);
+            }
+            split(&acc)
+        },
+        /// Sixteen i8 scales of sub-blocks `j0` and `j1` of two block records, as i16 pairs
+        /// `(scale j0, scale j1)` per row: `w0`'s rows in the low half.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn sc_pairs(r0: &[u8], r1: &[u8], off0: usize, off1: usize) -> __m512i {
+            let (lo, hi) = (b64_pair(r0, r1, off0), b64_pair(r0, r1, off1));
+            _mm512_cvtepi8_epi16(_mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi)))
+        },
+        /// `group_q6k` for two groups at once on 512-bit vectors (rows of `w0` in the low
+        /// half), every lane in its order: the same bits.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn group_q6k_pair(w0: &[u8], w1: &[u8], job: &Job, t0: usize) -> [[[f32; GROUP]; 1]; 2] {
+            let l = LAYOUTS[FMT_Q6_K];
+            let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
+            let acts = job.acts;
+            let sc = |j: usize| l.sc_off() + GROUP * j;
+            let mut acc = [_mm512_setzero_ps(); 8];
+            for b in 0..job.nblk {
+                let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                let dw = ph_pair(r0, r1, 0);
+                let a = &acts.qs[t0 * acts.n_in + b * l.blk..][..l.blk];
+                let iz = &acts.iz[t0 * acts.iz_stride + b * 8..][..8];
+                let mut isum = [_mm512_setzero_si512(); 8];
+                for (k, isum) in isum.iter_mut().enumerate() {
+                    let z = _mm512_madd_epi16(
+                        sc_pairs(r0, r1, sc(2 * k), sc(2 * k + 1)),
+                        _mm512_set1_epi32(iz[k]),
+                    );
+                    *isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(z));
+                }
+                for c in 0..l.blk / 32 {
+                    let off = hdr + c * cb;
+                    prefetch(w0, b * bb + off, cb);
+                    prefetch(w1, b * bb + off, cb);
+                    let u = unpack_pair::<FMT_Q6_K>(&r0[off..off + cb], &r1[off..off + cb]);
+                    let s0 = sc_pairs(r0, r1, sc(2 * c), sc(2 * c));
+                    let s1 = sc_pairs(r0, r1, sc(2 * c + 1), sc(2 * c + 1));
+                    for (k, isum) in isum.iter_mut().enumerate() {
+                        let s = if k < 4 { s0 } else { s1 };
+                        let av = bcast16(a, 32 * c + 4 * k);
+                        *isum = _mm512_dpwssd_epi32(*isum, _mm512_maddubs_epi16(u[k], av), s);
+                    }
+                }
+                let dd = _mm512_mul_ps(dw, _mm512_set1_ps(acts.d[t0 * job.nblk + b]));
+                for (acc, isum) in acc.iter_mut().zip(isum) {
+                    *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), *acc);
+                }
+            }
+            let a = &acc;
+            split(&[_mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+            )])
+        },
+        /// `group_q6k_tiled` for two groups at once on 512-bit vectors (rows of `w0` in the
+        /// low half), every lane in its order: the same bits.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn group_q6k_tiled_pair<const T: usize>(
+            w0: &[u8],
+            w1: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; T]; 2] {
+            let l = LAYOUTS[FMT_Q6_K];
+            let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
+            let acts = job.acts;
+            let sc = |j: usize| l.sc_off() + GROUP * j;
+            let mut acc = [_mm512_setzero_ps(); T];
+            for b in 0..job.nblk {
+                let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                let dw = ph_pair(r0, r1, 0);
+                // The zero point: 32·Σ_j scale_j·bsum_j, from the activations' i16 pairs.
+                let mut isum = [_mm512_setzero_si512(); T];
+                for k in 0..8 {
+                    let scp = sc_pairs(r0, r1, sc(2 * k), sc(2 * k + 1));
+                    for (i, isum) in isum.iter_mut().enumerate() {
+                        let pair = acts.iz[(t0 + i) * acts.iz_stride + b * 8 + k];
+                        *isum = _mm512_sub_epi32(*isum, _mm512_madd_epi16(scp, _mm512_set1_epi32(pair)));
+                    }
+                }
+                for isum in isum.iter_mut() {
+                    *isum = _mm512_slli_epi32::<5>(*isum);
+                }
+                for c in 0..l.blk / 32 {
+                    let off = hdr + c * cb;
+                    let u = unpack_pair::<FMT_Q6_K>(&r0[off..off + cb], &r1[off..off + cb]);
+                    for h in 0..2 {
+                        let s = _mm512_cvtepi8_epi32(b64_pair(r0, r1, sc(2 * c + h)));
+                        for (i, isum) in isum.iter_mut().enumerate() {
+                            let a = &acts.qs[(t0 + i) * acts.n_in + b * l.blk + 32 * c..][..32];
+                            let mut dp = _mm512_setzero_si512();
+                            for (kk, &u) in u[4 * h..4 * h + 4].iter().enumerate() {
+                                dp = _mm512_dpbusd_epi32(dp, u, bcast16(a, 4 * (4 * h + kk)));
+                            }
+                            *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(dp, s));
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let da = _mm512_set1_ps(acts.d[(t0 + i) * job.nblk + b]);
+                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum[i]), dw), da, *acc);
+                }
+            }
+            split(&acc)
+        },
+        /// Per token, sixteen results as the eight of each group.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn split<const T: usize>(h: &[__m512; T]) -> [[[f32; GROUP]; T]; 2] {
+            let mut r = [[[0f32; GROUP]; T]; 2];
+            for (i, h) in h.iter().enumerate() {
                 let mut v = [0f32; 2 * GROUP];
                 // SAFETY: `v` is 16 writable f32; the store is unaligned.
-                unsafe { _mm512_storeu_ps(v.as_mut_ptr(), h) };
+                unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *h) };
                 r[0][i].copy_from_slice(&v[..GROUP]);
                 r[1][i].copy_from_slice(&v[GROUP..]);
             }
