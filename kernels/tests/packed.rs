@@ -110,7 +110,8 @@ fn packed_matches_scalar_reference() {
         let be = ty.block_elems();
         // Odd row counts (a partial last group), one to several blocks, 1..9 tokens and a
         // batch that spans several token tiles; enough groups per task for the 16-row kernels
-        // (pairs of groups, an odd one left over).
+        // (pairs of groups, an odd one left over), with one tile or several (codes unpacked
+        // once per pair), and rows too long for that.
         for &(blocks, n_out, n) in &[
             (1, 8, 1),
             (3, 13, 2),
@@ -120,6 +121,8 @@ fn packed_matches_scalar_reference() {
             (2, 300, 3),
             (1, 136, 1),
             (1, 200, 11),
+            (1, 200, 2),
+            (70, 136, 3),
         ] {
             let n_in = blocks * be;
             for quantized in [true, false] {

@@ -136,15 +136,7 @@ macro_rules! kernels {
                 let te = (tb + TOKEN_BLOCK).min(job.n);
                 let mut g = 0;
                 while job.n > 1 && g + 2 <= groups {
-                    let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
-                    let mut t = tb;
-                    while t + 2 <= te {
-                        store_pair(job, g, t, &group_lanes_pair::<F, 2>(w0, w1, job, t));
-                        t += 2;
-                    }
-                    if t < te {
-                        store_pair(job, g, t, &group_lanes_pair::<F, 1>(w0, w1, job, t));
-                    }
+                    lane_pair_tokens::<F>(job, g, tb, te);
                     g += 2;
                 }
                 for g in g..groups {
@@ -573,16 +565,22 @@ pub(crate) mod avx2 {
         "avx2,fma,f16c",
         /// `vpmaddubsw` would saturate on `w + 128`: Q8_0 takes the sign trick.
         const Q8_UNSIGNED: bool = false;,
-        /// Two groups one after the other (no 16-lane vectors here).
+        /// Tokens `tb..te` of groups `g` and `g + 1`, one group after the other (no 16-lane
+        /// vectors here).
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
-        fn group_lanes_pair<const F: usize, const T: usize>(
-            w0: &[u8],
-            w1: &[u8],
-            job: &Job,
-            t0: usize,
-        ) -> [[[f32; GROUP]; T]; 2] {
-            [group_lanes::<F, T>(w0, job, t0), group_lanes::<F, T>(w1, job, t0)]
+        fn lane_pair_tokens<const F: usize>(job: &Job, g: usize, tb: usize, te: usize) {
+            for g in g..g + 2 {
+                let w = &job.w[g * job.group_bytes..];
+                let mut t = tb;
+                while t + 2 <= te {
+                    store(job, g, t, &group_lanes::<F, 2>(w, job, t));
+                    t += 2;
+                }
+                if t < te {
+                    store(job, g, t, &group_lanes::<F, 1>(w, job, t));
+                }
+            }
         },
         /// Two groups one after the other.
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -637,15 +635,69 @@ pub(crate) mod vnni {
         /// Q8_0 codes read as `w + 128` (one `vpxor` per block instead of a `vpsignb` per
         /// token and lane).
         const Q8_UNSIGNED: bool = true;,
+        /// Tokens `tb..te` of groups `g` and `g + 1` (`group_lanes_pair`, tiles of two). With
+        /// more than one tile, the pair's codes are unpacked once into up to `MAX_PRE` blocks
+        /// of stack (32 KiB, in L1) and every tile reads them there: unpacking a Q5_0 block
+        /// costs as many instructions as two tokens' products (Q8_0 gains too: its two
+        /// streams are read once).
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn lane_pair_tokens<const F: usize>(job: &Job, g: usize, tb: usize, te: usize) {
+            const MAX_PRE: usize = 64;
+            let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+            let l = LAYOUTS[F];
+            let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
+            let mut t = tb;
+            if te - tb <= 2 || job.nblk > MAX_PRE {
+                while t + 2 <= te {
+                    store_pair(job, g, t, &group_lanes_pair::<F, 2, false>(w0, w1, &[], job, t));
+                    t += 2;
+                }
+                if t < te {
+                    store_pair(job, g, t, &group_lanes_pair::<F, 1, false>(w0, w1, &[], job, t));
+                }
+                return;
+            }
+            let mut buf = [std::mem::MaybeUninit::<[__m512i; 8]>::uninit(); MAX_PRE];
+            for (b, slot) in buf.iter_mut().enumerate().take(job.nblk) {
+                prefetch(w0, b * bb, bb);
+                prefetch(w1, b * bb, bb);
+                slot.write(unpack_lanes::<F>(&w0[b * bb + hdr..][..cb], &w1[b * bb + hdr..][..cb]));
+            }
+            // SAFETY: the first `nblk` slots were written just above.
+            let pre: &[[__m512i; 8]] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), job.nblk) };
+            while t + 2 <= te {
+                store_pair(job, g, t, &group_lanes_pair::<F, 2, true>(w0, w1, pre, job, t));
+                t += 2;
+            }
+            if t < te {
+                store_pair(job, g, t, &group_lanes_pair::<F, 1, true>(w0, w1, pre, job, t));
+            }
+        },
+        /// The eight code vectors of a lane-order block of two groups, as `vpdpbusd` takes
+        /// them (Q8_0 as `w + 128`).
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn unpack_lanes<const F: usize>(c0: &[u8], c1: &[u8]) -> [__m512i; 8] {
+            let mut u = unpack_pair::<F>(c0, c1);
+            if LAYOUTS[F].bits == 8 {
+                for u in u.iter_mut() {
+                    *u = _mm512_xor_si512(*u, _mm512_set1_epi8(-128));
+                }
+            }
+            u
+        },
         /// `group_lanes` for two groups at once on 512-bit vectors: the rows of `w0` in the
         /// low half, those of `w1` in the high half, so each instruction serves sixteen rows
         /// (twice the multiply-adds per instruction, where a core has two 512-bit units). Every
-        /// lane does `group_lanes`' arithmetic in its order: the same bits.
+        /// lane does `group_lanes`' arithmetic in its order: the same bits. `PRE`: the codes
+        /// come unpacked in `pre` (one entry per block).
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn group_lanes_pair<const F: usize, const T: usize>(
+        fn group_lanes_pair<const F: usize, const T: usize, const PRE: bool>(
             w0: &[u8],
             w1: &[u8],
+            pre: &[[__m512i; 8]],
             job: &Job,
             t0: usize,
         ) -> [[[f32; GROUP]; T]; 2] {
@@ -656,15 +708,14 @@ pub(crate) mod vnni {
             let mut summs = [_mm512_setzero_ps(); T];
             for b in 0..job.nblk {
                 let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
-                prefetch(w0, b * bb, bb);
-                prefetch(w1, b * bb, bb);
+                let u = if PRE {
+                    pre[b]
+                } else {
+                    prefetch(w0, b * bb, bb);
+                    prefetch(w1, b * bb, bb);
+                    unpack_lanes::<F>(&r0[hdr..hdr + cb], &r1[hdr..hdr + cb])
+                };
                 let dw = ph_pair(r0, r1, 0);
-                let mut u = unpack_pair::<F>(&r0[hdr..hdr + cb], &r1[hdr..hdr + cb]);
-                if l.bits == 8 {
-                    for u in u.iter_mut() {
-                        *u = _mm512_xor_si512(*u, _mm512_set1_epi8(-128));
-                    }
-                }
                 for i in 0..T {
                     let a = &acts.qs[(t0 + i) * acts.n_in + b * 32..][..32];
                     let iz = if l.lane_offset() != 0 {
