@@ -463,6 +463,30 @@ impl GgufFile {
         total
     }
 
+    /// Drops the whole pages of `range` from this process's resident set, for a tensor
+    /// that the backend has copied into memory of its own (repacked weights): resident
+    /// memory then counts the model once, not twice. The pages stay in the OS page cache,
+    /// and reading them again (an embedding row of a tied output matrix) faults them back
+    /// in with the same bytes. Best effort: an error only means the pages stay.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start.next_multiple_of(PAGE);
+        let end = range.end.min(self.map.len()) / PAGE * PAGE;
+        if start >= end {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            // SAFETY: the mapping is a read-only, shared file mapping: MADV_DONTNEED only
+            // unmaps its pages, and any later read (through a slice that is still borrowed,
+            // too) maps the file's unchanged bytes again, as the first read did. The range is
+            // inside the mapping (clamped above).
+            let _ = unsafe {
+                self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     /// The whole mapping (tensor ranges from `Gguf::tensor_range` index into it).
     pub fn bytes(&self) -> &[u8] {
         &self.map

@@ -136,6 +136,8 @@ impl Backend for CpuBackend {
             let t0 = std::time::Instant::now();
             let p = PackedMatrix::pack_in(&self.arena, ty, view.data, n_in, n_out);
             if let Some(p) = &p {
+                // The packed copy is what the kernels read from now on.
+                file.release(file.header().tensor_range(view.info));
                 let mut st = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
                 st.matrices += 1;
                 st.bytes += p.bytes();
