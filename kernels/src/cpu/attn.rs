@@ -231,6 +231,59 @@ pub fn tree_ggml(x: &[f32]) -> f32 {
     }
 }
 
+/// `factors` for an instruction set: its target features and `exp_glibc` body.
+macro_rules! factors {
+    ($feat:literal, $exp:path) => {
+        /// Softmax factors of a run, key by key as llama.cpp, with glibc's `expf` bits: a new max
+        /// rescales the sum by e^(m_old - s) and the key weighs 1; otherwise the rescale is 1 and
+        /// the key weighs e^(s - m); `l = fma(l, rescale, weight)`. `s` holds the scores on entry
+        /// and the value weights on return; `ms[j]` rescales the running sum before key `j` (1
+        /// where the max did not move; the returned mask has bit `j` set where it moved for one
+        /// of `o.heads`). The heads of a key are the eight lanes of one register, so each step is
+        /// the scalar recurrence lane by lane, its exponential `exp_glibc` eight at a time (the
+        /// instruction set's body: AVX-512 reads the table with permutes, AVX2 gathers).
+        #[target_feature(enable = $feat)]
+        pub(super) fn factors(s: &mut Cols, n: usize, o: &mut Online, ms: &mut Cols) -> u64 {
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(o.heads as i32), lane));
+            let one = _mm256_set1_ps(1.0);
+            let ld = |a: &[f32; MAX_HEADS]| {
+                // SAFETY: `a` holds 8 readable f32; the load is unaligned.
+                unsafe { _mm256_loadu_ps(a.as_ptr()) }
+            };
+            let (mut m, mut l) = (ld(&o.m), ld(&o.l));
+            let mut rescale = 0u64;
+            for (j, (s, ms)) in s.iter_mut().zip(ms.iter_mut()).take(n).enumerate() {
+                let sj = ld(s);
+                // `s > m` is false for NaN, as the scalar comparison; lanes past the heads stay at
+                // e^0 and are never stored.
+                let moved = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sj, m), live);
+                let arg = _mm256_blendv_ps(_mm256_sub_ps(sj, m), _mm256_sub_ps(m, sj), moved);
+                let e = $exp(_mm256_and_ps(arg, live));
+                let c = _mm256_blendv_ps(one, e, moved);
+                let w = _mm256_blendv_ps(e, one, moved);
+                m = _mm256_blendv_ps(m, sj, moved);
+                l = _mm256_fmadd_ps(l, c, w);
+                // SAFETY: `s` and `ms` hold 8 writable f32; the stores are unaligned.
+                unsafe { _mm256_storeu_ps(s.as_mut_ptr(), w) };
+                if _mm256_movemask_ps(moved) != 0 {
+                    rescale |= 1 << j;
+                    // SAFETY: as above.
+                    unsafe { _mm256_storeu_ps(ms.as_mut_ptr(), c) };
+                }
+            }
+            let keep = |old: &[f32; MAX_HEADS], new| _mm256_blendv_ps(ld(old), new, live);
+            let (m, l) = (keep(&o.m, m), keep(&o.l, l));
+            // SAFETY: `o.m` and `o.l` hold 8 writable f32; the stores are unaligned.
+            unsafe {
+                _mm256_storeu_ps(o.m.as_mut_ptr(), m);
+                _mm256_storeu_ps(o.l.as_mut_ptr(), l);
+            }
+            rescale
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
     use super::{Online, Run, MAX_HEADS, MAX_RUN};
@@ -288,52 +341,7 @@ pub(super) mod avx2 {
     /// Per-key, per-head values: `[key][head]`, the heads of a key in one 8-lane register.
     pub(super) type Cols = [[f32; MAX_HEADS]; MAX_RUN];
 
-    /// Softmax factors of a run, key by key as llama.cpp, with glibc's `expf` bits: a new max
-    /// rescales the sum by e^(m_old - s) and the key weighs 1; otherwise the rescale is 1 and
-    /// the key weighs e^(s - m); `l = fma(l, rescale, weight)`. `s` holds the scores on entry
-    /// and the value weights on return; `ms[j]` rescales the running sum before key `j` (1
-    /// where the max did not move; the returned mask has bit `j` set where it moved for one
-    /// of `o.heads`). The heads of a key are the eight lanes of one register, so each step is
-    /// the scalar recurrence lane by lane, its exponential [`exp_glibc`] eight at a time.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn factors(s: &mut Cols, n: usize, o: &mut Online, ms: &mut Cols) -> u64 {
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(o.heads as i32), lane));
-        let one = _mm256_set1_ps(1.0);
-        let ld = |a: &[f32; MAX_HEADS]| {
-            // SAFETY: `a` holds 8 readable f32; the load is unaligned.
-            unsafe { _mm256_loadu_ps(a.as_ptr()) }
-        };
-        let (mut m, mut l) = (ld(&o.m), ld(&o.l));
-        let mut rescale = 0u64;
-        for (j, (s, ms)) in s.iter_mut().zip(ms.iter_mut()).take(n).enumerate() {
-            let sj = ld(s);
-            // `s > m` is false for NaN, as the scalar comparison; lanes past the heads stay at
-            // e^0 and are never stored.
-            let moved = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(sj, m), live);
-            let arg = _mm256_blendv_ps(_mm256_sub_ps(sj, m), _mm256_sub_ps(m, sj), moved);
-            let e = exp_glibc(_mm256_and_ps(arg, live));
-            let c = _mm256_blendv_ps(one, e, moved);
-            let w = _mm256_blendv_ps(e, one, moved);
-            m = _mm256_blendv_ps(m, sj, moved);
-            l = _mm256_fmadd_ps(l, c, w);
-            // SAFETY: `s` and `ms` hold 8 writable f32; the stores are unaligned.
-            unsafe { _mm256_storeu_ps(s.as_mut_ptr(), w) };
-            if _mm256_movemask_ps(moved) != 0 {
-                rescale |= 1 << j;
-                // SAFETY: as above.
-                unsafe { _mm256_storeu_ps(ms.as_mut_ptr(), c) };
-            }
-        }
-        let keep = |old: &[f32; MAX_HEADS], new| _mm256_blendv_ps(ld(old), new, live);
-        let (m, l) = (keep(&o.m, m), keep(&o.l, l));
-        // SAFETY: `o.m` and `o.l` hold 8 writable f32; the stores are unaligned.
-        unsafe {
-            _mm256_storeu_ps(o.m.as_mut_ptr(), m);
-            _mm256_storeu_ps(o.l.as_mut_ptr(), l);
-        }
-        rescale
-    }
+    factors!("avx2,fma,f16c", exp_glibc);
 
     /// Scores `q·k · scale` of one key for `NH` heads into `out[head]`, each summed as
     /// [`super::dot_ggml`] with 16 lanes (two registers per lane vector): per head four
@@ -479,9 +487,12 @@ pub(super) mod avx2 {
 /// multiply-add → round → reload chains of different heads overlap.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::avx2::{factors, Cols};
+    use super::avx2::Cols;
     use super::{HeadKv, Online, Run, MAX_HEADS, MAX_RUN};
+    use crate::cpu::math::avx512::exp_glibc;
     use std::arch::x86_64::*;
+
+    factors!("avx512f,avx512vl,avx2,fma,f16c", exp_glibc);
 
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     /// # Safety
