@@ -97,8 +97,18 @@ fn reference_for(ty: QuantType, w: &[u8], n_in: usize, n_out: usize, x: &[f32], 
 const PACKED: [QuantType; 6] =
     [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q8_0, QuantType::Q4_K, QuantType::Q6_K];
 
+/// Two threads whatever the machine: a matmul's tasks then hold several groups each, so the
+/// AVX-512 kernels for pairs of groups run (with one group per task they never would).
+fn two_threads(f: impl FnOnce() + Send) {
+    rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("thread pool").install(f)
+}
+
 #[test]
 fn packed_matches_scalar_reference() {
+    two_threads(packed_matches_scalar_reference_body)
+}
+
+fn packed_matches_scalar_reference_body() {
     let isas = Isa::available();
     if isas.is_empty() {
         eprintln!("no packed kernels on this CPU: nothing to test");
@@ -111,7 +121,8 @@ fn packed_matches_scalar_reference() {
         // Odd row counts (a partial last group), one to several blocks, 1..9 tokens and a
         // batch that spans several token tiles; enough groups per task for the 16-row kernels
         // (pairs of groups, an odd one left over), with one tile or several (codes unpacked
-        // once per pair), and rows too long for that.
+        // once per pair), every partial last tile, a batch past one 64-token block, and rows
+        // too long for the unpacked codes.
         for &(blocks, n_out, n) in &[
             (1, 8, 1),
             (3, 13, 2),
@@ -123,6 +134,9 @@ fn packed_matches_scalar_reference() {
             (1, 200, 11),
             (1, 200, 2),
             (70, 136, 3),
+            (1, 200, 9),
+            (1, 200, 10),
+            (1, 136, 70),
         ] {
             let n_in = blocks * be;
             for quantized in [true, false] {

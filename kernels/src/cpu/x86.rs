@@ -5,7 +5,9 @@
 //! `vpdpbusd`. A task walks its row groups for tiles of up to four tokens: each weight vector
 //! is loaded and unpacked once per tile, the eight rows of a group sit in the eight lanes of
 //! the accumulators, integer sums stay exact within a block, and each block adds
-//! `float(sum) · d_w · d_a` to an f32 accumulator as ggml does.
+//! `float(sum) · d_w · d_a` to an f32 accumulator as ggml does. The VNNI instantiation adds
+//! `*_pair` kernels for batches: two groups in the halves of 512-bit vectors, each lane with
+//! the 8-row kernel's arithmetic (the AVX2 ones run the two groups one after the other).
 
 macro_rules! kernels {
     ($feat:literal, $($isa_fn:item),+ $(,)?) => {
@@ -628,7 +630,8 @@ pub(crate) mod avx2 {
     );
 }
 
-/// AVX-512 F/BW/VL + VNNI on 256-bit vectors (Zen 4 and Ice Lake or later).
+/// AVX-512 F/BW/VL + VNNI (Zen 4 and Ice Lake or later): 256-bit vectors for one group,
+/// 512-bit vectors for pairs of groups.
 pub(crate) mod vnni {
     kernels!(
         "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
