@@ -215,7 +215,8 @@ fn int_block(fmt: usize, b: &[u8]) -> IntBlock {
 pub enum Isa {
     /// AVX2 + FMA + F16C: `vpmaddubsw` + `vpmaddwd` for the 8-bit products.
     Avx2,
-    /// AVX-512 (F, BW, VL) with VNNI: `vpdpbusd` on 256-bit vectors.
+    /// AVX-512 (F, BW, VL) with VNNI: `vpdpbusd` on 256-bit vectors for one group, on
+    /// 512-bit vectors for two groups at once (batches).
     Avx512Vnni,
 }
 
