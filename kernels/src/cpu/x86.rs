@@ -142,16 +142,23 @@ macro_rules! kernels {
                     g += 2;
                 }
                 for g in g..groups {
-                    let w = &job.w[g * job.group_bytes..];
-                    let mut t = tb;
-                    while t + 2 <= te {
-                        store(job, g, t, &group_lanes::<F, 2>(w, job, t));
-                        t += 2;
-                    }
-                    if t < te {
-                        store(job, g, t, &group_lanes::<F, 1>(w, job, t));
-                    }
+                    lane_group_tokens::<F>(job, g, tb, te);
                 }
+            }
+        }
+
+        /// Tokens `tb..te` of group `g` alone (`group_lanes`, tiles of two).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        fn lane_group_tokens<const F: usize>(job: &Job, g: usize, tb: usize, te: usize) {
+            let w = &job.w[g * job.group_bytes..];
+            let mut t = tb;
+            while t + 2 <= te {
+                store(job, g, t, &group_lanes::<F, 2>(w, job, t));
+                t += 2;
+            }
+            if t < te {
+                store(job, g, t, &group_lanes::<F, 1>(w, job, t));
             }
         }
 
@@ -572,17 +579,8 @@ pub(crate) mod avx2 {
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
         fn lane_pair_tokens<const F: usize>(job: &Job, g: usize, tb: usize, te: usize) {
-            for g in g..g + 2 {
-                let w = &job.w[g * job.group_bytes..];
-                let mut t = tb;
-                while t + 2 <= te {
-                    store(job, g, t, &group_lanes::<F, 2>(w, job, t));
-                    t += 2;
-                }
-                if t < te {
-                    store(job, g, t, &group_lanes::<F, 1>(w, job, t));
-                }
-            }
+            lane_group_tokens::<F>(job, g, tb, te);
+            lane_group_tokens::<F>(job, g + 1, tb, te);
         },
         /// Two groups one after the other.
         #[target_feature(enable = "avx2,fma,f16c")]
