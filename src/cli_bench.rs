@@ -3,7 +3,7 @@
 
 use crate::cli_info::human_bytes;
 use ferrite::bench::{memory_bandwidth, peak_rss_bytes, BenchSample};
-use ferrite::{BackendKind, Engine, LoadOptions};
+use ferrite::{kv_cache, BackendKind, Engine, KvCapacity, LoadOptions};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -33,7 +33,9 @@ struct Row {
 
 impl Row {
     fn test(&self) -> String {
-        let t = if self.sample.n_gen > 0 {
+        let t = if self.sample.n_gen > 0 && self.sample.n_parallel > 1 {
+            format!("tg{} x{}", self.sample.n_gen, self.sample.n_parallel)
+        } else if self.sample.n_gen > 0 {
             format!("tg{}", self.sample.n_gen)
         } else {
             format!("pp{}", self.sample.n_prompt)
@@ -46,9 +48,10 @@ impl Row {
     }
 
     /// Generation floor: tokens per second if every weight byte were read once per token
-    /// at the measured bandwidth.
+    /// at the measured bandwidth (single-sequence generation only: a batched step reads the
+    /// weights once for all its tokens and is bound by arithmetic instead).
     fn floor_ts(&self) -> Option<f64> {
-        (self.sample.n_gen > 0 && self.bytes_per_token > 0)
+        (self.sample.n_gen > 0 && self.sample.n_parallel == 1 && self.bytes_per_token > 0)
             .then(|| self.bandwidth / self.bytes_per_token as f64)
     }
 
@@ -78,6 +81,7 @@ impl Row {
             "n_prompt": self.sample.n_prompt,
             "n_gen": self.sample.n_gen,
             "n_depth": self.sample.n_depth,
+            "n_parallel": self.sample.n_parallel,
             "test_time": self.time,
             "avg_ns": ferrite::bench::mean(&nsf) as u64,
             "stddev_ns": ferrite::bench::stddev(&nsf) as u64,
@@ -106,23 +110,30 @@ pub fn list(s: &str) -> Result<Vec<usize>, String> {
     s.split(',').map(|x| x.trim().parse::<usize>().map_err(|_| format!("not a number list: {s}"))).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    models: &[PathBuf],
-    n_prompt: &[usize],
-    n_gen: &[usize],
-    depths: &[usize],
-    threads: &[usize],
-    reps: usize,
-    backend: BackendKind,
-    output: &str,
-) -> Result<(), String> {
+/// What to measure: every combination of these, per model.
+pub struct Tests {
+    pub n_prompt: Vec<usize>,
+    pub n_gen: Vec<usize>,
+    pub depths: Vec<usize>,
+    pub threads: Vec<usize>,
+    /// Sequences per tg test (1: plain generation).
+    pub parallel: Vec<usize>,
+    pub reps: usize,
+}
+
+pub fn run(models: &[PathBuf], tests: &Tests, backend: BackendKind, output: &str) -> Result<(), String> {
+    let Tests { n_prompt, n_gen, depths, threads, parallel, reps } = tests;
+    let reps = *reps;
     if !matches!(output, "md" | "json" | "csv") {
         return Err(format!("unknown output format {output} (md, json, csv)"));
     }
     if reps == 0 {
         return Err("-r must be at least 1".into());
     }
+    if parallel.contains(&0) {
+        return Err("--parallel takes sequence counts of 1 or more".into());
+    }
+    let most_parallel = parallel.iter().copied().max().unwrap_or(1);
     let mut bandwidths = Vec::new();
     for &t in threads {
         eprintln!("measuring memory bandwidth with {t} thread(s)…");
@@ -135,9 +146,14 @@ pub fn run(
             let _ = std::fs::write("/proc/self/clear_refs", "5");
             let max_tokens =
                 depths.iter().max().unwrap_or(&0) + n_prompt.iter().chain(n_gen).max().unwrap_or(&0);
+            let ctx = max_tokens.max(16);
             let opts = LoadOptions {
                 threads: Some(t),
-                ctx: Some(max_tokens.max(16)),
+                ctx: Some(ctx),
+                // Room for every sequence of the widest --parallel test (whole cache blocks).
+                kv: (most_parallel > 1).then_some(KvCapacity::Tokens(
+                    ctx.next_multiple_of(kv_cache::BLOCK_SIZE) * most_parallel,
+                )),
                 backend,
                 ..Default::default()
             };
@@ -162,9 +178,12 @@ pub fn run(
                     samples.push((engine.bench_pp(p, d, reps).map_err(|e| e.to_string())?, time));
                 }
                 for &g in n_gen.iter().filter(|&&g| g > 0) {
-                    eprintln!("{}: tg{g} @ d{d}, {t} thread(s)…", model.display());
-                    let time = now();
-                    samples.push((engine.bench_tg(g, d, reps).map_err(|e| e.to_string())?, time));
+                    for &par in parallel {
+                        eprintln!("{}: tg{g} x{par} @ d{d}, {t} thread(s)…", model.display());
+                        let time = now();
+                        let sample = engine.bench_tg_parallel(g, d, par, reps).map_err(|e| e.to_string())?;
+                        samples.push((sample, time));
+                    }
                 }
                 let gpu = engine.device_name();
                 let gpu_layers = if gpu.is_empty() { 0 } else { engine.config().n_layers };
@@ -197,11 +216,11 @@ pub fn run(
             println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         }
         "csv" => {
-            println!("model_filename,model_type,model_size,model_n_params,backends,n_threads,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,bandwidth_gbs,floor_ts,floor_fraction,peak_rss_bytes");
+            println!("model_filename,model_type,model_size,model_n_params,backends,n_threads,n_prompt,n_gen,n_depth,n_parallel,avg_ts,stddev_ts,bandwidth_gbs,floor_ts,floor_fraction,peak_rss_bytes");
             for r in &rows {
                 let floor = r.floor_ts();
                 println!(
-                    "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.2},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.2},{},{},{}",
                     r.model.display(),
                     r.arch,
                     r.size,
@@ -211,6 +230,7 @@ pub fn run(
                     r.sample.n_prompt,
                     r.sample.n_gen,
                     r.sample.n_depth,
+                    r.sample.n_parallel,
                     r.sample.avg_ts(),
                     r.sample.stddev_ts(),
                     r.bandwidth / 1e9,
@@ -257,7 +277,39 @@ pub fn run(
                 );
                 let _ = b;
             }
+            for line in batched_gains(&rows) {
+                println!("{line}");
+            }
         }
     }
     Ok(())
+}
+
+/// For each batched tg row, its throughput over the same model's single-sequence tg at the
+/// same length, depth and threads: what continuous batching gains on this machine.
+fn batched_gains(rows: &[Row]) -> Vec<String> {
+    let same = |a: &Row, b: &Row| {
+        a.model == b.model
+            && a.threads == b.threads
+            && a.sample.n_gen == b.sample.n_gen
+            && a.sample.n_depth == b.sample.n_depth
+    };
+    rows.iter()
+        .filter(|r| r.sample.n_gen > 0 && r.sample.n_parallel > 1)
+        .filter_map(|r| {
+            let one =
+                rows.iter().find(|o| o.sample.n_parallel == 1 && o.sample.n_prompt == 0 && same(o, r))?;
+            let name = r
+                .model
+                .file_name()
+                .map_or(r.model.display().to_string(), |n| n.to_string_lossy().into_owned());
+            Some(format!(
+                "{name}: {} = {:.2}× {} ({} thread(s))",
+                r.test(),
+                r.sample.avg_ts() / one.sample.avg_ts(),
+                one.test(),
+                r.threads
+            ))
+        })
+        .collect()
 }

@@ -79,6 +79,10 @@ enum Command {
         /// Repetitions (after one warm-up).
         #[arg(short = 'r', long, default_value_t = 3)]
         reps: usize,
+        /// Sequences generating together in tg tests (e.g. 1,8): one token of each per
+        /// forward pass, as a continuous-batching server steps; t/s counts them all.
+        #[arg(long, default_value = "1")]
+        parallel: String,
         /// Output: md, json or csv.
         #[arg(short = 'o', long, default_value = "md")]
         output: String,
@@ -117,15 +121,19 @@ fn main() -> ExitCode {
             cli_gen::run(&model, &sample, prompt, chat, system)
         }
         Command::Chat { model, system, sample } => cli_gen::chat(&model, &sample, system),
-        Command::Bench { models, n_prompt, n_gen, depth, threads, reps, output, backend } => (|| {
-            let (p, n, d, t) = (
-                cli_bench::list(&n_prompt)?,
-                cli_bench::list(&n_gen)?,
-                cli_bench::list(&depth)?,
-                cli_bench::list(&threads)?,
-            );
-            cli_bench::run(&models, &p, &n, &d, &t, reps, backend, &output)
-        })(),
+        Command::Bench { models, n_prompt, n_gen, depth, threads, reps, parallel, output, backend } => {
+            (|| {
+                let tests = cli_bench::Tests {
+                    n_prompt: cli_bench::list(&n_prompt)?,
+                    n_gen: cli_bench::list(&n_gen)?,
+                    depths: cli_bench::list(&depth)?,
+                    threads: cli_bench::list(&threads)?,
+                    parallel: cli_bench::list(&parallel)?,
+                    reps,
+                };
+                cli_bench::run(&models, &tests, backend, &output)
+            })()
+        }
         Command::Serve(args) => serve::run(args),
         Command::Perplexity { mut model, file, chunks, checkpoint } => {
             // As in llama-perplexity, -c is the chunk length (and so the context).

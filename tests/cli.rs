@@ -183,6 +183,41 @@ fn bench_json_uses_llama_bench_fields() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown output format xml"));
 }
 
+/// `bench --parallel`: batched generation rows (every sequence's tokens counted, no memory
+/// floor), each against the single-sequence row in the markdown report; bad counts refused.
+#[test]
+fn bench_parallel_reports_batched_generation() {
+    let path = common::model("SmolLM2-135M-Instruct.Q4_1.gguf", true).unwrap();
+    let bench = |args: &[&str]| ferrite().arg("bench").args(args).arg(&path).output().unwrap();
+    let out =
+        bench(&["-p", "0", "-n", "4", "-r", "2", "-t", "1", "-d", "0,40", "--parallel", "1,3", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    let par: Vec<(u64, u64)> =
+        rows.iter().map(|r| (r["n_depth"].as_u64().unwrap(), r["n_parallel"].as_u64().unwrap())).collect();
+    assert_eq!(par, [(0, 1), (0, 3), (40, 1), (40, 3)], "tg4 x1 and x3 at depths 0 and 40");
+    for r in rows {
+        assert_eq!(r["n_gen"], 4);
+        assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        // The memory floor is single-sequence generation's.
+        assert_eq!(r["floor_ts"].is_null(), r["n_parallel"] != 1, "{r}");
+    }
+    let md = bench(&["-p", "0", "-n", "4", "-r", "1", "-t", "1", "--parallel", "1,2"]);
+    let text = String::from_utf8_lossy(&md.stdout);
+    assert!(md.status.success() && text.contains("| tg4 x2 |"), "{text}");
+    assert!(text.contains("tg4 x2 = ") && text.contains("× tg4 (1 thread(s))"), "{text}");
+    let csv = bench(&["-p", "0", "-n", "2", "-r", "1", "-t", "1", "--parallel", "2", "-o", "csv"]);
+    let text = String::from_utf8_lossy(&csv.stdout);
+    let (head, row) = text.split_once('\n').unwrap();
+    let col = head.split(',').position(|c| c == "n_parallel").expect("n_parallel column");
+    assert_eq!(row.split(',').nth(col), Some("2"), "{text}");
+    let bad = bench(&["--parallel", "0"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--parallel takes sequence counts of 1 or more"));
+}
+
 /// `perplexity --checkpoint`: a run stopped part-way (here: the file cut back to one chunk
 /// and half a line, as a kill mid-write leaves it) goes on from the chunks the file holds and
 /// prints the uninterrupted run's figure; a checkpoint of another run is refused.

@@ -157,3 +157,17 @@ fn batched_preempted_and_prefix_shared_sequences_match_single_runs() {
         assert!(s.cancel(id));
     }
 }
+
+/// `ferrite bench --parallel` runs sequences of its own through the same cache: they are all
+/// gone afterwards, and a cache too small for the test is a clear error, not a failure half
+/// way.
+#[test]
+fn batched_bench_leaves_the_cache_free() {
+    let mut e = engine(4 * 96);
+    let s = e.bench_tg_parallel(4, 40, 3, 1).unwrap();
+    assert_eq!((s.n_gen, s.n_depth, s.n_parallel, s.samples_s.len()), (4, 40, 3, 1));
+    let err = e.bench_tg_parallel(90, 0, 8, 1).unwrap_err().to_string();
+    assert!(err.contains("8 sequences of 90 tokens need"), "{err}");
+    let st = Scheduler::new(e, SchedulerOptions::default()).stats();
+    assert_eq!(st.kv_blocks_used, 0);
+}

@@ -2,8 +2,10 @@
 //! generation (tg) at a context depth, repeated, warm-up excluded; plus this machine's
 //! memory bandwidth and the generation floor it implies (weights read once per token).
 
-use crate::api::Engine;
+use crate::api::{Engine, PREFILL_CHUNK};
 use crate::error::EngineError;
+use crate::kv_cache::BLOCK_SIZE;
+use crate::model::{Batch, LogitsOut};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -14,15 +16,17 @@ pub struct BenchSample {
     pub n_prompt: usize,
     /// Tokens generated per repetition (0 for a pp test).
     pub n_gen: usize,
-    /// Tokens already in the KV cache when the timed part starts.
+    /// Tokens already in the KV cache when the timed part starts (in each sequence).
     pub n_depth: usize,
+    /// Sequences generating together, one token each per forward pass (1: plain tg).
+    pub n_parallel: usize,
     /// Seconds of each repetition.
     pub samples_s: Vec<f64>,
 }
 
 impl BenchSample {
     fn tokens(&self) -> usize {
-        self.n_prompt + self.n_gen
+        self.n_prompt + self.n_gen * self.n_parallel
     }
 
     /// Tokens per second of each repetition.
@@ -108,7 +112,7 @@ impl Engine {
             }
         }
         self.reset_cache();
-        Ok(BenchSample { n_prompt, n_gen: 0, n_depth: depth, samples_s })
+        Ok(BenchSample { n_prompt, n_gen: 0, n_depth: depth, n_parallel: 1, samples_s })
     }
 
     /// Token generation: `reps` timed runs of `n_gen` single-token steps (logits each step)
@@ -130,7 +134,93 @@ impl Engine {
             }
         }
         self.reset_cache();
-        Ok(BenchSample { n_prompt: 0, n_gen, n_depth: depth, samples_s })
+        Ok(BenchSample { n_prompt: 0, n_gen, n_depth: depth, n_parallel: 1, samples_s })
+    }
+
+    /// Batched generation, as a continuous-batching server runs it: `parallel` sequences
+    /// with `depth` cached tokens each (filled untimed, sequence by sequence), then `n_gen`
+    /// forward passes of one token per sequence (logits of every row); `reps` timed runs
+    /// after one warm-up. Throughput counts every sequence's tokens. The KV cache must hold
+    /// `parallel × (depth + n_gen)` tokens.
+    pub fn bench_tg_parallel(
+        &mut self,
+        n_gen: usize,
+        depth: usize,
+        parallel: usize,
+        reps: usize,
+    ) -> Result<BenchSample, EngineError> {
+        if parallel <= 1 {
+            return self.bench_tg(n_gen, depth, reps);
+        }
+        self.check_bench_fits(n_gen + depth)?;
+        if parallel > self.model.max_batch_tokens() {
+            return Err(EngineError::Invalid(format!(
+                "{parallel} sequences exceed the {} rows one forward pass of this model holds",
+                self.model.max_batch_tokens()
+            )));
+        }
+        self.reset_cache();
+        let need = parallel * (depth + n_gen).div_ceil(BLOCK_SIZE);
+        if need > self.model.tables.n_free() {
+            return Err(EngineError::Invalid(format!(
+                "{parallel} sequences of {} tokens need {} KV tokens; the cache holds {}",
+                depth + n_gen,
+                need * BLOCK_SIZE,
+                self.model.tables.n_free() * BLOCK_SIZE
+            )));
+        }
+        // Sequence ids past the engine's own (0); all dropped at the end, error or not.
+        let seqs: Vec<u32> = (1..=parallel as u32).collect();
+        let result = self.time_parallel(&seqs, n_gen, depth, reps);
+        for &s in &seqs {
+            self.model.tables.remove(s);
+        }
+        Ok(BenchSample { n_prompt: 0, n_gen, n_depth: depth, n_parallel: parallel, samples_s: result? })
+    }
+
+    /// The repetitions of [`Engine::bench_tg_parallel`]: seconds of each timed one.
+    fn time_parallel(
+        &mut self,
+        seqs: &[u32],
+        n_gen: usize,
+        depth: usize,
+        reps: usize,
+    ) -> Result<Vec<f64>, EngineError> {
+        let n_vocab = self.config().n_vocab;
+        let chunk = PREFILL_CHUNK.min(self.model.max_batch_tokens());
+        let (mut batch, mut logits) = (Batch::default(), Vec::new());
+        let mut samples_s = Vec::with_capacity(reps);
+        for rep in 0..=reps {
+            for &s in seqs {
+                self.model.tables.remove(s);
+                for part in tokens(depth, n_vocab, s as usize).chunks(chunk) {
+                    batch.clear();
+                    part.iter().for_each(|&t| batch.push(t, s, false));
+                    self.forward_bench(&batch, &mut logits)?;
+                }
+            }
+            let steps: Vec<Vec<u32>> =
+                seqs.iter().map(|&s| tokens(n_gen, n_vocab, rep * 1000 + 7 + s as usize)).collect();
+            let t0 = Instant::now();
+            for i in 0..n_gen {
+                batch.clear();
+                for (&s, toks) in seqs.iter().zip(&steps) {
+                    batch.push(toks[i], s, true);
+                }
+                self.forward_bench(&batch, &mut logits)?;
+            }
+            if rep > 0 {
+                samples_s.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok(samples_s)
+    }
+
+    /// One forward pass of a bench batch in the engine's pool (`logits` replaced).
+    fn forward_bench(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        logits.clear();
+        let model = &mut self.model;
+        self.pool.install(|| model.forward_append(batch, LogitsOut::Full(logits)))
     }
 
     fn check_bench_fits(&self, n: usize) -> Result<(), EngineError> {
@@ -199,9 +289,12 @@ mod tests {
         assert_eq!(mean(&[1.0, 2.0, 3.0]), 2.0);
         assert!((stddev(&[1.0, 2.0, 3.0]) - 1.0).abs() < 1e-12);
         assert_eq!(stddev(&[5.0]), 0.0);
-        let s = BenchSample { n_prompt: 10, n_gen: 0, n_depth: 0, samples_s: vec![1.0, 0.5] };
+        let s = BenchSample { n_prompt: 10, n_gen: 0, n_depth: 0, n_parallel: 1, samples_s: vec![1.0, 0.5] };
         assert_eq!(s.samples_ts(), vec![10.0, 20.0]);
         assert_eq!(s.avg_ts(), 15.0);
+        // A batched tg test counts every sequence's tokens.
+        let b = BenchSample { n_prompt: 0, n_gen: 4, n_depth: 0, n_parallel: 3, samples_s: vec![2.0] };
+        assert_eq!(b.samples_ts(), vec![6.0]);
         let t = tokens(100, 50, 3);
         assert!(t.iter().all(|&x| x < 50));
     }
