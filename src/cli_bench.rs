@@ -216,11 +216,11 @@ pub fn run(models: &[PathBuf], tests: &Tests, backend: BackendKind, output: &str
             println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         }
         "csv" => {
-            println!("model_filename,model_type,model_size,model_n_params,backends,n_threads,n_prompt,n_gen,n_depth,n_parallel,avg_ts,stddev_ts,bandwidth_gbs,floor_ts,floor_fraction,peak_rss_bytes");
+            println!("model_filename,model_type,model_size,model_n_params,backends,n_threads,n_prompt,n_gen,n_depth,avg_ts,stddev_ts,bandwidth_gbs,floor_ts,floor_fraction,peak_rss_bytes,n_parallel");
             for r in &rows {
                 let floor = r.floor_ts();
                 println!(
-                    "{},{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.2},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{:.3},{:.3},{:.2},{},{},{},{}",
                     r.model.display(),
                     r.arch,
                     r.size,
@@ -230,13 +230,13 @@ pub fn run(models: &[PathBuf], tests: &Tests, backend: BackendKind, output: &str
                     r.sample.n_prompt,
                     r.sample.n_gen,
                     r.sample.n_depth,
-                    r.sample.n_parallel,
                     r.sample.avg_ts(),
                     r.sample.stddev_ts(),
                     r.bandwidth / 1e9,
                     floor.map(|f| format!("{f:.2}")).unwrap_or_default(),
                     floor.map(|f| format!("{:.3}", r.sample.avg_ts() / f)).unwrap_or_default(),
-                    r.peak_rss.map(|x| x.to_string()).unwrap_or_default()
+                    r.peak_rss.map(|x| x.to_string()).unwrap_or_default(),
+                    r.sample.n_parallel
                 );
             }
         }

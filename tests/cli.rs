@@ -212,7 +212,7 @@ fn bench_parallel_reports_batched_generation() {
     let text = String::from_utf8_lossy(&csv.stdout);
     let (head, row) = text.split_once('\n').unwrap();
     let col = head.split(',').position(|c| c == "n_parallel").expect("n_parallel column");
-    assert_eq!(row.split(',').nth(col), Some("2"), "{text}");
+    assert_eq!(row.trim_end().split(',').nth(col), Some("2"), "{text}");
     let bad = bench(&["--parallel", "0"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--parallel takes sequence counts of 1 or more"));
