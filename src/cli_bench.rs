@@ -3,7 +3,7 @@
 
 use crate::cli_info::human_bytes;
 use ferrite::bench::{memory_bandwidth, peak_rss_bytes, BenchSample};
-use ferrite::{kv_cache, BackendKind, Engine, KvCapacity, LoadOptions};
+use ferrite::{BackendKind, Engine, KvCapacity, LoadOptions};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -150,10 +150,9 @@ pub fn run(models: &[PathBuf], tests: &Tests, backend: BackendKind, output: &str
             let opts = LoadOptions {
                 threads: Some(t),
                 ctx: Some(ctx),
-                // Room for every sequence of the widest --parallel test (whole cache blocks).
-                kv: (most_parallel > 1).then_some(KvCapacity::Tokens(
-                    ctx.next_multiple_of(kv_cache::BLOCK_SIZE) * most_parallel,
-                )),
+                // Room for every sequence of the widest --parallel test.
+                kv: (most_parallel > 1)
+                    .then_some(KvCapacity::Contexts { n: most_parallel, max_bytes: usize::MAX }),
                 backend,
                 ..Default::default()
             };

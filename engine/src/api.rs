@@ -64,7 +64,7 @@ pub enum KvCapacity {
     Tokens(usize),
     /// As many tokens as fit in this many bytes.
     Bytes(usize),
-    /// `n` full contexts, within `max_bytes`.
+    /// `n` full contexts, each in whole cache blocks, within `max_bytes`.
     Contexts {
         /// Contexts.
         n: usize,
@@ -80,7 +80,10 @@ impl KvCapacity {
         let t = match self {
             KvCapacity::Tokens(t) => t,
             KvCapacity::Bytes(b) => b / per_token,
-            KvCapacity::Contexts { n, max_bytes } => (n * ctx).min(max_bytes / per_token),
+            // A sequence holds whole blocks: n contexts need n × ctx rounded up to them.
+            KvCapacity::Contexts { n, max_bytes } => {
+                (n * ctx.next_multiple_of(crate::kv_cache::BLOCK_SIZE)).min(max_bytes / per_token)
+            }
         };
         t.max(ctx)
     }
@@ -944,5 +947,22 @@ mod tests {
         assert!(!p.tokenizer().add_bos());
         let req = ChatRequest::new(vec![message("user", "Hi")]);
         assert!(p.apply_chat_template(&req).unwrap().starts_with("<|endoftext|><|start_header_id|>"));
+    }
+}
+
+#[cfg(test)]
+mod kv_capacity_tests {
+    use super::KvCapacity;
+    use crate::kv_cache::BLOCK_SIZE;
+
+    /// `Contexts` holds each context in whole blocks (a 16-token context takes a block), within
+    /// its byte cap, and never less than one context.
+    #[test]
+    fn contexts_are_whole_blocks() {
+        let unbounded = |n| KvCapacity::Contexts { n, max_bytes: usize::MAX };
+        assert_eq!(unbounded(8).tokens(16, 4), 8 * BLOCK_SIZE);
+        assert_eq!(unbounded(2).tokens(2 * BLOCK_SIZE, 4), 4 * BLOCK_SIZE);
+        assert_eq!(KvCapacity::Contexts { n: 8, max_bytes: 4 * 100 }.tokens(16, 4), 100);
+        assert_eq!(KvCapacity::Contexts { n: 8, max_bytes: 4 }.tokens(16, 4), 16);
     }
 }
