@@ -469,8 +469,9 @@ impl GgufFile {
     /// and reading them again (an embedding row of a tied output matrix) faults them back
     /// in with the same bytes. Best effort: an error only means the pages stay.
     pub fn release(&self, range: std::ops::Range<usize>) {
-        // 4 KiB pages (x86, where tensors get repacked); on larger pages the OS rounds the
-        // start down and drops part of a neighbour's page as well, which only faults back.
+        // 4 KiB pages (x86, where tensors get repacked). With larger pages a start that is
+        // not page-aligned makes the call fail (the pages stay), and an aligned one may drop
+        // the rest of the last page, a neighbour's bytes, which only fault back in.
         const PAGE: usize = 4096;
         let start = range.start.next_multiple_of(PAGE);
         let end = range.end.min(self.map.len()) / PAGE * PAGE;

@@ -648,16 +648,8 @@ pub(crate) mod vnni {
             let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
             let l = LAYOUTS[F];
             let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
-            let mut t = tb;
             if te - tb <= 2 || job.nblk > MAX_PRE {
-                while t + 2 <= te {
-                    store_pair(job, g, t, &group_lanes_pair::<F, 2, false>(w0, w1, &[], job, t));
-                    t += 2;
-                }
-                if t < te {
-                    store_pair(job, g, t, &group_lanes_pair::<F, 1, false>(w0, w1, &[], job, t));
-                }
-                return;
+                return pair_tiles::<F, false>(job, g, tb, te, &[]);
             }
             let mut buf = [std::mem::MaybeUninit::<[__m512i; 8]>::uninit(); MAX_PRE];
             for (b, slot) in buf.iter_mut().enumerate().take(job.nblk) {
@@ -667,12 +659,27 @@ pub(crate) mod vnni {
             }
             // SAFETY: the first `nblk` slots were written just above.
             let pre: &[[__m512i; 8]] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), job.nblk) };
+            pair_tiles::<F, true>(job, g, tb, te, pre);
+        },
+        /// Tokens `tb..te` of groups `g` and `g + 1` in tiles of two (`group_lanes_pair`;
+        /// `PRE`: codes from `pre`).
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn pair_tiles<const F: usize, const PRE: bool>(
+            job: &Job,
+            g: usize,
+            tb: usize,
+            te: usize,
+            pre: &[[__m512i; 8]],
+        ) {
+            let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+            let mut t = tb;
             while t + 2 <= te {
-                store_pair(job, g, t, &group_lanes_pair::<F, 2, true>(w0, w1, pre, job, t));
+                store_pair(job, g, t, &group_lanes_pair::<F, 2, PRE>(w0, w1, pre, job, t));
                 t += 2;
             }
             if t < te {
-                store_pair(job, g, t, &group_lanes_pair::<F, 1, true>(w0, w1, pre, job, t));
+                store_pair(job, g, t, &group_lanes_pair::<F, 1, PRE>(w0, w1, pre, job, t));
             }
         },
         /// The eight code vectors of a lane-order block of two groups, as `vpdpbusd` takes
