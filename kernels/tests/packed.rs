@@ -122,7 +122,8 @@ fn packed_matches_scalar_reference_body() {
         // batch that spans several token tiles; enough groups per task for the 16-row kernels
         // (pairs of groups, an odd one left over), with one tile or several (codes unpacked
         // once per pair), every partial last tile, a batch past one 64-token block, and rows
-        // too long for the unpacked codes.
+        // too long for the unpacked codes; decode batches at the edge of asking for the next
+        // pair's bytes while multiplying (16 tokens do, 17 do not).
         for &(blocks, n_out, n) in &[
             (1, 8, 1),
             (3, 13, 2),
@@ -137,6 +138,8 @@ fn packed_matches_scalar_reference_body() {
             (1, 200, 9),
             (1, 200, 10),
             (1, 136, 70),
+            (2, 136, 16),
+            (3, 72, 17),
         ] {
             let n_in = blocks * be;
             for quantized in [true, false] {

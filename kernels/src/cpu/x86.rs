@@ -9,8 +9,56 @@
 //! `*_pair` kernels for batches: two groups in the halves of 512-bit vectors, each lane with
 //! the 8-row kernel's arithmetic (the AVX2 ones run the two groups one after the other).
 
+use crate::cpu::packed::Job;
+use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+
+/// The weight bytes a task reads next, handed out in shares to the tile passes over a pair
+/// of groups that find the pair's weights in cache: such passes would leave the memory idle
+/// while the core multiplies, so each asks for a share of the next pair's bytes, spread
+/// evenly over its blocks ([`prefetch_share`]), and the next pair's first pass finds them in
+/// L2. At eight tokens this took Qwen2.5-0.5B's batched step from 54 to 46 ms
+/// (docs/PERFORMANCE.md, session 24).
+pub(crate) struct Ahead<'a> {
+    shares: std::slice::Chunks<'a, u8>,
+    skip: usize,
+}
+
+impl<'a> Ahead<'a> {
+    /// The `n` groups after groups `g..g + n` of `job`, for `passes` passes of which the
+    /// first `skip` read their own bytes from memory and get no share (`passes` 0: none).
+    pub(crate) fn new(job: &'a Job, g: usize, n: usize, passes: usize, skip: usize) -> Self {
+        let parts = passes.saturating_sub(skip);
+        let next = if parts == 0 { &[] } else { job.w.get((g + n) * job.group_bytes..).unwrap_or(&[]) };
+        let next = &next[..next.len().min(n * job.group_bytes)];
+        let size = next.len().div_ceil(parts.max(1)).next_multiple_of(64).max(64);
+        Ahead { shares: next.chunks(size), skip }
+    }
+
+    /// The next pass's share (empty for a streaming pass, or when none is left).
+    pub(crate) fn next(&mut self) -> &'a [u8] {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return &[];
+        }
+        self.shares.next().unwrap_or(&[])
+    }
+}
+
+/// Asks for block `b`'s part of a pass's `share` over `nblk` blocks (its cache lines
+/// `b·L/nblk..(b + 1)·L/nblk`) to be brought into L2. Even spreading matters: the same
+/// lines asked for two per block in the first blocks gained a third as much.
+#[inline]
+pub(crate) fn prefetch_share(share: &[u8], b: usize, nblk: usize) {
+    let lines = share.len().div_ceil(64);
+    for line in b * lines / nblk..(b + 1) * lines / nblk {
+        // SAFETY: a prefetch reads nothing architecturally; the line is in `share`.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(share.as_ptr().add(64 * line).cast()) };
+    }
+}
+
 macro_rules! kernels {
     ($feat:literal, $($isa_fn:item),+ $(,)?) => {
+        use super::Ahead;
         use crate::cpu::packed::*;
         use std::arch::x86_64::*;
 
@@ -47,23 +95,33 @@ macro_rules! kernels {
             for tb in (0..job.n).step_by(TOKEN_BLOCK) {
                 let te = (tb + TOKEN_BLOCK).min(job.n);
                 let mut g = 0;
+                // As `block_tiles`: decode batches ask for the next pair (`Ahead`).
+                let passes = if job.n >= 8 { (te - tb).div_ceil(4) } else { te - tb };
+                let ahead_passes = if passes <= 4 { passes } else { 0 };
                 while job.n > 1 && g + 2 <= groups {
                     let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+                    let mut ahead = Ahead::new(job, g, 2, ahead_passes, 1);
                     let mut t = tb;
                     if job.n >= 8 {
                         while t + 4 <= te {
-                            store_pair(job, g, t, &group_q6k_tiled_pair::<4>(w0, w1, job, t));
+                            let a = ahead.next();
+                            if ahead_passes > 1 {
+                                store_pair(job, g, t, &group_q6k_tiled_pair::<4, true>(w0, w1, a, job, t));
+                            } else {
+                                store_pair(job, g, t, &group_q6k_tiled_pair::<4, false>(w0, w1, a, job, t));
+                            }
                             t += 4;
                         }
+                        let a = ahead.next();
                         match te - t {
-                            3 => store_pair(job, g, t, &group_q6k_tiled_pair::<3>(w0, w1, job, t)),
-                            2 => store_pair(job, g, t, &group_q6k_tiled_pair::<2>(w0, w1, job, t)),
-                            1 => store_pair(job, g, t, &group_q6k_tiled_pair::<1>(w0, w1, job, t)),
+                            3 => store_pair(job, g, t, &group_q6k_tiled_pair::<3, true>(w0, w1, a, job, t)),
+                            2 => store_pair(job, g, t, &group_q6k_tiled_pair::<2, true>(w0, w1, a, job, t)),
+                            1 => store_pair(job, g, t, &group_q6k_tiled_pair::<1, true>(w0, w1, a, job, t)),
                             _ => {}
                         }
                     } else {
                         for t in t..te {
-                            store_pair(job, g, t, &group_q6k_pair(w0, w1, job, t));
+                            store_pair(job, g, t, &group_q6k_pair(w0, w1, ahead.next(), job, t));
                         }
                     }
                     g += 2;
@@ -98,17 +156,28 @@ macro_rules! kernels {
             for tb in (0..job.n).step_by(TOKEN_BLOCK) {
                 let te = (tb + TOKEN_BLOCK).min(job.n);
                 let mut g = 0;
+                // A decode batch (a few passes) asks for the next pair's bytes after its first
+                // pass (`Ahead`); a prompt's tiles reuse each pair 16 times and need not.
+                let passes = (te - tb).div_ceil(4);
+                let ahead_passes = if passes <= 4 { passes } else { 0 };
                 while job.n > 1 && g + 2 <= groups {
                     let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+                    let mut ahead = Ahead::new(job, g, 2, ahead_passes, 1);
                     let mut t = tb;
                     while t + 4 <= te {
-                        store_pair(job, g, t, &group_pair::<F, 4>(w0, w1, job, t));
+                        let a = ahead.next();
+                        if ahead_passes > 1 {
+                            store_pair(job, g, t, &group_pair::<F, 4, true>(w0, w1, a, job, t));
+                        } else {
+                            store_pair(job, g, t, &group_pair::<F, 4, false>(w0, w1, a, job, t));
+                        }
                         t += 4;
                     }
+                    let a = ahead.next();
                     match te - t {
-                        3 => store_pair(job, g, t, &group_pair::<F, 3>(w0, w1, job, t)),
-                        2 => store_pair(job, g, t, &group_pair::<F, 2>(w0, w1, job, t)),
-                        1 => store_pair(job, g, t, &group_pair::<F, 1>(w0, w1, job, t)),
+                        3 => store_pair(job, g, t, &group_pair::<F, 3, true>(w0, w1, a, job, t)),
+                        2 => store_pair(job, g, t, &group_pair::<F, 2, true>(w0, w1, a, job, t)),
+                        1 => store_pair(job, g, t, &group_pair::<F, 1, true>(w0, w1, a, job, t)),
                         _ => {}
                     }
                     g += 2;
@@ -585,9 +654,10 @@ pub(crate) mod avx2 {
         /// Two groups one after the other.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
-        fn group_pair<const F: usize, const T: usize>(
+        fn group_pair<const F: usize, const T: usize, const AHEAD: bool>(
             w0: &[u8],
             w1: &[u8],
+            _ahead: &[u8],
             job: &Job,
             t0: usize,
         ) -> [[[f32; GROUP]; T]; 2] {
@@ -596,15 +666,22 @@ pub(crate) mod avx2 {
         /// Two groups one after the other.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
-        fn group_q6k_pair(w0: &[u8], w1: &[u8], job: &Job, t0: usize) -> [[[f32; GROUP]; 1]; 2] {
+        fn group_q6k_pair(
+            w0: &[u8],
+            w1: &[u8],
+            _ahead: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; 1]; 2] {
             [group_q6k(w0, job, t0), group_q6k(w1, job, t0)]
         },
         /// Two groups one after the other.
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
-        fn group_q6k_tiled_pair<const T: usize>(
+        fn group_q6k_tiled_pair<const T: usize, const AHEAD: bool>(
             w0: &[u8],
             w1: &[u8],
+            _ahead: &[u8],
             job: &Job,
             t0: usize,
         ) -> [[[f32; GROUP]; T]; 2] {
@@ -649,7 +726,7 @@ pub(crate) mod vnni {
             let l = LAYOUTS[F];
             let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
             if te - tb <= 2 || job.nblk > MAX_PRE {
-                return pair_tiles::<F, false>(job, g, tb, te, &[]);
+                return pair_tiles::<F, false, false>(job, g, tb, te, &[]);
             }
             let mut buf = [std::mem::MaybeUninit::<[__m512i; 8]>::uninit(); MAX_PRE];
             for (b, slot) in buf.iter_mut().enumerate().take(job.nblk) {
@@ -659,13 +736,19 @@ pub(crate) mod vnni {
             }
             // SAFETY: the first `nblk` slots were written just above.
             let pre: &[[__m512i; 8]] = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), job.nblk) };
-            pair_tiles::<F, true>(job, g, tb, te, pre);
+            // A decode batch (few passes) asks for the next pair's bytes while it multiplies
+            // (`Ahead`); a prompt's 64-token tiles reuse each pair 32 times and need not.
+            if te - tb <= 16 {
+                pair_tiles::<F, true, true>(job, g, tb, te, pre);
+            } else {
+                pair_tiles::<F, true, false>(job, g, tb, te, pre);
+            }
         },
         /// Tokens `tb..te` of groups `g` and `g + 1` in tiles of two (`group_lanes_pair`;
-        /// `PRE`: codes from `pre`).
+        /// `PRE`: codes from `pre`; `AHEAD`: each tile asks for its share of the next pair).
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn pair_tiles<const F: usize, const PRE: bool>(
+        fn pair_tiles<const F: usize, const PRE: bool, const AHEAD: bool>(
             job: &Job,
             g: usize,
             tb: usize,
@@ -673,13 +756,16 @@ pub(crate) mod vnni {
             pre: &[[__m512i; 8]],
         ) {
             let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
+            let mut ahead = Ahead::new(job, g, 2, if AHEAD { (te - tb).div_ceil(2) } else { 0 }, 0);
             let mut t = tb;
             while t + 2 <= te {
-                store_pair(job, g, t, &group_lanes_pair::<F, 2, PRE>(w0, w1, pre, job, t));
+                let a = ahead.next();
+                store_pair(job, g, t, &group_lanes_pair::<F, 2, PRE, AHEAD>(w0, w1, pre, a, job, t));
                 t += 2;
             }
             if t < te {
-                store_pair(job, g, t, &group_lanes_pair::<F, 1, PRE>(w0, w1, pre, job, t));
+                let a = ahead.next();
+                store_pair(job, g, t, &group_lanes_pair::<F, 1, PRE, AHEAD>(w0, w1, pre, a, job, t));
             }
         },
         /// The eight code vectors of a lane-order block of two groups, as `vpdpbusd` takes
@@ -702,10 +788,11 @@ pub(crate) mod vnni {
         /// come unpacked in `pre` (one entry per block).
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn group_lanes_pair<const F: usize, const T: usize, const PRE: bool>(
+        fn group_lanes_pair<const F: usize, const T: usize, const PRE: bool, const AHEAD: bool>(
             w0: &[u8],
             w1: &[u8],
             pre: &[[__m512i; 8]],
+            ahead: &[u8],
             job: &Job,
             t0: usize,
         ) -> [[[f32; GROUP]; T]; 2] {
@@ -716,6 +803,9 @@ pub(crate) mod vnni {
             let mut summs = [_mm512_setzero_ps(); T];
             for b in 0..job.nblk {
                 let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                if AHEAD {
+                    super::prefetch_share(ahead, b, job.nblk);
+                }
                 let u = if PRE {
                     pre[b]
                 } else {
@@ -831,9 +921,10 @@ pub(crate) mod vnni {
         /// every lane in `group`'s order: the same bits.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn group_pair<const F: usize, const T: usize>(
+        fn group_pair<const F: usize, const T: usize, const AHEAD: bool>(
             w0: &[u8],
             w1: &[u8],
+            ahead: &[u8],
             job: &Job,
             t0: usize,
         ) -> [[[f32; GROUP]; T]; 2] {
@@ -847,6 +938,9 @@ pub(crate) mod vnni {
             let mut acc_min = [_mm512_setzero_ps(); T];
             for b in 0..job.nblk {
                 let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                if AHEAD {
+                    super::prefetch_share(ahead, b, job.nblk);
+                }
                 let dw = ph_pair(r0, r1, 0);
                 let mut da = [_mm512_setzero_ps(); T];
                 let mut dd = [_mm512_setzero_ps(); T];
@@ -947,7 +1041,13 @@ pub(crate) mod vnni {
         /// half), every lane in its order: the same bits.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn group_q6k_pair(w0: &[u8], w1: &[u8], job: &Job, t0: usize) -> [[[f32; GROUP]; 1]; 2] {
+        fn group_q6k_pair(
+            w0: &[u8],
+            w1: &[u8],
+            ahead: &[u8],
+            job: &Job,
+            t0: usize,
+        ) -> [[[f32; GROUP]; 1]; 2] {
             let l = LAYOUTS[FMT_Q6_K];
             let (bb, hdr, cb) = (l.block_bytes(), l.hdr_bytes(), l.chunk_bytes());
             let acts = job.acts;
@@ -955,6 +1055,9 @@ pub(crate) mod vnni {
             let mut acc = [_mm512_setzero_ps(); 8];
             for b in 0..job.nblk {
                 let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                if !ahead.is_empty() {
+                    super::prefetch_share(ahead, b, job.nblk);
+                }
                 let dw = ph_pair(r0, r1, 0);
                 let a = &acts.qs[t0 * acts.n_in + b * l.blk..][..l.blk];
                 let iz = &acts.iz[t0 * acts.iz_stride + b * 8..][..8];
@@ -994,9 +1097,10 @@ pub(crate) mod vnni {
         /// low half), every lane in its order: the same bits.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn group_q6k_tiled_pair<const T: usize>(
+        fn group_q6k_tiled_pair<const T: usize, const AHEAD: bool>(
             w0: &[u8],
             w1: &[u8],
+            ahead: &[u8],
             job: &Job,
             t0: usize,
         ) -> [[[f32; GROUP]; T]; 2] {
@@ -1007,6 +1111,9 @@ pub(crate) mod vnni {
             let mut acc = [_mm512_setzero_ps(); T];
             for b in 0..job.nblk {
                 let (r0, r1) = (&w0[b * bb..(b + 1) * bb], &w1[b * bb..(b + 1) * bb]);
+                if AHEAD {
+                    super::prefetch_share(ahead, b, job.nblk);
+                }
                 let dw = ph_pair(r0, r1, 0);
                 // The zero point: 32·Σ_j scale_j·bsum_j, from the activations' i16 pairs.
                 let mut isum = [_mm512_setzero_si512(); T];
