@@ -89,9 +89,21 @@ fn sampling(c: &mut Criterion) {
             seed: 42,
             ..SamplerParams::default()
         };
-        for (label, params) in
-            [("greedy", SamplerParams::greedy()), ("temp+top-k+top-p+min-p+penalty", chain)]
-        {
+        // Temperature alone is what an OpenAI client sends by default: the whole vocabulary
+        // is a candidate.
+        let temp = SamplerParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 42,
+            ..SamplerParams::default()
+        };
+        for (label, params) in [
+            ("greedy", SamplerParams::greedy()),
+            ("temperature", temp),
+            ("temp+top-k+top-p+min-p+penalty", chain),
+        ] {
             let mut s = Sampler::new(params);
             for t in 0..64 {
                 s.accept(t * 31);

@@ -146,6 +146,8 @@ impl Sampler {
         let (top, lse) = top_logprobs(logits, p.n_logprobs);
         let token = if p.temperature <= 0.0 && !self.has_penalties() {
             argmax(logits)
+        } else if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 && !self.has_penalties() {
+            self.sample_tempered(logits)
         } else {
             self.sample_filtered(logits)
         };
@@ -224,6 +226,18 @@ impl Sampler {
         self.choose(argmax(logits))
     }
 
+    /// `sample_filtered` when temperature is the only filter (what an OpenAI client asks for
+    /// by default): the weights come straight from the row, with no candidate list; the same
+    /// token and RNG draw as `choose` on every candidate.
+    fn sample_tempered(&mut self, logits: &[f32]) -> u32 {
+        let max = softmax::max(logits);
+        self.weights.clear();
+        self.weights.extend_from_slice(logits);
+        let total = softmax::exp_scaled(&mut self.weights, max, 1.0 / self.params.temperature);
+        let r = self.rng.next_f64() * total;
+        draw_index(&self.weights, r) as u32
+    }
+
     /// Filters the candidates and draws one (`fallback` if none is left).
     fn choose(&mut self, fallback: u32) -> u32 {
         let p = self.params.clone();
@@ -240,7 +254,7 @@ impl Sampler {
             }
             self.cand.sort_by(best);
         }
-        let max = self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let max = max_logit(&self.cand);
         // The temperature-1 normaliser, before min-p cuts (top-p's target is a share of it).
         let sum = if p.top_p < 1.0 { self.weights_of_cand(max, 1.0) } else { 0.0 };
         if p.min_p > 0.0 {
@@ -278,14 +292,8 @@ impl Sampler {
         }
         // Temperature, then a draw.
         let total = self.weights_of_cand(max, 1.0 / p.temperature);
-        let mut r = self.rng.next_f64() * total;
-        for (&(id, _), &w) in self.cand.iter().zip(&self.weights) {
-            if r < w as f64 {
-                return id;
-            }
-            r -= w as f64;
-        }
-        self.cand[self.cand.len() - 1].0
+        let r = self.rng.next_f64() * total;
+        self.cand[draw_index(&self.weights, r)].0
     }
 
     /// Fills `weights` with `e^((l − max)·scale)` for each candidate (SIMD `exp`: the whole
@@ -295,6 +303,48 @@ impl Sampler {
         self.weights.extend(self.cand.iter().map(|c| c.1));
         softmax::exp_scaled(&mut self.weights, max, scale)
     }
+}
+
+/// The largest logit of the candidates (eight running maxima: a single chain of `max` over
+/// a whole vocabulary waits on each one's latency).
+fn max_logit(cand: &[(u32, f32)]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 8];
+    let chunks = cand.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, c) in m.iter_mut().zip(c) {
+            *m = m.max(c.1);
+        }
+    }
+    tail.iter().map(|c| c.1).chain(m).fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Where `r ∈ [0, Σ weights)` falls among the weights laid end to end: the first `i` with
+/// `r < w_i` after subtracting the weights before it (the last index if rounding leaves
+/// none). Whole blocks whose sum `r` passes are subtracted at once, so a draw deep into
+/// a 152k vocabulary does not wait on 152k dependent subtractions.
+fn draw_index(weights: &[f32], mut r: f64) -> usize {
+    const BLOCK: usize = 512;
+    for (b, ws) in weights.chunks(BLOCK).enumerate() {
+        let mut part = [0f64; 4];
+        for c in ws.chunks(4) {
+            for (p, &w) in part.iter_mut().zip(c) {
+                *p += w as f64;
+            }
+        }
+        let sum = (part[0] + part[1]) + (part[2] + part[3]);
+        if r >= sum && (b + 1) * BLOCK < weights.len() {
+            r -= sum;
+            continue;
+        }
+        for (i, &w) in ws.iter().enumerate() {
+            if r < w as f64 {
+                return b * BLOCK + i;
+            }
+            r -= w as f64;
+        }
+    }
+    weights.len().saturating_sub(1)
 }
 
 /// Index of the largest logit (lowest index on ties).
@@ -369,6 +419,57 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect()
+    }
+
+    /// Temperature alone takes a shortcut past the candidate list: the same tokens and RNG
+    /// state as the general chain, over a vocabulary-sized row.
+    #[test]
+    fn temperature_alone_draws_as_the_chain() {
+        let mut rng = Rng::new(3);
+        let l: Vec<f32> = (0..151_936).map(|_| (rng.next_f64() * 30.0 - 15.0) as f32).collect();
+        for temperature in [0.3f32, 0.8, 1.5] {
+            let params = SamplerParams {
+                temperature,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 11,
+                ..Default::default()
+            };
+            let (mut fast, mut chain) = (Sampler::new(params.clone()), Sampler::new(params));
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..40 {
+                let (a, b) = (fast.sample(&l).token, chain.sample_filtered(&l));
+                assert_eq!(a, b, "temperature {temperature}");
+                seen.insert(a);
+            }
+            assert!(seen.len() > 10, "temperature {temperature}: {} distinct draws", seen.len());
+        }
+    }
+
+    /// The blocked draw lands where subtracting the weights one by one does, and the eight
+    /// running maxima find the fold's maximum.
+    #[test]
+    fn blocked_draw_and_max_match_the_sequential_ones() {
+        let mut rng = Rng::new(5);
+        for n in [1usize, 7, 511, 512, 513, 3000] {
+            let w: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 2.0) as f32).collect();
+            let total: f64 = w.iter().map(|&w| w as f64).sum();
+            for _ in 0..200 {
+                let r0 = rng.next_f64() * total;
+                let mut r = r0;
+                let want = w.iter().position(|&w| {
+                    let hit = r < w as f64;
+                    r -= w as f64;
+                    hit
+                });
+                assert_eq!(draw_index(&w, r0), want.unwrap_or(n - 1), "n {n}, r {r0}");
+            }
+            let mut cand: Vec<(u32, f32)> = w.iter().enumerate().map(|(i, &w)| (i as u32, w - 1.0)).collect();
+            cand[n / 2].1 = f32::NAN;
+            let fold = cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+            assert_eq!(max_logit(&cand), fold, "n {n}");
+        }
     }
 
     #[test]
