@@ -7,7 +7,9 @@
 //! the accumulators, integer sums stay exact within a block, and each block adds
 //! `float(sum) · d_w · d_a` to an f32 accumulator as ggml does. The VNNI instantiation adds
 //! `*_pair` kernels for batches: two groups in the halves of 512-bit vectors, each lane with
-//! the 8-row kernel's arithmetic (the AVX2 ones run the two groups one after the other).
+//! the 8-row kernel's arithmetic (the AVX2 ones run the two groups one after the other);
+//! in decode batches their passes over a pair that is already in cache ask for the next
+//! pair's bytes ([`Ahead`]).
 
 use crate::cpu::packed::Job;
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
@@ -651,7 +653,7 @@ pub(crate) mod avx2 {
             lane_group_tokens::<F>(job, g, tb, te);
             lane_group_tokens::<F>(job, g + 1, tb, te);
         },
-        /// Two groups one after the other.
+        /// Two groups one after the other (no look-ahead here: `Ahead` serves the VNNI pairs).
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
         fn group_pair<const F: usize, const T: usize, const AHEAD: bool>(
@@ -663,7 +665,7 @@ pub(crate) mod avx2 {
         ) -> [[[f32; GROUP]; T]; 2] {
             [group::<F, T>(w0, job, t0), group::<F, T>(w1, job, t0)]
         },
-        /// Two groups one after the other.
+        /// Two groups one after the other (no look-ahead, as `group_pair`).
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
         fn group_q6k_pair(
@@ -675,7 +677,7 @@ pub(crate) mod avx2 {
         ) -> [[[f32; GROUP]; 1]; 2] {
             [group_q6k(w0, job, t0), group_q6k(w1, job, t0)]
         },
-        /// Two groups one after the other.
+        /// Two groups one after the other (no look-ahead, as `group_pair`).
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
         fn group_q6k_tiled_pair<const T: usize, const AHEAD: bool>(
