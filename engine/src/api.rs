@@ -948,17 +948,12 @@ mod tests {
         let req = ChatRequest::new(vec![message("user", "Hi")]);
         assert!(p.apply_chat_template(&req).unwrap().starts_with("<|endoftext|><|start_header_id|>"));
     }
-}
-
-#[cfg(test)]
-mod kv_capacity_tests {
-    use super::KvCapacity;
-    use crate::kv_cache::BLOCK_SIZE;
 
     /// `Contexts` holds each context in whole blocks (a 16-token context takes a block), within
     /// its byte cap, and never less than one context.
     #[test]
     fn contexts_are_whole_blocks() {
+        use crate::kv_cache::BLOCK_SIZE;
         let unbounded = |n| KvCapacity::Contexts { n, max_bytes: usize::MAX };
         assert_eq!(unbounded(8).tokens(16, 4), 8 * BLOCK_SIZE);
         assert_eq!(unbounded(2).tokens(2 * BLOCK_SIZE, 4), 4 * BLOCK_SIZE);

@@ -26,12 +26,12 @@ pub(crate) struct Ahead<'a> {
 }
 
 impl<'a> Ahead<'a> {
-    /// The `n` groups after groups `g..g + n` of `job`, for `passes` passes of which the
-    /// first `skip` read their own bytes from memory and get no share (`passes` 0: none).
-    pub(crate) fn new(job: &'a Job, g: usize, n: usize, passes: usize, skip: usize) -> Self {
+    /// The pair of groups after groups `g` and `g + 1` of `job`, for `passes` passes of which
+    /// the first `skip` read their own bytes from memory and get no share (`passes` 0: none).
+    pub(crate) fn new(job: &'a Job, g: usize, passes: usize, skip: usize) -> Self {
         let parts = passes.saturating_sub(skip);
-        let next = if parts == 0 { &[] } else { job.w.get((g + n) * job.group_bytes..).unwrap_or(&[]) };
-        let next = &next[..next.len().min(n * job.group_bytes)];
+        let next = if parts == 0 { &[] } else { job.w.get((g + 2) * job.group_bytes..).unwrap_or(&[]) };
+        let next = &next[..next.len().min(2 * job.group_bytes)];
         let size = next.len().div_ceil(parts.max(1)).next_multiple_of(64).max(64);
         Ahead { shares: next.chunks(size), skip }
     }
@@ -102,7 +102,7 @@ macro_rules! kernels {
                 let ahead_passes = if passes <= 4 { passes } else { 0 };
                 while job.n > 1 && g + 2 <= groups {
                     let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
-                    let mut ahead = Ahead::new(job, g, 2, ahead_passes, 1);
+                    let mut ahead = Ahead::new(job, g, ahead_passes, 1);
                     let mut t = tb;
                     if job.n >= 8 {
                         while t + 4 <= te {
@@ -164,7 +164,7 @@ macro_rules! kernels {
                 let ahead_passes = if passes <= 4 { passes } else { 0 };
                 while job.n > 1 && g + 2 <= groups {
                     let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
-                    let mut ahead = Ahead::new(job, g, 2, ahead_passes, 1);
+                    let mut ahead = Ahead::new(job, g, ahead_passes, 1);
                     let mut t = tb;
                     while t + 4 <= te {
                         let a = ahead.next();
@@ -758,7 +758,7 @@ pub(crate) mod vnni {
             pre: &[[__m512i; 8]],
         ) {
             let (w0, w1) = (&job.w[g * job.group_bytes..], &job.w[(g + 1) * job.group_bytes..]);
-            let mut ahead = Ahead::new(job, g, 2, if AHEAD { (te - tb).div_ceil(2) } else { 0 }, 0);
+            let mut ahead = Ahead::new(job, g, if AHEAD { (te - tb).div_ceil(2) } else { 0 }, 0);
             let mut t = tb;
             while t + 2 <= te {
                 let a = ahead.next();
