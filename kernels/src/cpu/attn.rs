@@ -482,9 +482,9 @@ pub(super) mod avx2 {
     }
 }
 
-/// The AVX-512 body: 16 lanes; scores of a key for all heads summed horizontally together,
-/// and `Σ e·v` held in up to `NH × G` independent registers, so the f16 mode's
-/// multiply-add → round → reload chains of different heads overlap.
+/// The AVX-512 body: 16 lanes; each key converted once for all heads and their scores summed
+/// horizontally together; `Σ e·v` kept as f16 in memory in up to `NH × G` independent rows of
+/// 16, so the f16 mode's widen → multiply-add → narrow chains of different heads overlap.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::avx2::Cols;
@@ -525,13 +525,6 @@ mod avx512 {
         _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
     }
 
-    /// f32 → f16 → f32 (round to nearest even), as a f16 store and reload would.
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-    #[inline]
-    fn round16(v: __m512) -> __m512 {
-        _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
-    }
-
     /// `NH` heads; `G` 16-value chunks of the output per pass over the keys.
     ///
     /// # Safety
@@ -568,7 +561,8 @@ mod avx512 {
     }
 
     /// Scores `q·k · scale` of one key for `NH` heads into `out[head]`, each summed as
-    /// [`super::dot_ggml`] with 16 lanes.
+    /// [`super::dot_ggml`] with 16 lanes. Each 64-value step of the key is converted once for
+    /// all heads (four registers), then every head's four accumulators take it.
     ///
     /// # Safety
     /// The key pointer has `dk` readable values; `q` holds `NH × dk`; `dk % 16 == 0`.
@@ -582,35 +576,47 @@ mod avx512 {
         out: &mut [f32; MAX_HEADS],
     ) {
         let full = dk / 64 * 64;
-        let mut x = [_mm512_setzero_ps(); 8];
-        for (h, x) in x.iter_mut().enumerate().take(NH) {
-            let mut a = [_mm512_setzero_ps(); 4];
-            for i in (0..full).step_by(64) {
+        let mut a = [[_mm512_setzero_ps(); 4]; MAX_HEADS];
+        let step = |i: usize, a: &mut [[__m512; 4]; MAX_HEADS]| {
+            // SAFETY: the caller's contract (`i + 64 <= full <= dk`).
+            let kc: [__m512; 4] = std::array::from_fn(|c| unsafe { ld16(key.add(i + 16 * c)) });
+            for (h, a) in a.iter_mut().enumerate().take(NH) {
                 for (c, a) in a.iter_mut().enumerate() {
-                    // SAFETY: the caller's contract (`i + 16c + 16 <= full <= dk`).
-                    let (qc, kc) = unsafe {
-                        (_mm512_loadu_ps(q.as_ptr().add(h * dk + i + 16 * c)), ld16(key.add(i + 16 * c)))
-                    };
-                    *a = _mm512_fmadd_ps(qc, kc, *a);
+                    // SAFETY: `h * dk + i + 16c + 16 <= NH * dk = q.len()`.
+                    let qc = unsafe { _mm512_loadu_ps(q.as_ptr().add(h * dk + i + 16 * c)) };
+                    *a = _mm512_fmadd_ps(qc, kc[c], *a);
                 }
             }
+        };
+        // The first step apart: at the common 64-value head size it is the only one, and the
+        // accumulators need not rotate through a loop.
+        if full > 0 {
+            step(0, &mut a);
+        }
+        for i in (64..full).step_by(64) {
+            step(i, &mut a);
+        }
+        let mut x = [_mm512_setzero_ps(); 8];
+        for (x, a) in x.iter_mut().zip(&a).take(NH) {
             *x = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
         }
-        let mut sums = [0f32; MAX_HEADS];
-        // SAFETY: `sums` is 8 writable f32; the store is unaligned.
-        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), tree16x8(&x)) };
+        let sums = tree16x8(&x);
+        if full == dk {
+            // SAFETY: `out` is 8 writable f32; the store is unaligned.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(sums, _mm256_set1_ps(scale))) };
+            return;
+        }
+        let mut lanes = [0f32; MAX_HEADS];
+        // SAFETY: `lanes` is 8 writable f32; the store is unaligned.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
         for (h, out) in out.iter_mut().enumerate().take(NH) {
-            let mut sum = sums[h];
-            if full < dk {
-                let mut wide = f64::from(sum);
-                for i in full..dk {
-                    // SAFETY: the caller's contract.
-                    let k = super::h2f(unsafe { *key.add(i) });
-                    wide += f64::from(q[h * dk + i] * k);
-                }
-                sum = wide as f32;
+            let mut wide = f64::from(lanes[h]);
+            for i in full..dk {
+                // SAFETY: the caller's contract.
+                let k = super::h2f(unsafe { *key.add(i) });
+                wide += f64::from(q[h * dk + i] * k);
             }
-            *out = sum * scale;
+            *out = wide as f32 * scale;
         }
     }
 
@@ -647,7 +653,10 @@ mod avx512 {
         _mm512_castps512_ps256(_mm512_permutexvar_ps(idx, r))
     }
 
-    /// Outputs `i..i + 16·G` of every head over keys `0..n`.
+    /// Outputs `i..i + 16·G` of every head over keys `0..n`. The sums live in memory as f16,
+    /// as llama.cpp keeps them: each step loads and widens them in one instruction and narrows
+    /// and stores them in one ([`load_widen`], [`narrow_store`]), fewer vector-port
+    /// operations than a round trip between registers.
     ///
     /// # Safety
     /// Those outputs of every value row `slot0..slot0 + n` lie inside `kv.v`.
@@ -665,11 +674,15 @@ mod avx512 {
         o: &mut Online,
     ) {
         let dv = o.dv();
-        let mut acc = [[_mm512_setzero_ps(); G]; NH];
-        for (h, acc) in acc.iter_mut().enumerate() {
-            for (g, a) in acc.iter_mut().enumerate() {
-                // SAFETY: the slice holds 16 readable f32; the load is unaligned.
-                *a = unsafe { _mm512_loadu_ps(o.acc[h * dv + i + 16 * g..][..16].as_ptr()) };
+        let mut sums = [[[0u16; 16]; G]; NH];
+        for (h, sums) in sums.iter_mut().enumerate() {
+            for (g, s) in sums.iter_mut().enumerate() {
+                // SAFETY: the slice holds 16 readable f32 (f16 values: narrowing is exact); `s`
+                // is 16 writable u16; both accesses are unaligned.
+                unsafe {
+                    let a = _mm512_loadu_ps(o.acc[h * dv + i + 16 * g..][..16].as_ptr());
+                    _mm256_storeu_si256(s.as_mut_ptr().cast(), narrow(a));
+                }
             }
         }
         let base = kv.v[slot0 * kv.v_stride + kv.v_off + i..].as_ptr();
@@ -680,26 +693,68 @@ mod avx512 {
                 *v = unsafe { ld16(base.add(j * kv.v_stride + 16 * g)) };
             }
             if rescale >> j & 1 != 0 {
-                for (h, acc) in acc.iter_mut().enumerate() {
+                for (h, sums) in sums.iter_mut().enumerate() {
                     let c = _mm512_set1_ps(ms[j][h]);
-                    for a in acc.iter_mut() {
-                        *a = round16(_mm512_mul_ps(*a, c));
+                    for s in sums.iter_mut() {
+                        narrow_store(s, _mm512_mul_ps(load_widen(s), c));
                     }
                 }
             }
-            for h in 0..NH {
+            for (h, sums) in sums.iter_mut().enumerate() {
                 let e = _mm512_set1_ps(vs[j][h]);
-                for (a, v) in acc[h].iter_mut().zip(&v) {
-                    *a = round16(_mm512_fmadd_ps(*v, e, *a));
+                for (s, v) in sums.iter_mut().zip(&v) {
+                    narrow_store(s, _mm512_fmadd_ps(*v, e, load_widen(s)));
                 }
             }
         }
-        for (h, acc) in acc.iter().enumerate() {
-            for (g, a) in acc.iter().enumerate() {
-                // SAFETY: the slice holds 16 writable f32; the store is unaligned.
-                unsafe { _mm512_storeu_ps(o.acc[h * dv + i + 16 * g..][..16].as_mut_ptr(), *a) };
+        for (h, sums) in sums.iter().enumerate() {
+            for (g, s) in sums.iter().enumerate() {
+                // SAFETY: `s` holds 16 readable u16; the slice 16 writable f32; unaligned.
+                unsafe {
+                    _mm512_storeu_ps(o.acc[h * dv + i + 16 * g..][..16].as_mut_ptr(), ld16(s.as_ptr()))
+                };
             }
         }
+    }
+
+    /// f32 → f16, round to nearest even.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn narrow(v: __m512) -> __m256i {
+        _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
+    }
+
+    /// Sixteen f16 at `s` as f32, the load folded into the conversion (the compiler emits a
+    /// separate load for the intrinsic).
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn load_widen(s: &[u16; 16]) -> __m512 {
+        let r: __m512;
+        // SAFETY: reads the 32 bytes of `s`; writes only `r`.
+        unsafe {
+            std::arch::asm!(
+                "vcvtph2ps {r}, ymmword ptr [{p}]",
+                p = in(reg) s.as_ptr(),
+                r = lateout(zmm_reg) r,
+                options(pure, readonly, nostack, preserves_flags),
+            )
+        };
+        r
+    }
+
+    /// `v` rounded to f16 (nearest even) into `s`, the store folded into the conversion.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    fn narrow_store(s: &mut [u16; 16], v: __m512) {
+        // SAFETY: writes the 32 bytes of `s`, nothing else.
+        unsafe {
+            std::arch::asm!(
+                "vcvtps2ph ymmword ptr [{p}], {v}, 0",
+                p = in(reg) s.as_mut_ptr(),
+                v = in(zmm_reg) v,
+                options(nostack, preserves_flags),
+            )
+        };
     }
 }
 
