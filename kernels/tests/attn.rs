@@ -65,3 +65,42 @@ fn simd_run_matches_scalar() {
         }
     }
 }
+
+/// Runs that leave every head's max where it was (the common case at depth, which the SIMD
+/// bodies take a shorter path for) and one that moves it, continuing one state: the same bits
+/// as the scalar body.
+#[test]
+fn runs_keeping_their_max_match_scalar() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (dk, dv, heads, slots) = (64usize, 64usize, 7usize, 8 * MAX_RUN);
+    // Small keys and values, except slot 0 (every head's max from the first run on) and slot
+    // 150 (a new max in the fifth run), whose keys point along the all-positive queries.
+    let small = |rng: &mut StdRng| f16::from_f32(rng.random_range(-0.25f32..0.25)).to_bits();
+    let mut k: Vec<u16> = (0..slots * dk).map(|_| small(&mut rng)).collect();
+    let v: Vec<u16> = (0..slots * dv).map(|_| small(&mut rng)).collect();
+    k[..dk].fill(f16::from_f32(2.0).to_bits());
+    k[150 * dk..151 * dk].fill(f16::from_f32(6.0).to_bits());
+    let q: Vec<f32> = (0..heads * dk)
+        .map(|_| f16::from_f32(rng.random_range(0.5f32..1.0)).to_bits())
+        .map(|b| f16::from_bits(b).to_f32())
+        .collect();
+    let kv = HeadKv { k: &k, v: &v, k_stride: dk, v_stride: dv, k_off: 0, v_off: 0 };
+    for kernel in AttnKernel::available() {
+        let (mut a, mut b) = (vec![0f32; heads * dv], vec![0f32; heads * dv]);
+        let (mut sa, mut sb) = (Online::new(heads, &mut a), Online::new(heads, &mut b));
+        for r in 0..slots / MAX_RUN {
+            let run = Run { q: &q, dk, kv: &kv, slot0: r * MAX_RUN, n: MAX_RUN, scale: 0.125 };
+            attend_run_with(kernel, &run, &mut sa);
+            attend_run_scalar(&run, &mut sb, kernel.lanes());
+            for h in 0..heads {
+                assert_eq!(sa.m[h].to_bits(), sb.m[h].to_bits(), "{kernel:?} run {r}: max");
+                assert_eq!(sa.l[h].to_bits(), sb.l[h].to_bits(), "{kernel:?} run {r}: denominator");
+            }
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(sa.acc), bits(sb.acc), "{kernel:?} run {r}: sums");
+        }
+        // Scores: slot 0 in [8, 16], slot 150 in [24, 48], the rest within ±2: the max moved
+        // in runs 0 and 4 only.
+        assert!((24.0..=48.0).contains(&sa.m[0]), "slot 150 holds the max: {}", sa.m[0]);
+    }
+}

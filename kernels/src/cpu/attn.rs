@@ -252,6 +252,25 @@ macro_rules! factors {
                 unsafe { _mm256_loadu_ps(a.as_ptr()) }
             };
             let (mut m, mut l) = (ld(&o.m), ld(&o.l));
+            // Most runs past the first few do not move any head's max: then every weight is
+            // e^(s - m) and the sum only adds them (`fma(l, 1, w)` is `l + w`), key by key
+            // independent of the comparisons.
+            let mut any = _mm256_setzero_ps();
+            for s in s.iter().take(n) {
+                any = _mm256_or_ps(any, _mm256_cmp_ps::<_CMP_GT_OQ>(ld(s), m));
+            }
+            if _mm256_movemask_ps(_mm256_and_ps(any, live)) == 0 {
+                for s in s.iter_mut().take(n) {
+                    let w = $exp(_mm256_and_ps(_mm256_sub_ps(ld(s), m), live));
+                    l = _mm256_add_ps(l, w);
+                    // SAFETY: `s` holds 8 writable f32; the store is unaligned.
+                    unsafe { _mm256_storeu_ps(s.as_mut_ptr(), w) };
+                }
+                let l = _mm256_blendv_ps(ld(&o.l), l, live);
+                // SAFETY: `o.l` holds 8 writable f32; the store is unaligned.
+                unsafe { _mm256_storeu_ps(o.l.as_mut_ptr(), l) };
+                return 0;
+            }
             let mut rescale = 0u64;
             for (j, (s, ms)) in s.iter_mut().zip(ms.iter_mut()).take(n).enumerate() {
                 let sj = ld(s);
