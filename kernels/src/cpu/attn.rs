@@ -696,12 +696,9 @@ mod avx512 {
         let mut sums = [[[0u16; 16]; G]; NH];
         for (h, sums) in sums.iter_mut().enumerate() {
             for (g, s) in sums.iter_mut().enumerate() {
-                // SAFETY: the slice holds 16 readable f32 (f16 values: narrowing is exact); `s`
-                // is 16 writable u16; both accesses are unaligned.
-                unsafe {
-                    let a = _mm512_loadu_ps(o.acc[h * dv + i + 16 * g..][..16].as_ptr());
-                    _mm256_storeu_si256(s.as_mut_ptr().cast(), narrow(a));
-                }
+                // SAFETY: the slice holds 16 readable f32 (f16 values: narrowing is exact); the
+                // load is unaligned.
+                narrow_store(s, unsafe { _mm512_loadu_ps(o.acc[h * dv + i + 16 * g..][..16].as_ptr()) });
             }
         }
         let base = kv.v[slot0 * kv.v_stride + kv.v_off + i..].as_ptr();
@@ -728,19 +725,10 @@ mod avx512 {
         }
         for (h, sums) in sums.iter().enumerate() {
             for (g, s) in sums.iter().enumerate() {
-                // SAFETY: `s` holds 16 readable u16; the slice 16 writable f32; unaligned.
-                unsafe {
-                    _mm512_storeu_ps(o.acc[h * dv + i + 16 * g..][..16].as_mut_ptr(), ld16(s.as_ptr()))
-                };
+                // SAFETY: the slice holds 16 writable f32; the store is unaligned.
+                unsafe { _mm512_storeu_ps(o.acc[h * dv + i + 16 * g..][..16].as_mut_ptr(), load_widen(s)) };
             }
         }
-    }
-
-    /// f32 → f16, round to nearest even.
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-    #[inline]
-    fn narrow(v: __m512) -> __m256i {
-        _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
     }
 
     /// Sixteen f16 at `s` as f32, the load folded into the conversion (the compiler emits a
