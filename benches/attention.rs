@@ -28,7 +28,7 @@ fn rand_bits(n: usize, seed: &mut u64) -> Vec<u16> {
 /// the first head's denominator (so that nothing is optimised away).
 fn attend_all(q: &[f32], d: usize, kv: &HeadKv, keys: usize, st: &mut Online) -> f32 {
     for s0 in (0..keys).step_by(RUN) {
-        let run = Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125 };
+        let run = Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125, ahead: [&[]; 2] };
         attend_run(&run, st);
     }
     st.l[0]

@@ -48,7 +48,10 @@ fn simd_run_matches_scalar() {
             // Several runs of odd lengths, continuing one state.
             let mut slot = 1;
             for n in [1usize, 17, MAX_RUN, 5, MAX_RUN - 1, 8] {
-                let run = Run { q: &q, dk, kv: &kv, slot0: slot, n, scale: 0.37 };
+                // The following slots asked ahead (odd lengths too): no effect on the results.
+                let (nk, nv) = (&k[(slot + n) * ks..][..3 * ks + 1], &v[(slot + n) * vs..][..3 * vs + 1]);
+                let ahead = [bytemuck::cast_slice(nk), bytemuck::cast_slice(nv)];
+                let run = Run { q: &q, dk, kv: &kv, slot0: slot, n, scale: 0.37, ahead };
                 attend_run_with(kernel, &run, &mut sa);
                 attend_run_scalar(&run, &mut sb, kernel.lanes());
                 slot += n;
@@ -89,7 +92,8 @@ fn runs_keeping_their_max_match_scalar() {
         let (mut a, mut b) = (vec![0f32; heads * dv], vec![0f32; heads * dv]);
         let (mut sa, mut sb) = (Online::new(heads, &mut a), Online::new(heads, &mut b));
         for r in 0..slots / MAX_RUN {
-            let run = Run { q: &q, dk, kv: &kv, slot0: r * MAX_RUN, n: MAX_RUN, scale: 0.125 };
+            let run =
+                Run { q: &q, dk, kv: &kv, slot0: r * MAX_RUN, n: MAX_RUN, scale: 0.125, ahead: [&[]; 2] };
             attend_run_with(kernel, &run, &mut sa);
             attend_run_scalar(&run, &mut sb, kernel.lanes());
             for h in 0..heads {

@@ -20,7 +20,9 @@ use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The CPU backend.
 #[derive(Debug, Default)]
@@ -377,13 +379,16 @@ impl Backend for CpuBackend {
         }
         let heads = heads_per_job(n, p.n_head, group, rayon::current_num_threads());
         let jobs_per_row = p.n_head / heads;
+        let tail = Tail::new(n * jobs_per_row);
         out[..n * ow].par_chunks_mut(heads * p.head_dim_v).enumerate().for_each(|(job, o)| {
+            tail.start();
             let (row, h0) = (job / jobs_per_row, job % jobs_per_row * heads);
             let g = h0 / group;
             let qh = &q[row * qw + h0 * p.head_dim..row * qw + (h0 + heads) * p.head_dim];
             let table = &batch.tables[batch.table_of_row[row] as usize];
             let keys = p.keys(batch.positions[row] as usize);
             HEAD_SCRATCH.with_borrow_mut(|sc| attend(qh, heads, &kv.head(layer, g), table, keys, p, sc, o));
+            tail.finish();
         });
     }
 
@@ -514,6 +519,40 @@ thread_local! {
     static ROPE_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = std::cell::RefCell::default();
 }
 
+/// The jobs of one parallel call, counted through so that a worker whose job ends after the
+/// last one has started waits for the others spinning: handed back to rayon it would fall
+/// asleep, and the last job's worker would have to wake it (on a 2-vCPU VM, 20–30 µs per
+/// decode attention call at depth 4096, where the jobs run 250 µs; docs/PERFORMANCE.md).
+struct Tail {
+    jobs: usize,
+    started: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Tail {
+    /// Longest spin: past it, a peer is likely descheduled and sleeping costs nothing.
+    const SPIN_MAX: Duration = Duration::from_millis(1);
+
+    fn new(jobs: usize) -> Self {
+        Tail { jobs, started: AtomicUsize::new(0), done: AtomicUsize::new(0) }
+    }
+
+    fn start(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        self.done.fetch_add(1, Ordering::Release);
+        if self.started.load(Ordering::Relaxed) < self.jobs {
+            return;
+        }
+        let t0 = Instant::now();
+        while self.done.load(Ordering::Acquire) < self.jobs && t0.elapsed() < Self::SPIN_MAX {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Query heads per attention job: a divisor of the GQA group (heads sharing a KV head
 /// share each key and value load), as large as possible while the jobs still keep every
 /// thread busy and evenly loaded.
@@ -596,11 +635,22 @@ const _: () = assert!(BLOCK_SIZE <= attn::MAX_RUN);
 /// Feeds positions `range` to `st`, one run of consecutive slots per cache block.
 fn attend_range(q: &[f32], kv: &HeadKv, table: &[u32], range: Range<usize>, p: &AttnParams, st: &mut Online) {
     let bs = BLOCK_SIZE;
+    // The run of the range from position `t`: its first slot and length.
+    let run_at = |t: usize| (table[t / bs] as usize * bs + t % bs, (bs - t % bs).min(range.end - t));
     let mut t = range.start;
     while t < range.end {
-        let n = (bs - t % bs).min(range.end - t);
-        let slot0 = table[t / bs] as usize * bs + t % bs;
-        let run = attn::Run { q, dk: p.head_dim, kv, slot0, n, scale: p.scale };
+        let (slot0, n) = run_at(t);
+        // The next run's keys and values, fetched while this one computes.
+        let ahead: [&[u8]; 2] = match t + n < range.end {
+            true => {
+                let (s, m) = run_at(t + n);
+                let k = &kv.k[s * kv.k_stride + kv.k_off..][..(m - 1) * kv.k_stride + p.head_dim];
+                let v = &kv.v[s * kv.v_stride + kv.v_off..][..(m - 1) * kv.v_stride + p.head_dim_v];
+                [bytemuck::cast_slice(k), bytemuck::cast_slice(v)]
+            }
+            false => [&[], &[]],
+        };
+        let run = attn::Run { q, dk: p.head_dim, kv, slot0, n, scale: p.scale, ahead };
         attn::attend_run(&run, st);
         t += n;
     }

@@ -23,6 +23,10 @@ pub struct Run<'a> {
     pub slot0: usize,
     pub n: usize,
     pub scale: f32,
+    /// Bytes the caller reads next — the next run's keys and values — asked into L2 spread
+    /// over this run's keys (empty: none; only the SIMD bodies ask). A decode's cache
+    /// comes from memory, and the hardware prefetchers start over at every cache block.
+    pub ahead: [&'a [u8]; 2],
 }
 
 /// Where one head's keys and values live in the cache: f16 bits, `*_stride` values per slot,
@@ -183,7 +187,7 @@ pub fn attend_run_with(kernel: AttnKernel, r: &Run, st: &mut Online) {
 /// The scalar reference of [`attend_run`]: head by head, key by key, [`exp_glibc`]; scores
 /// summed as `ggml_vec_dot_f16` with `lanes`-wide vectors (8 or 16).
 pub fn attend_run_scalar(r: &Run, st: &mut Online, lanes: usize) {
-    let Run { q, dk, kv, slot0, n, scale } = *r;
+    let Run { q, dk, kv, slot0, n, scale, .. } = *r;
     assert!(lanes == 8 || lanes == 16, "ggml vector width");
     let dv = st.dv();
     for h in 0..st.heads {
@@ -307,6 +311,7 @@ macro_rules! factors {
 pub(super) mod avx2 {
     use super::{Online, Run, MAX_HEADS, MAX_RUN};
     use crate::cpu::math::avx2::exp_glibc;
+    use crate::cpu::x86::prefetch_share;
     use std::arch::x86_64::*;
 
     /// Eight f16 values at `p[i..]` as f32.
@@ -423,12 +428,13 @@ pub(super) mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     fn heads<const NH: usize, const G: usize>(r: &Run, o: &mut Online) {
-        let Run { q, dk, kv, slot0, n, scale } = *r;
+        let Run { q, dk, kv, slot0, n, scale, ahead } = *r;
         let dv = o.dv();
         let key = |j: usize| &kv.k[(slot0 + j) * kv.k_stride + kv.k_off..][..dk];
         // 1. Scores, per head in `ggml_vec_dot_f16`'s order.
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         for (j, s) in s.iter_mut().enumerate().take(n) {
+            ahead.iter().for_each(|a| prefetch_share(a, j, n));
             scores16::<NH>(q, key(j), scale, s);
         }
         let mut ms: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
@@ -509,6 +515,7 @@ mod avx512 {
     use super::avx2::Cols;
     use super::{HeadKv, Online, Run, MAX_HEADS, MAX_RUN};
     use crate::cpu::math::avx512::exp_glibc;
+    use crate::cpu::x86::prefetch_share;
     use std::arch::x86_64::*;
 
     factors!("avx512f,avx512vl,avx2,fma,f16c", exp_glibc);
@@ -550,13 +557,14 @@ mod avx512 {
     /// As [`run`].
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     unsafe fn heads<const NH: usize, const G: usize>(r: &Run, o: &mut Online) {
-        let Run { q, dk, kv, slot0, n, scale } = *r;
+        let Run { q, dk, kv, slot0, n, scale, ahead } = *r;
         debug_assert!(n <= MAX_RUN && NH <= MAX_HEADS && q.len() == NH * dk);
         let dv = o.dv();
         let key = |j: usize| kv.k[(slot0 + j) * kv.k_stride + kv.k_off..].as_ptr();
         // 1. Scores, per head in `ggml_vec_dot_f16`'s order.
         let mut s: Cols = [[0f32; MAX_HEADS]; MAX_RUN];
         for (j, s) in s.iter_mut().enumerate().take(n) {
+            ahead.iter().for_each(|a| prefetch_share(a, j, n));
             // SAFETY: key `j` is in range (the caller's contract).
             unsafe { scores_ggml::<NH>(q, dk, key(j), scale, s) };
         }
