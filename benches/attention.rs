@@ -24,11 +24,20 @@ fn rand_bits(n: usize, seed: &mut u64) -> Vec<u16> {
         .collect()
 }
 
-/// One query row's attention over `keys` slots, run by run as the backend feeds it; returns
-/// the first head's denominator (so that nothing is optimised away).
+/// One query row's attention over `keys` slots, run by run as the backend feeds it (each run
+/// asking for the next one's keys and values); returns the first head's denominator (so that
+/// nothing is optimised away).
 fn attend_all(q: &[f32], d: usize, kv: &HeadKv, keys: usize, st: &mut Online) -> f32 {
     for s0 in (0..keys).step_by(RUN) {
-        let run = Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125, ahead: [&[]; 2] };
+        let (s1, n1) = (s0 + RUN, keys.saturating_sub(s0 + RUN).min(RUN));
+        let ahead: [&[u8]; 2] = match n1 {
+            0 => [&[], &[]],
+            _ => [
+                bytemuck::cast_slice(&kv.k[s1 * kv.k_stride + kv.k_off..][..(n1 - 1) * kv.k_stride + d]),
+                bytemuck::cast_slice(&kv.v[s1 * kv.v_stride + kv.v_off..][..(n1 - 1) * kv.v_stride + d]),
+            ],
+        };
+        let run = Run { q, dk: d, kv, slot0: s0, n: RUN.min(keys - s0), scale: 0.125, ahead };
         attend_run(&run, st);
     }
     st.l[0]
