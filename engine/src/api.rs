@@ -18,6 +18,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
 use crate::error::EngineError;
 use crate::model::{Batch, LogitsOut, Model};
+use crate::pool::Pool;
 use crate::sampler::{Sampled, Sampler, SamplerParams, TopLogits};
 use crate::text::TextStream;
 use ferrite_loader::chat::{ChatRequest, ChatTemplate};
@@ -346,7 +347,7 @@ pub struct Engine {
     template_warning: Option<String>,
     /// Why `--backend auto` did not pick a GPU.
     backend_note: Option<String>,
-    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) pool: Pool,
     pub(crate) ctx: usize,
     load_time: Duration,
     /// Tokens whose keys and values sequence `SEQ` holds (reused by the next prompt that
@@ -381,11 +382,7 @@ impl Engine {
         let ctx = opts.ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
         let threads =
             opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("ferrite-{i}"))
-            .build()
-            .map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?;
+        let mut pool = Pool::new(threads).map_err(|e| EngineError::Invalid(format!("thread pool: {e}")))?;
         let kv_tokens = opts.kv.map_or(ctx, |kv| kv.tokens(ctx, cfg.kv_bytes_per_token()));
         let cpu = |cfg| Model::load(CpuBackend::new(), &file, cfg, kv_tokens);
         let (model, backend_note) = match opts.backend {
@@ -438,6 +435,7 @@ impl Engine {
                 })
             }
         };
+        pool.set_cpu(model.backend_name() == "cpu");
         Ok(Engine {
             file,
             model,
@@ -489,7 +487,7 @@ impl Engine {
 
     /// Worker threads.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 
     /// Time spent loading.
@@ -561,7 +559,7 @@ impl Engine {
             }
             let model = &mut self.model;
             let dst = out.reborrow();
-            if let Err(e) = self.pool.install(|| model.forward_append(&batch, dst)) {
+            if let Err(e) = self.pool.forward(|| model.forward_append(&batch, dst)) {
                 self.batch = batch;
                 self.reset_cache();
                 return Err(e);

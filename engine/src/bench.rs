@@ -220,7 +220,7 @@ impl Engine {
     fn forward_bench(&mut self, batch: &Batch, logits: &mut Vec<f32>) -> Result<(), EngineError> {
         logits.clear();
         let model = &mut self.model;
-        self.pool.install(|| model.forward_append(batch, LogitsOut::Full(logits)))
+        self.pool.forward(|| model.forward_append(batch, LogitsOut::Full(logits)))
     }
 
     fn check_bench_fits(&self, n: usize) -> Result<(), EngineError> {

@@ -10,6 +10,7 @@ pub mod info;
 pub mod json_mode;
 pub mod kv_cache;
 pub mod model;
+mod pool;
 pub mod reasoning;
 pub mod sampler;
 pub mod scheduler;

@@ -291,7 +291,7 @@ impl Scheduler {
         self.on_top = k.is_some();
         let Scheduler { engine, batch, logits, tops, .. } = self;
         let model = &mut engine.model;
-        let result = engine.pool.install(|| match k {
+        let result = engine.pool.forward(|| match k {
             Some(k) => model.forward_top(batch, k, tops),
             None => model.forward_into(batch, logits),
         });
