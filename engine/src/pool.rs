@@ -6,11 +6,13 @@
 //! work yields for a while and then sleeps; waking a sleeping vCPU costs 15–25 µs, and at
 //! depth 4096 the woken worker started its attention job that late in every layer
 //! (docs/PERFORMANCE.md, sessions 26–27). ggml's thread pool keeps its workers polling
-//! through a whole graph for the same reason. Here every other worker of the pool runs a
-//! job for the length of the pass that keeps taking the pool's pending work
-//! ([`rayon::yield_now`]) and spins between jobs, so a parallel operation's jobs are picked
-//! up within a microsecond.
+//! through a whole graph for the same reason. Here, while a pass runs, every other worker
+//! runs a keep-awake job that takes the pool's pending work as it appears
+//! ([`rayon::yield_now`]) and spins in between, so a parallel operation's jobs are picked up
+//! within a microsecond. The jobs are halves of `rayon::join`s, on the stack: a pass
+//! allocates nothing for them.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,8 +21,14 @@ use std::time::{Duration, Instant};
 /// would take time from the threads doing the work.
 const IDLE_MAX: Duration = Duration::from_millis(2);
 
-/// Longest the caller waits for the other workers to take their keep-awake jobs.
+/// Longest the pass and the keep-awake jobs wait for every keep-awake job to have started.
 const START_MAX: Duration = Duration::from_micros(500);
+
+thread_local! {
+    /// Set on the thread running a forward pass: a keep-awake job it picks up while waiting
+    /// inside the pass returns at once (spinning there, it would hold up the pass).
+    static IN_PASS: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The engine's workers.
 #[derive(Debug)]
@@ -58,44 +66,81 @@ impl Pool {
         self.pool.install(f)
     }
 
-    /// Runs a forward pass `f` in the pool, the other workers kept awake while it runs
-    /// (see the module's doc) where [`Pool::set_cpu`] allowed it.
+    /// Runs a forward pass `f` in the pool, the other workers kept awake while it runs (see
+    /// the module's doc) where [`Pool::set_cpu`] allowed it.
     pub(crate) fn forward<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match self.awake {
-            true => self.pool.install(|| awake(f)),
-            false => self.pool.install(f),
+        if !self.awake {
+            return self.pool.install(f);
         }
+        self.pool.install(|| {
+            let others = rayon::current_num_threads() - 1;
+            let awake = Awake { others, started: AtomicUsize::new(0), stop: AtomicBool::new(false) };
+            let (r, ()) = rayon::join(
+                || {
+                    // Set when the pass returns or unwinds: the keep-awake jobs end.
+                    let _stop = Stop(&awake.stop);
+                    let _pass = Pass::enter();
+                    // Until the others have taken their jobs, one could still sit in this
+                    // worker's queue when the pass waits (and be skipped, see `spread`).
+                    awake.wait_started();
+                    f()
+                },
+                || awake.spread(others),
+            );
+            r
+        })
     }
 }
 
-/// Runs `f` on the current rayon worker with the pool's other workers kept awake.
-fn awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let others = rayon::current_num_threads() - 1;
-    let caller = rayon::current_thread_index();
-    let stop = AtomicBool::new(false);
-    let started = AtomicUsize::new(0);
-    rayon::in_place_scope(|s| {
-        for _ in 0..others {
-            s.spawn(|_| {
-                // The caller, waiting inside `f` for a parallel operation, may take a
-                // keep-awake job itself: it must not spin there, or `f` never ends.
-                if rayon::current_thread_index() == caller {
-                    return;
-                }
-                started.fetch_add(1, Ordering::Relaxed);
-                keep_awake(&stop);
-            });
+/// One pass's keep-awake jobs.
+struct Awake {
+    others: usize,
+    started: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Awake {
+    /// Starts `n` keep-awake jobs: one here, the rest handed on for another worker to steal.
+    fn spread(&self, n: usize) {
+        if n == 0 || IN_PASS.with(Cell::get) {
+            return;
         }
-        // Until the others have taken their jobs, one could still sit in the caller's queue
-        // when `f` waits (and be skipped, above); bounded, in case a worker is descheduled.
+        self.started.fetch_add(1, Ordering::AcqRel);
+        rayon::join(|| self.keep_awake(), || self.spread(n - 1));
+    }
+
+    /// Waits, bounded (a worker may be descheduled), until every keep-awake job has started.
+    fn wait_started(&self) {
         let t0 = Instant::now();
-        while started.load(Ordering::Relaxed) < others && t0.elapsed() < START_MAX {
+        while self.started.load(Ordering::Acquire) < self.others && t0.elapsed() < START_MAX {
             std::hint::spin_loop();
         }
-        // Set when `f` returns or unwinds, before the scope waits for the jobs.
-        let _stop = Stop(&stop);
-        f()
-    })
+    }
+
+    /// Takes the pool's pending jobs until the pass ends, spinning in between; returns
+    /// after [`IDLE_MAX`] without work. It first waits for the other keep-awake jobs to
+    /// start, so as not to take the rest of `spread` from its own queue.
+    fn keep_awake(&self) {
+        self.wait_started();
+        let mut idle_since = Instant::now();
+        let mut spins = 0u32;
+        while !self.stop.load(Ordering::Acquire) {
+            match rayon::yield_now() {
+                Some(rayon::Yield::Executed) => {
+                    idle_since = Instant::now();
+                    spins = 0;
+                }
+                _ => {
+                    std::hint::spin_loop();
+                    spins += 1;
+                    // The clock only now and then: it costs more than a look for work.
+                    if spins.is_multiple_of(64) && idle_since.elapsed() > IDLE_MAX {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Sets its flag when dropped, so the keep-awake jobs end even if the pass panics.
@@ -107,26 +152,19 @@ impl Drop for Stop<'_> {
     }
 }
 
-/// Takes the pool's pending jobs until `stop`, spinning in between; returns after
-/// [`IDLE_MAX`] without work.
-fn keep_awake(stop: &AtomicBool) {
-    let mut idle_since = Instant::now();
-    let mut spins = 0u32;
-    while !stop.load(Ordering::Acquire) {
-        match rayon::yield_now() {
-            Some(rayon::Yield::Executed) => {
-                idle_since = Instant::now();
-                spins = 0;
-            }
-            _ => {
-                std::hint::spin_loop();
-                spins += 1;
-                // The clock only now and then: it costs more than a look for work.
-                if spins.is_multiple_of(64) && idle_since.elapsed() > IDLE_MAX {
-                    return;
-                }
-            }
-        }
+/// Marks the current thread as running a pass until dropped (also on unwind).
+struct Pass;
+
+impl Pass {
+    fn enter() -> Pass {
+        IN_PASS.with(|p| p.set(true));
+        Pass
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        IN_PASS.with(|p| p.set(false));
     }
 }
 
@@ -178,6 +216,19 @@ mod tests {
         }));
         assert!(r.is_err());
         assert_eq!(p.forward(|| (0..100u32).into_par_iter().sum::<u32>()), 4950);
+    }
+
+    /// A pass with a long serial stretch: the keep-awake jobs give up spinning after a
+    /// while, and the work after it is still done.
+    #[test]
+    fn a_long_serial_stretch_ends_the_spinning_not_the_pass() {
+        let p = pool(2);
+        let got = p.forward(|| {
+            let a: u64 = (0..1000u64).into_par_iter().sum();
+            std::thread::sleep(IDLE_MAX * 3);
+            a + (0..1000u64).into_par_iter().sum::<u64>()
+        });
+        assert_eq!(got, 2 * 499_500);
     }
 
     /// Only a CPU model with no more threads than CPUs is kept awake.
